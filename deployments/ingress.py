@@ -1,0 +1,92 @@
+"""The Ingress deployment: the only HTTP surface, delegating to the graph's handles."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp
+
+from modelship.api import create_api
+from modelship.http_errors import translate
+from modelship.schemas import ItemOptions, ItemResult, ModelConfig, ModelInfo
+from modelship.settings import Settings
+
+T = TypeVar("T")
+
+_READY_TIMEOUT_S = 2.0
+
+
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25})
+@serve.ingress()
+class Ingress:
+    """Routes labeling requests: Preprocessor → ModelReplica, without a round trip here.
+
+    The Preprocessor's response is passed straight into the model call, so prepared
+    tensors travel between those two deployments and only results come back.
+
+    Args:
+        preprocessor: handle to the Preprocessor deployment.
+        models: one ModelReplica handle per configured model, by model name.
+        configs: the configured models, in configuration order.
+        settings: limits and timeouts.
+    """
+
+    def __init__(
+        self,
+        preprocessor: DeploymentHandle,
+        models: dict[str, DeploymentHandle],
+        configs: list[ModelConfig],
+        settings: Settings,
+    ) -> None:
+        self.configs = configs
+        self._preprocessor = preprocessor
+        self._models = models
+        self._settings = settings
+
+    def __serve_build_asgi_app__(self) -> ASGIApp:
+        return create_api(self, self._settings, behind_serve_proxy=True)
+
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(awaitable, self._settings.model_call_timeout_s)
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    async def label_image(
+        self, config: ModelConfig, data: bytes, options: ItemOptions
+    ) -> ItemResult:
+        prepared = self._preprocessor.image.remote(config.name, data, options)
+        results: list[ItemResult] = await self._call(
+            self._models[config.name].predict.remote(prepared)
+        )
+        return results[0]
+
+    async def label_texts(
+        self, config: ModelConfig, texts: list[str], options: ItemOptions
+    ) -> list[ItemResult]:
+        prepared = self._preprocessor.texts.remote(config.name, texts, options)
+        return await self._call(self._models[config.name].predict.remote(prepared))
+
+    async def model_infos(self) -> list[ModelInfo]:
+        return list(await asyncio.gather(*(self._info(config) for config in self.configs)))
+
+    async def _info(self, config: ModelConfig) -> ModelInfo:
+        try:
+            info: ModelInfo = await asyncio.wait_for(
+                self._models[config.name].info.remote(), _READY_TIMEOUT_S
+            )
+            return info
+        except Exception:
+            return ModelInfo(
+                name=config.name,
+                task=config.task,
+                version=None,
+                labels=[label.name for label in config.labels] if config.labels else None,
+                batching=config.batching,
+                device=None,
+                ready=False,
+            )

@@ -1,0 +1,125 @@
+"""The ModelReplica deployment: one per configured model, forward passes in dynamic batches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+from ray import serve
+
+from modelship.errors import ModelShipError
+from modelship.local import image_info
+from modelship.predictors import ModelStore, Predictor, build_predictor
+from modelship.schemas import (
+    BatchingConfig,
+    ItemResult,
+    ModelConfig,
+    ModelInfo,
+    Output,
+    Prepared,
+)
+from modelship.settings import Settings
+
+logger = logging.getLogger("modelship.model")
+
+_UNHEALTHY_AFTER_FAILURES = 3
+_PROBE_WHEN_IDLE_S = 30.0
+
+
+@serve.deployment(name="ModelReplica", max_ongoing_requests=32)
+class ModelReplica:
+    """Loads one model and labels prepared items in dynamic batches.
+
+    Batch size and wait come from ``user_config`` and change live in ``reconfigure``.
+    Torch runs on one dedicated thread per replica: called from several threads, its
+    thread pool stops spinning and small batches get markedly slower.
+
+    Args:
+        config: the model to serve.
+        settings: where the model store caches files.
+    """
+
+    def __init__(self, config: ModelConfig, settings: Settings) -> None:
+        self._config = config
+        self._batching = config.batching
+        threads = max(1, math.ceil(config.num_cpus))
+        torch.set_num_threads(threads)
+        device = "cuda" if config.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        started = time.perf_counter()
+        files = ModelStore(settings.models_dir).resolve(config.source)
+        self._predictor: Predictor[Any, Any] = build_predictor(config, files, device)
+        self._predictor.load()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+        self._batch_sizes: deque[int] = deque(maxlen=10_000)
+        self._failures = 0
+        self._last_success = time.monotonic()
+        logger.info(
+            "loaded model %s (%s) on %s in %.1fs",
+            config.name,
+            files.version,
+            device,
+            time.perf_counter() - started,
+        )
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply new batching settings without reloading the model."""
+        self._batching = BatchingConfig.model_validate(user_config)
+        self._infer.set_max_batch_size(self._batching.max_batch_size)  # type: ignore[attr-defined]
+        self._infer.set_batch_wait_timeout_s(self._batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
+
+    async def predict(self, items: list[Prepared]) -> list[ItemResult]:
+        """Label items; each joins this replica's batch queue alongside other requests'."""
+        outputs = await asyncio.gather(*(self._infer(item) for item in items))
+        version = self._predictor.version
+        return [
+            ItemResult(output, version, image_info(item))
+            for output, item in zip(outputs, items, strict=True)
+        ]
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def _infer(self, batch: list[Prepared]) -> list[Output]:
+        self._batch_sizes.append(len(batch))
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._predictor.predict, batch)
+        except ModelShipError:
+            raise
+        except Exception:
+            self._failures += 1
+            raise
+        self._failures = 0
+        self._last_success = time.monotonic()
+        return outputs
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self._config.name,
+            task=self._config.task,
+            version=self._predictor.version,
+            labels=self._predictor.labels(),
+            batching=self._batching,
+            device=self._predictor.device,
+            ready=True,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """Batch sizes observed since start, and this replica's process id."""
+        return {"pid": os.getpid(), "batch_sizes": list(self._batch_sizes)}
+
+    async def check_health(self) -> None:
+        """Fail (so Serve replaces this replica) when the model no longer runs."""
+        if self._failures >= _UNHEALTHY_AFTER_FAILURES:
+            raise RuntimeError(f"{self._failures} consecutive batches failed")
+        if time.monotonic() - self._last_success < _PROBE_WHEN_IDLE_S:
+            return
+        predictor = self._predictor
+        item = predictor.preprocess(predictor.probe(), predictor.probe_options())
+        await asyncio.get_running_loop().run_in_executor(self._executor, predictor.predict, [item])
+        self._last_success = time.monotonic()

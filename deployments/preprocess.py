@@ -1,0 +1,44 @@
+"""The Preprocessor deployment: CPU work between the ingress and the model replicas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from modelship.local import prepare_image
+from modelship.predictors import ModelStore, Predictor, build_predictor
+from modelship.schemas import ItemOptions, ModelConfig, PreparedImage, PreparedText
+from modelship.settings import Settings
+
+
+@serve.deployment(name="Preprocessor", ray_actor_options={"num_cpus": 0.25})
+class Preprocessor:
+    """Sniffs, decodes and transforms images; tokenises texts — for every configured model.
+
+    Holds each model's processor (tokenizer or image transform), never its weights, so it
+    scales on CPUs apart from the model replicas. Methods are sync: Serve runs them on a
+    thread pool, and PIL and the tokenizers release the GIL.
+
+    Args:
+        models: the configured models.
+        settings: limits for decoding.
+    """
+
+    def __init__(self, models: list[ModelConfig], settings: Settings) -> None:
+        self._settings = settings
+        store = ModelStore(settings.models_dir)
+        self._predictors: dict[str, Predictor[Any, Any]] = {}
+        for config in models:
+            predictor = build_predictor(config, store.resolve(config.source))
+            predictor.load_processor()
+            self._predictors[config.name] = predictor
+
+    def image(self, model: str, data: bytes, options: ItemOptions) -> list[PreparedImage]:
+        """One image, decoded and transformed for ``model`` (a list of one, for the replica)."""
+        return [prepare_image(self._predictors[model], data, options, self._settings)]
+
+    def texts(self, model: str, texts: list[str], options: ItemOptions) -> list[PreparedText]:
+        """Texts tokenised for ``model``, unpadded."""
+        predictor = self._predictors[model]
+        return [predictor.preprocess(text, options) for text in texts]

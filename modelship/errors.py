@@ -1,0 +1,69 @@
+"""The error hierarchy. Each error carries its HTTP status and a machine-readable code.
+
+Errors cross Ray actor boundaries, so every constructor passes all of its arguments to
+``super().__init__`` (that is what makes them survive pickling). The one place that turns
+them into HTTP responses is ``deployments/_http.py``.
+"""
+
+from __future__ import annotations
+
+
+class ModelShipError(Exception):
+    """Base of every error we raise on purpose. 5xx messages never reach the client."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str = "internal error", code: str | None = None) -> None:
+        super().__init__(message, code)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class InvalidInput(ModelShipError):
+    status = 422
+    code = "invalid_input"
+
+
+class UnsupportedMediaType(ModelShipError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class PayloadTooLarge(ModelShipError):
+    status = 413
+    code = "payload_too_large"
+
+
+class NotFound(ModelShipError):
+    status = 404
+    code = "not_found"
+
+
+class ModelNotReady(ModelShipError):
+    status = 503
+    code = "model_not_ready"
+
+
+class Overloaded(ModelShipError):
+    """The service sheds load; the client should retry after ``retry_after_s``."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(
+        self, message: str = "overloaded", code: str | None = None, retry_after_s: int = 1
+    ) -> None:
+        super().__init__(message, code)
+        self.args = (message, code, retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+class ConfigurationError(ModelShipError):
+    """Settings or model configuration that cannot work; raised at start, not per request."""
+
+    code = "configuration_error"

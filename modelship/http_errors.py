@@ -1,0 +1,67 @@
+"""The one place where exceptions become HTTP responses.
+
+Every error body has the same shape: ``{"error": {"code", "message", "request_id"}}``.
+5xx bodies are generic; their details go to the log with the request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import exceptions as ray_exceptions
+from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException
+
+from modelship.errors import InvalidInput, ModelNotReady, ModelShipError, Overloaded
+from modelship.schemas import ErrorBody, ErrorResponse
+
+logger = logging.getLogger("modelship.http")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def translate(exc: BaseException) -> ModelShipError:
+    """Our error for any exception raised while serving a request."""
+    if isinstance(exc, ray_exceptions.RayTaskError) and isinstance(exc.cause, ModelShipError):
+        return exc.cause
+    if isinstance(exc, ModelShipError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return InvalidInput(f"{where}: {first.get('msg', 'invalid request')}", "invalid_request")
+    if isinstance(exc, HTTPException):
+        error = ModelShipError(str(exc.detail), _HTTP_CODES.get(exc.status_code, "http_error"))
+        error.status = exc.status_code
+        return error
+    if isinstance(exc, BackPressureError):
+        return Overloaded("too many requests queued for this model; retry later")
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return Overloaded("the model did not answer in time; retry later", "timeout")
+    if isinstance(exc, (ray_exceptions.ActorDiedError, ray_exceptions.ActorUnavailableError)):
+        return ModelNotReady("a model replica is restarting; retry later")
+    return ModelShipError()
+
+
+def error_response(exc: BaseException, request_id: str) -> JSONResponse:
+    error = translate(exc)
+    message = error.message
+    if error.status >= 500 and not isinstance(error, (Overloaded, ModelNotReady)):
+        logger.error("request %s failed", request_id, exc_info=exc)
+        message = "internal error"
+    body = ErrorResponse(error=ErrorBody(code=error.code, message=message, request_id=request_id))
+    headers: dict[str, str] = {}
+    if isinstance(error, Overloaded):
+        headers["Retry-After"] = str(error.retry_after_s)
+    elif isinstance(error, ModelNotReady):
+        headers["Retry-After"] = "5"
+    return JSONResponse(body.model_dump(), status_code=error.status, headers=headers)

@@ -1,0 +1,84 @@
+"""The labeling graph in one process: the same predictors and checks, no Ray.
+
+Used by tests of the HTTP layer and by anything that labels without a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from modelship.inputs import decode_image
+from modelship.predictors import ModelStore, Predictor, build_predictor
+from modelship.schemas import (
+    ImageInfo,
+    ItemOptions,
+    ItemResult,
+    ModelConfig,
+    ModelInfo,
+    Prepared,
+    PreparedImage,
+)
+from modelship.settings import Settings
+
+
+def prepare_image(
+    predictor: Predictor[Any, Any], data: bytes, options: ItemOptions, settings: Settings
+) -> PreparedImage:
+    """Decode (with every guard) and transform one image for ``predictor``."""
+    decoded = decode_image(data, settings)
+    prepared: PreparedImage = predictor.preprocess(decoded.image, options)
+    prepared.media_type = decoded.media_type
+    return prepared
+
+
+def image_info(item: Prepared) -> ImageInfo | None:
+    if isinstance(item, PreparedImage):
+        return ImageInfo(width=item.width, height=item.height, media_type=item.media_type)
+    return None
+
+
+class LocalBackend:
+    """A ``LabelingBackend`` that runs every model in this process."""
+
+    def __init__(self, configs: Sequence[ModelConfig], settings: Settings) -> None:
+        self.configs = list(configs)
+        self._settings = settings
+        store = ModelStore(settings.models_dir)
+        self._predictors: dict[str, Predictor[Any, Any]] = {}
+        for config in configs:
+            predictor = build_predictor(config, store.resolve(config.source))
+            predictor.load()
+            self._predictors[config.name] = predictor
+
+    def predictor(self, name: str) -> Predictor[Any, Any]:
+        return self._predictors[name]
+
+    async def label_image(
+        self, config: ModelConfig, data: bytes, options: ItemOptions
+    ) -> ItemResult:
+        predictor = self._predictors[config.name]
+        item = prepare_image(predictor, data, options, self._settings)
+        return ItemResult(predictor.predict([item])[0], predictor.version, image_info(item))
+
+    async def label_texts(
+        self, config: ModelConfig, texts: list[str], options: ItemOptions
+    ) -> list[ItemResult]:
+        predictor = self._predictors[config.name]
+        items = [predictor.preprocess(text, options) for text in texts]
+        outputs = predictor.predict(items)
+        return [ItemResult(output, predictor.version) for output in outputs]
+
+    async def model_infos(self) -> list[ModelInfo]:
+        return [
+            ModelInfo(
+                name=config.name,
+                task=config.task,
+                version=self._predictors[config.name].version,
+                labels=self._predictors[config.name].labels(),
+                batching=config.batching,
+                device=self._predictors[config.name].device,
+                ready=True,
+            )
+            for config in self.configs
+        ]

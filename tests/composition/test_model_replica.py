@@ -1,0 +1,83 @@
+"""ModelReplica on a real local cluster, called through deployment handles."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.model import ModelReplica
+from modelship.predictors import ModelStore, build_predictor
+from modelship.schemas import ItemOptions, ItemResult, PreparedText
+from modelship.settings import Settings
+from tests.conftest import MINILM
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(scope="module")
+def replica(serve_cluster: int, settings: Settings) -> Iterator[DeploymentHandle]:
+    app = ModelReplica.options(
+        user_config=MINILM.batching.model_dump(),
+        max_ongoing_requests=64,
+        ray_actor_options={"num_cpus": 0.5},
+    ).bind(MINILM, settings)
+    yield serve.run(app, name="replica-under-test", route_prefix=None)
+    serve.delete("replica-under-test")
+
+
+def _items(settings: Settings, count: int) -> list[PreparedText]:
+    predictor = build_predictor(MINILM, ModelStore(settings.models_dir).resolve(MINILM.source))
+    predictor.load_processor()
+    options = ItemOptions(top_k=1, labels=tuple(MINILM.labels or ()))
+    return [predictor.preprocess(f"text number {i} " * (1 + i % 5), options) for i in range(count)]
+
+
+async def _batch_sizes(replica: DeploymentHandle) -> list[int]:
+    stats = await replica.stats.remote()
+    return list(stats["batch_sizes"])
+
+
+async def test_concurrent_requests_are_batched(
+    replica: DeploymentHandle, settings: Settings
+) -> None:
+    before = len(await _batch_sizes(replica))
+    items = _items(settings, 24)
+    results: list[list[ItemResult]] = await asyncio.gather(
+        *(replica.predict.remote([item]) for item in items)
+    )
+    sizes = (await _batch_sizes(replica))[before:]
+    assert sum(sizes) == 24
+    assert max(sizes) > 1
+    assert max(sizes) <= MINILM.batching.max_batch_size
+    version = (await replica.info.remote()).version
+    assert all(result[0].version == version for result in results)
+
+
+async def test_one_request_with_many_items_joins_the_batch_queue(
+    replica: DeploymentHandle, settings: Settings
+) -> None:
+    before = len(await _batch_sizes(replica))
+    results = await replica.predict.remote(_items(settings, 10))
+    assert len(results) == 10
+    assert max((await _batch_sizes(replica))[before:]) > 1
+
+
+async def test_reconfigure_changes_the_batch_size_live(
+    replica: DeploymentHandle, settings: Settings
+) -> None:
+    await replica.reconfigure.remote({"max_batch_size": 3, "batch_wait_timeout_s": 0.05})
+    try:
+        before = len(await _batch_sizes(replica))
+        await asyncio.gather(*(replica.predict.remote([i]) for i in _items(settings, 12)))
+        assert max((await _batch_sizes(replica))[before:]) == 3
+        assert (await replica.info.remote()).batching.max_batch_size == 3
+    finally:
+        await replica.reconfigure.remote(MINILM.batching.model_dump())
+
+
+async def test_health_check_probes_the_model(replica: DeploymentHandle) -> None:
+    await replica.check_health.remote()

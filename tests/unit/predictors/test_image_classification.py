@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from modelship.inputs import decode_image
+from modelship.predictors import ModelStore, build_predictor
+from modelship.predictors.image_classification import EfficientNetLite0, HFImageClassifier
+from modelship.predictors.store import content_version
+from modelship.schemas import ItemOptions, ModelConfig, Task
+from modelship.settings import Settings
+from tests.conftest import EFFICIENTNET, payload
+
+
+@pytest.fixture(scope="module")
+def efficientnet(tmp_path_factory: pytest.TempPathFactory) -> EfficientNetLite0:
+    files = ModelStore(tmp_path_factory.mktemp("store")).resolve(EFFICIENTNET.source)
+    predictor = build_predictor(EFFICIENTNET, files)
+    assert isinstance(predictor, EfficientNetLite0)
+    predictor.load()
+    return predictor
+
+
+def _label(predictor: EfficientNetLite0, name: str, settings: Settings, k: int = 3) -> list[str]:
+    image = decode_image(payload(name), settings).image
+    item = predictor.preprocess(image, ItemOptions(top_k=k))
+    return [score.label for score in predictor.predict([item])[0]]
+
+
+def test_the_cat_photo_is_a_cat(efficientnet: EfficientNetLite0, settings: Settings) -> None:
+    labels = _label(efficientnet, "cat.jpg", settings)
+    assert labels[0] == "Egyptian cat"
+    assert all("cat" in label for label in labels)
+
+
+def test_the_coffee_photo_is_espresso(efficientnet: EfficientNetLite0, settings: Settings) -> None:
+    labels = _label(efficientnet, "coffee.jpg", settings)
+    assert labels[0] == "espresso"
+    assert "cup" in labels
+
+
+def test_the_exif_rotated_cat_is_still_a_cat(
+    efficientnet: EfficientNetLite0, settings: Settings
+) -> None:
+    assert _label(efficientnet, "cat_exif_rotated.jpg", settings)[0] == "Egyptian cat"
+
+
+def test_batches_equal_single_predictions(
+    efficientnet: EfficientNetLite0, settings: Settings
+) -> None:
+    images = [decode_image(payload(n), settings).image for n in ("cat.jpg", "coffee.jpg")]
+    items = [efficientnet.preprocess(image, ItemOptions(top_k=5)) for image in images]
+    together = efficientnet.predict(items)
+    alone = [efficientnet.predict([item])[0] for item in items]
+    for batched, single in zip(together, alone, strict=True):
+        assert [s.label for s in batched] == [s.label for s in single]
+        assert [s.score for s in batched] == pytest.approx([s.score for s in single], abs=1e-4)
+    assert len(efficientnet.labels()) == 1000
+
+
+@pytest.fixture(scope="module")
+def tiny_vit_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    path = tmp_path_factory.mktemp("tiny-vit")
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        id2label={0: "ant", 1: "bee", 2: "wasp"},
+        label2id={"ant": 0, "bee": 1, "wasp": 2},
+    )
+    ViTForImageClassification(config).save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def test_any_hf_image_classifier_directory(tiny_vit_dir: Path) -> None:
+    config = ModelConfig(name="tiny-vit", task=Task.image_classification, source=str(tiny_vit_dir))
+    predictor = build_predictor(config, ModelStore(tiny_vit_dir).resolve(str(tiny_vit_dir)))
+    assert isinstance(predictor, HFImageClassifier)
+    predictor.load()
+    assert predictor.version == content_version(tiny_vit_dir)
+    images = [Image.new("RGB", (40, 90), "red"), Image.open(io.BytesIO(payload("cat.jpg")))]
+    items = [predictor.preprocess(image.convert("RGB"), ItemOptions(top_k=2)) for image in images]
+    outputs = predictor.predict(items)
+    assert [len(output) for output in outputs] == [2, 2]
+    for output in outputs:
+        assert {score.label for score in output} <= {"ant", "bee", "wasp"}
+        assert output[0].score >= output[1].score
+    assert predictor.labels() == ["ant", "bee", "wasp"]

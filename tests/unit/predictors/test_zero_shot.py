@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import pytest
+
+from modelship.errors import InvalidInput
+from modelship.predictors import ModelStore, build_predictor
+from modelship.predictors.zero_shot import EmbeddingZeroShotClassifier
+from modelship.schemas import ItemOptions, LabelSpec, ModelConfig, Task
+
+TOPICS = (LabelSpec(name="sports"), LabelSpec(name="cooking"), LabelSpec(name="finance"))
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory: pytest.TempPathFactory) -> EmbeddingZeroShotClassifier:
+    config = ModelConfig(
+        name="minilm", task=Task.zero_shot_text_classification, source="packaged:all-minilm-l6-v2"
+    )
+    files = ModelStore(tmp_path_factory.mktemp("store")).resolve(config.source)
+    predictor = build_predictor(config, files)
+    assert isinstance(predictor, EmbeddingZeroShotClassifier)
+    predictor.load()
+    return predictor
+
+
+def _top(predictor: EmbeddingZeroShotClassifier, texts: list[str], labels: tuple[LabelSpec, ...]):
+    items = [
+        predictor.preprocess(text, ItemOptions(top_k=len(labels), labels=labels)) for text in texts
+    ]
+    return predictor.predict(items)
+
+
+def test_zero_shot_topics(minilm: EmbeddingZeroShotClassifier) -> None:
+    texts = [
+        "The football team won the championship match last night.",
+        "Simmer the onions in butter until golden, then add the garlic.",
+        "The central bank raised interest rates and bond yields jumped.",
+    ]
+    outputs = _top(minilm, texts, TOPICS)
+    assert [output[0].label for output in outputs] == ["sports", "cooking", "finance"]
+    for output in outputs:
+        assert sum(score.score for score in output) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_few_shot_examples_teach_labels_with_meaningless_names(
+    minilm: EmbeddingZeroShotClassifier,
+) -> None:
+    texts = ["The goalkeeper saved a penalty in extra time.", "Whisk the eggs and fold in flour."]
+    bare = (LabelSpec(name="label-a"), LabelSpec(name="label-b"))
+    taught = (
+        LabelSpec(name="label-a", examples=["the team won the match", "a great goal"]),
+        LabelSpec(name="label-b", examples=["bake the cake for an hour", "a recipe with butter"]),
+    )
+    taught_out = _top(minilm, texts, taught)
+    assert [output[0].label for output in taught_out] == ["label-a", "label-b"]
+    bare_out = _top(minilm, texts, bare)
+    margin = [abs(o[0].score - o[1].score) for o in bare_out]
+    taught_margin = [abs(o[0].score - o[1].score) for o in taught_out]
+    assert all(t > b for t, b in zip(taught_margin, margin, strict=True))
+
+
+def test_batches_of_mixed_lengths_equal_single_predictions(
+    minilm: EmbeddingZeroShotClassifier,
+) -> None:
+    texts = ["short", "a much longer sentence about football " * 8, "medium length text here"]
+    together = _top(minilm, texts, TOPICS)
+    for text, batched in zip(texts, together, strict=True):
+        (alone,) = _top(minilm, [text], TOPICS)
+        assert [s.label for s in batched] == [s.label for s in alone]
+        assert [s.score for s in batched] == pytest.approx([s.score for s in alone], abs=1e-4)
+
+
+def test_label_sets_can_differ_within_a_batch(minilm: EmbeddingZeroShotClassifier) -> None:
+    other = (LabelSpec(name="weather"), LabelSpec(name="music"))
+    items = [
+        minilm.preprocess("It will rain all weekend.", ItemOptions(top_k=1, labels=other)),
+        minilm.preprocess("The chef grilled the fish.", ItemOptions(top_k=1, labels=TOPICS)),
+    ]
+    first, second = minilm.predict(items)
+    assert (first[0].label, second[0].label) == ("weather", "cooking")
+
+
+def test_labels_are_required(minilm: EmbeddingZeroShotClassifier) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        minilm.preprocess("no labels anywhere", ItemOptions())
+    assert caught.value.code == "labels_required"
+
+
+def test_the_probe_runs_without_configured_labels(minilm: EmbeddingZeroShotClassifier) -> None:
+    item = minilm.preprocess(minilm.probe(), minilm.probe_options())
+    assert len(minilm.predict([item])[0]) == 2

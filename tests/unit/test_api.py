@@ -1,0 +1,202 @@
+"""The HTTP layer driven in-process over ASGI, with the real models in a LocalBackend."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from modelship.api import create_api
+from modelship.local import LocalBackend
+from modelship.settings import Settings
+from tests.conftest import PACKAGED_MODELS, payload
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture(scope="module")
+def backend(settings: Settings) -> LocalBackend:
+    return LocalBackend(PACKAGED_MODELS, settings)
+
+
+@pytest.fixture
+async def client(backend: LocalBackend) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_api(backend, Settings(max_body_bytes=2_000_000))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+def _assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["request_id"] == response.headers["x-request-id"]
+
+
+async def test_classify_image_multipart(client: httpx.AsyncClient) -> None:
+    files = {"file": ("whatever.bin", payload("cat.jpg"), "application/octet-stream")}
+    response = await client.post("/api/v1/classify/image", files=files, data={"top_k": "3"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["labels"][0]["label"] == "Egyptian cat"
+    assert len(body["labels"]) == 3
+    assert body["model"]["name"] == "efficientnet-lite0"
+    assert body["model"]["version"].startswith("sha256:")
+    assert body["image"] == {"width": 451, "height": 300, "media_type": "image/jpeg"}
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+async def test_classify_image_json_base64_keeps_the_callers_request_id(
+    client: httpx.AsyncClient,
+) -> None:
+    image = base64.b64encode(payload("coffee.jpg")).decode()
+    response = await client.post(
+        "/api/v1/classify/image",
+        json={"image_base64": image},
+        headers={"X-Request-ID": "caller-id-1234"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["labels"][0]["label"] == "espresso"
+    assert response.json()["request_id"] == "caller-id-1234"
+
+
+async def test_malformed_request_ids_are_replaced(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health/live", headers={"X-Request-ID": "bad id\twith tabs"})
+    assert response.headers["x-request-id"] != "bad id\twith tabs"
+    assert len(response.headers["x-request-id"]) == 32
+
+
+async def test_classify_texts_with_request_labels(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/classify/text",
+        json={
+            "texts": ["I love this phone, the battery lasts for days", "The bank raised rates"],
+            "labels": [
+                {"name": "review", "description": "a customer's review of a phone they bought"},
+                {"name": "economy", "examples": ["inflation rose", "the stock market fell"]},
+            ],
+            "top_k": 1,
+        },
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["index"] for r in results] == [0, 1]
+    assert [r["labels"][0]["label"] for r in results] == ["review", "economy"]
+
+
+async def test_classify_text_uses_the_configured_labels(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/classify/text", json={"text": "This is terrible, I hate it and want a refund."}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["labels"][0]["label"] == "negative"
+
+
+async def test_detect_finds_the_astronauts_face(client: httpx.AsyncClient) -> None:
+    files = {"file": ("a.jpg", payload("astronaut.jpg"), "image/jpeg")}
+    response = await client.post("/api/v1/detect", files=files)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    faces = [d for d in body["detections"] if d["label"] == "FACE_FEMALE"]
+    assert faces
+    x, y, w, h = faces[0]["box"]
+    assert 0 <= x and 0 <= y and x + w <= 512 and y + h <= 512 and w > 20 and h > 20
+
+
+async def test_models_and_health(client: httpx.AsyncClient) -> None:
+    models = (await client.get("/api/v1/models")).json()["models"]
+    assert [m["name"] for m in models] == ["efficientnet-lite0", "minilm", "nudenet"]
+    assert all(m["ready"] and m["version"].startswith("sha256:") for m in models)
+    assert models[1]["batching"] == {"max_batch_size": 16, "batch_wait_timeout_s": 0.05}
+    assert (await client.get("/health/live")).json()["status"] == "ok"
+    ready = await client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == dict.fromkeys(
+        ("efficientnet-lite0", "minilm", "nudenet"), "ready"
+    )
+
+
+async def test_openapi_is_generated_from_the_schemas(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/api/v1/openapi.json")).json()
+    assert document["openapi"].startswith("3.")
+    for path in ("/api/v1/classify/image", "/api/v1/classify/text", "/api/v1/detect"):
+        assert "post" in document["paths"][path]
+    schemas = document["components"]["schemas"]
+    assert {"ClassifyImageResponse", "TextRequest", "ImageRequest", "ErrorResponse"} <= set(schemas)
+    image_body = document["paths"]["/api/v1/classify/image"]["post"]["requestBody"]["content"]
+    assert set(image_body) == {"application/json", "multipart/form-data"}
+    assert schemas["TextRequest"]["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "code"),
+    [
+        ("not_an_image.pdf", 415, "unsupported_media_type"),
+        ("truncated.jpg", 422, "corrupt_image"),
+        ("garbage_after_magic.png", 422, "corrupt_image"),
+        ("bomb.png", 422, "decompression_bomb"),
+        ("zero_width.png", 422, "corrupt_image"),
+        ("huge_side.png", 422, "image_too_large"),
+    ],
+)
+async def test_bad_images(client: httpx.AsyncClient, name: str, status: int, code: str) -> None:
+    for route in ("/api/v1/classify/image", "/api/v1/detect"):
+        response = await client.post(route, files={"file": (name, payload(name))})
+        _assert_error(response, status, code)
+
+
+async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
+    big = b"\xff\xd8\xff" + b"\x00" * 2_100_000
+    response = await client.post("/api/v1/classify/image", files={"file": ("big.jpg", big)})
+    _assert_error(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"text": "   "}, 422, "empty_text"),
+        ({"texts": ["ok"] * 65}, 422, "too_many_texts"),
+        ({"texts": []}, 422, "invalid_request"),
+        ({"text": "a", "texts": ["b"]}, 422, "invalid_request"),
+        ({"text": "a", "surprise": 1}, 422, "invalid_request"),
+        ({"text": "a", "model": "nope"}, 404, "unknown_model"),
+        ({"text": "a", "model": "efficientnet-lite0"}, 422, "wrong_task"),
+        ({"text": "a", "labels": [{"name": "x"}, {"name": "x"}]}, 422, "invalid_request"),
+    ],
+)
+async def test_bad_text_requests(
+    client: httpx.AsyncClient, body: dict[str, object], status: int, code: str
+) -> None:
+    _assert_error(await client.post("/api/v1/classify/text", json=body), status, code)
+
+
+async def test_other_bad_requests(client: httpx.AsyncClient) -> None:
+    route = "/api/v1/classify/image"
+    _assert_error(
+        await client.post(route, content=b"x", headers={"content-type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    )
+    _assert_error(await client.post(route, json={"image_base64": "***"}), 422, "invalid_base64")
+    _assert_error(
+        await client.post(route, data={"top_k": "1"}, files={"other": ("a", b"b")}), 422, "no_file"
+    )
+    _assert_error(
+        await client.post(
+            route, content=b"{not json", headers={"content-type": "application/json"}
+        ),
+        422,
+        "invalid_request",
+    )
+    files = {"file": ("c.jpg", payload("cat.jpg"))}
+    _assert_error(
+        await client.post(route, files=files, data={"model": "ghost"}), 404, "unknown_model"
+    )
+    _assert_error(
+        await client.post(route, files=files, data={"top_k": "0"}), 422, "invalid_request"
+    )
+    _assert_error(await client.get("/api/v1/nothing-here"), 404, "not_found")
+    _assert_error(await client.get(route), 405, "method_not_allowed")

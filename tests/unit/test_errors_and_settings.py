@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from pydantic import ValidationError
+
+from modelship.errors import (
+    InvalidInput,
+    ModelShipError,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from modelship.settings import Profile, Settings
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InvalidInput("bad", "empty_text"),
+        UnsupportedMediaType("nope"),
+        PayloadTooLarge("big"),
+        NotFound("gone", "unknown_model"),
+        Overloaded("busy", retry_after_s=7),
+    ],
+)
+def test_errors_survive_pickling_across_actors(error: ModelShipError) -> None:
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert (copy.status, copy.code, copy.message) == (error.status, error.code, error.message)
+    assert getattr(copy, "retry_after_s", None) == getattr(error, "retry_after_s", None)
+
+
+def test_statuses() -> None:
+    assert (InvalidInput.status, UnsupportedMediaType.status, PayloadTooLarge.status) == (
+        422,
+        415,
+        413,
+    )
+    assert NotFound.status == 404
+    assert Overloaded.status == 503
+
+
+def test_settings_read_the_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELSHIP_MAX_TEXTS_PER_REQUEST", "7")
+    monkeypatch.setenv("MODELSHIP_PROFILE", "staging")
+    settings = Settings()
+    assert settings.max_texts_per_request == 7
+    assert settings.profile is Profile.staging
+
+
+def test_production_refuses_debug_and_the_default_secret() -> None:
+    with pytest.raises(ValidationError, match="SECRET_KEY"):
+        Settings(profile=Profile.production)
+    with pytest.raises(ValidationError, match="debug"):
+        Settings(profile=Profile.production, debug=True, secret_key="s3cret-for-real")
+    ok = Settings(profile=Profile.production, secret_key="s3cret-for-real")
+    assert ok.profile is Profile.production
+
+
+def test_unknown_settings_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        Settings(max_textz=3)  # type: ignore[call-arg]

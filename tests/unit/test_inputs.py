@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+
+from modelship.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from modelship.inputs import check_texts, decode_image, sniff_image_type
+from modelship.settings import Settings
+from tests.conftest import payload
+
+
+@pytest.mark.parametrize(
+    ("name", "mime"),
+    [("cat.jpg", "image/jpeg"), ("cat_small.png", "image/png"), ("bomb.png", "image/png")],
+)
+def test_sniffs_type_from_magic_bytes(name: str, mime: str) -> None:
+    assert sniff_image_type(payload(name)) == mime
+
+
+@pytest.mark.parametrize("data", [payload("not_an_image.pdf"), b"hello world", b"\x00" * 64])
+def test_refuses_what_is_not_an_image(data: bytes) -> None:
+    with pytest.raises(UnsupportedMediaType):
+        sniff_image_type(data)
+
+
+def test_decodes_upright_rgb(settings: Settings) -> None:
+    decoded = decode_image(payload("cat.jpg"), settings)
+    assert (decoded.image.width, decoded.image.height, decoded.image.mode) == (451, 300, "RGB")
+    assert decoded.media_type == "image/jpeg"
+
+
+def test_applies_exif_orientation(settings: Settings) -> None:
+    stored_sideways = decode_image(payload("cat_exif_rotated.jpg"), settings).image
+    assert stored_sideways.size == (451, 300)
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("truncated.jpg", "corrupt_image"),
+        ("garbage_after_magic.png", "corrupt_image"),
+        ("bomb.png", "decompression_bomb"),
+        ("huge_side.png", "image_too_large"),
+        ("zero_width.png", "corrupt_image"),
+    ],
+)
+def test_bad_images_are_422_with_a_code(name: str, code: str, settings: Settings) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        decode_image(payload(name), settings)
+    assert caught.value.code == code
+    assert caught.value.status == 422
+
+
+def test_bomb_guard_uses_the_configured_limit(tmp_path: object) -> None:
+    strict = Settings(max_image_pixels=100 * 100)
+    with pytest.raises(InvalidInput) as caught:
+        decode_image(payload("cat.jpg"), strict)
+    assert caught.value.code == "decompression_bomb"
+
+
+def test_image_over_the_byte_limit_is_413() -> None:
+    with pytest.raises(PayloadTooLarge):
+        decode_image(payload("cat.jpg"), Settings(max_image_bytes=1000))
+
+
+def test_empty_image_is_422(settings: Settings) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        decode_image(b"", settings)
+    assert caught.value.code == "empty_image"
+
+
+@pytest.mark.parametrize(
+    ("texts", "code"),
+    [
+        (["fine", "  "], "empty_text"),
+        (["x" * 10_001], "text_too_long"),
+        (["a"] * 65, "too_many_texts"),
+    ],
+)
+def test_text_limits(texts: list[str], code: str, settings: Settings) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        check_texts(texts, settings)
+    assert caught.value.code == code
+
+
+def test_texts_within_limits_pass(settings: Settings) -> None:
+    check_texts(["a sentence", "another"], settings)
