@@ -1,0 +1,53 @@
+"""Integration tier: the real application from config/serve_config.yaml, over real HTTP."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+CONFIG = Path(__file__).resolve().parents[2] / "config" / "serve_config.yaml"
+APP = "modelship"
+
+
+def deploy_config(config: dict[str, Any], timeout_s: float = 300) -> None:
+    """Deploy a serve config the way ``serve deploy`` and KubeRay do, and wait for it."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(APP)
+        if app is not None and app.status == "RUNNING":
+            return
+        if app is not None and app.status == "DEPLOY_FAILED":
+            raise RuntimeError(app.message)
+        time.sleep(1)
+    raise TimeoutError(f"{APP} did not start in {timeout_s}s")
+
+
+@pytest.fixture(scope="session")
+def serve_config() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
+    config.pop("http_options")  # the session cluster's proxy listens on a free port
+    return config
+
+
+@pytest.fixture(scope="session")
+def base_url(serve_cluster: int, serve_config: dict[str, Any]) -> Iterator[str]:
+    deploy_config(copy.deepcopy(serve_config))
+    yield f"http://127.0.0.1:{serve_cluster}"
+
+
+@pytest.fixture
+def http(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        yield client

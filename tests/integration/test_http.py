@@ -1,0 +1,112 @@
+"""The default application, deployed from config/serve_config.yaml, over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+
+from tests.conftest import payload
+
+
+def test_ready_only_when_every_model_is_loaded(http: httpx.Client) -> None:
+    ready = http.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {
+        "efficientnet-lite0": "ready",
+        "minilm-zero-shot": "ready",
+        "nudenet-320n": "ready",
+    }
+    assert http.get("/health/live").json() == {"status": "ok", "checks": {}}
+
+
+def test_classify_the_cat_photo(http: httpx.Client) -> None:
+    response = http.post("/api/v1/classify/image", files={"file": ("cat.jpg", payload("cat.jpg"))})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["labels"][0]["label"] == "Egyptian cat"
+    assert body["model"] == {"name": "efficientnet-lite0", "version": "sha256:579344248a93e230"}
+    assert response.headers.get_list("x-request-id") == [body["request_id"]]
+
+
+def test_classify_coffee_sent_as_base64_json(http: httpx.Client) -> None:
+    image = base64.b64encode(payload("coffee.jpg")).decode()
+    response = http.post(
+        "/api/v1/classify/image",
+        json={"image_base64": image, "top_k": 2},
+        headers={"X-Request-ID": "client-chosen-id-42"},
+    )
+    assert response.status_code == 200, response.text
+    assert [label["label"] for label in response.json()["labels"]] == ["espresso", "cup"]
+    assert response.json()["request_id"] == "client-chosen-id-42"
+    assert response.headers.get_list("x-request-id") == ["client-chosen-id-42"]
+
+
+def test_classify_texts_zero_and_few_shot(http: httpx.Client) -> None:
+    configured = http.post(
+        "/api/v1/classify/text", json={"text": "Fantastic quality, would buy again"}
+    )
+    assert configured.status_code == 200, configured.text
+    assert configured.json()["results"][0]["labels"][0]["label"] == "positive"
+    few_shot = http.post(
+        "/api/v1/classify/text",
+        json={
+            "texts": ["The goalkeeper saved a penalty.", "Whisk the eggs with sugar."],
+            "labels": [
+                {"name": "x", "examples": ["the team won the match", "a late goal"]},
+                {"name": "y", "examples": ["bake for an hour", "a recipe with butter"]},
+            ],
+            "top_k": 1,
+        },
+    )
+    assert few_shot.status_code == 200, few_shot.text
+    assert [r["labels"][0]["label"] for r in few_shot.json()["results"]] == ["x", "y"]
+
+
+def test_detect_boxes_in_original_pixels(http: httpx.Client) -> None:
+    response = http.post("/api/v1/detect", files={"file": ("a.jpg", payload("astronaut.jpg"))})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["image"]["width"] == 512
+    (face,) = [d for d in body["detections"] if d["label"] == "FACE_FEMALE"]
+    x, y, w, h = face["box"]
+    assert 150 < x < 200 and 60 < y < 110 and 80 < w < 130 and 80 < h < 130
+
+
+def test_models_list_versions_batching_and_readiness(http: httpx.Client) -> None:
+    models = {m["name"]: m for m in http.get("/api/v1/models").json()["models"]}
+    assert models["minilm-zero-shot"]["task"] == "zero-shot-text-classification"
+    assert models["minilm-zero-shot"]["labels"] == ["positive", "negative", "neutral"]
+    assert models["efficientnet-lite0"]["batching"]["max_batch_size"] == 8
+    assert len(models["efficientnet-lite0"]["labels"]) == 1000
+    assert all(m["ready"] and m["device"] == "cpu" for m in models.values())
+
+
+def test_openapi_document(http: httpx.Client) -> None:
+    document = http.get("/api/v1/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    assert "/api/v1/models" in document["paths"]
+
+
+def test_bad_input_is_4xx_and_leaves_the_replicas_up(http: httpx.Client) -> None:
+    cases = [
+        ("/api/v1/classify/image", "not_an_image.pdf", 415, "unsupported_media_type"),
+        ("/api/v1/classify/image", "truncated.jpg", 422, "corrupt_image"),
+        ("/api/v1/detect", "bomb.png", 422, "decompression_bomb"),
+        ("/api/v1/detect", "huge_side.png", 422, "image_too_large"),
+    ]
+    for route, name, status, code in cases:
+        response = http.post(route, files={"file": (name, payload(name))})
+        assert response.status_code == status, (name, response.text)
+        assert response.json()["error"]["code"] == code
+        assert response.json()["error"]["request_id"] == response.headers["x-request-id"]
+    too_big = http.post(
+        "/api/v1/classify/image", files={"file": ("big.jpg", b"\xff\xd8\xff" + bytes(21 << 20))}
+    )
+    assert too_big.status_code == 413
+    unknown = http.post("/api/v1/classify/text", json={"text": "hi", "model": "ghost"})
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "unknown_model"
+    assert http.get("/health/ready").status_code == 200
+    ok = http.post("/api/v1/classify/image", files={"file": ("cat.jpg", payload("cat.jpg"))})
+    assert ok.status_code == 200
