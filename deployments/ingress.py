@@ -42,10 +42,14 @@ class Ingress:
         configs: list[ModelConfig],
         settings: Settings,
     ) -> None:
-        self.configs = configs
+        self._configs = configs
         self._preprocessor = preprocessor
         self._models = models
         self._settings = settings
+
+    @property
+    def configs(self) -> list[ModelConfig]:
+        return self._configs
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         return create_api(self, self._settings, behind_serve_proxy=True)
@@ -72,7 +76,7 @@ class Ingress:
         return await self._call(self._models[config.name].predict.remote(prepared))
 
     async def model_infos(self) -> list[ModelInfo]:
-        return list(await asyncio.gather(*(self._info(config) for config in self.configs)))
+        return list(await asyncio.gather(*(self._info(config) for config in self._configs)))
 
     async def _info(self, config: ModelConfig) -> ModelInfo:
         try:

@@ -52,7 +52,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 class LabelingBackend(Protocol):
     """What the HTTP layer needs from the serving graph."""
 
-    configs: Sequence[ModelConfig]
+    @property
+    def configs(self) -> Sequence[ModelConfig]: ...
 
     async def label_image(
         self, config: ModelConfig, data: bytes, options: ItemOptions

@@ -43,12 +43,10 @@ def models(config_path: Path) -> int:
 def openapi() -> int:
     """Print the OpenAPI document (no Ray, no models needed)."""
     from modelship.api import create_api
+    from modelship.local import LocalBackend
     from modelship.settings import Settings
 
-    class _NoBackend:
-        configs: list[object] = []
-
-    app = create_api(_NoBackend(), Settings())  # type: ignore[arg-type]
+    app = create_api(LocalBackend([], Settings()), Settings())
     print(json.dumps(app.openapi(), indent=2))
     return 0
 

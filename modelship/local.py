@@ -42,7 +42,7 @@ class LocalBackend:
     """A ``LabelingBackend`` that runs every model in this process."""
 
     def __init__(self, configs: Sequence[ModelConfig], settings: Settings) -> None:
-        self.configs = list(configs)
+        self._configs = list(configs)
         self._settings = settings
         store = ModelStore(settings.models_dir)
         self._predictors: dict[str, Predictor[Any, Any]] = {}
@@ -50,6 +50,10 @@ class LocalBackend:
             predictor = build_predictor(config, store.resolve(config.source))
             predictor.load()
             self._predictors[config.name] = predictor
+
+    @property
+    def configs(self) -> list[ModelConfig]:
+        return self._configs
 
     def predictor(self, name: str) -> Predictor[Any, Any]:
         return self._predictors[name]
@@ -80,5 +84,5 @@ class LocalBackend:
                 device=self._predictors[config.name].device,
                 ready=True,
             )
-            for config in self.configs
+            for config in self._configs
         ]

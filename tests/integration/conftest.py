@@ -42,9 +42,9 @@ def serve_config() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def base_url(serve_cluster: int, serve_config: dict[str, Any]) -> Iterator[str]:
+def base_url(serve_cluster: int, serve_config: dict[str, Any]) -> str:
     deploy_config(copy.deepcopy(serve_config))
-    yield f"http://127.0.0.1:{serve_cluster}"
+    return f"http://127.0.0.1:{serve_cluster}"
 
 
 @pytest.fixture
