@@ -16,6 +16,8 @@ from modelship.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+pytest_plugins = ["tests.tiny_models"]
+
 DATA = Path(__file__).parent / "data"
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from modelship.api import create_api
 from modelship.local import LocalBackend
+from modelship.schemas import ModelConfig, Task
 from modelship.settings import Settings
 from tests.conftest import PACKAGED_MODELS, payload
 
@@ -200,3 +202,51 @@ async def test_other_bad_requests(client: httpx.AsyncClient) -> None:
     )
     _assert_error(await client.get("/api/v1/nothing-here"), 404, "not_found")
     _assert_error(await client.get(route), 405, "method_not_allowed")
+
+
+@pytest.fixture(scope="module")
+def text_models_client(
+    tiny_text_classifier_dir: Path, tiny_ner_dir: Path, settings: Settings
+) -> httpx.AsyncClient:
+    configs = [
+        ModelConfig(
+            name="sentiment", task=Task.text_classification, source=str(tiny_text_classifier_dir)
+        ),
+        ModelConfig(name="ner", task=Task.token_classification, source=str(tiny_ner_dir)),
+    ]
+    app = create_api(LocalBackend(configs, settings), settings)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+async def test_text_classification_route_with_any_hf_classifier(
+    text_models_client: httpx.AsyncClient,
+) -> None:
+    response = await text_models_client.post(
+        "/api/v1/classify/text", json={"texts": ["john lives in paris", "very good"], "top_k": 2}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"]["name"] == "sentiment"
+    for result in body["results"]:
+        assert len(result["labels"]) == 2
+        assert {label["label"] for label in result["labels"]} <= {"negative", "neutral", "positive"}
+
+
+async def test_entities_route_returns_character_offsets(
+    text_models_client: httpx.AsyncClient,
+) -> None:
+    text = "john lives in paris, france"
+    response = await text_models_client.post("/api/v1/entities", json={"text": text})
+    assert response.status_code == 200, response.text
+    for entity in response.json()["results"][0]["entities"]:
+        assert text[entity["start"] : entity["end"]] == entity["text"]
+        assert entity["label"] in {"PER", "LOC"}
+    wrong = await text_models_client.post(
+        "/api/v1/classify/text", json={"text": "x", "model": "ner"}
+    )
+    assert wrong.status_code == 422
+    none = await text_models_client.post(
+        "/api/v1/detect", files={"file": ("c.jpg", payload("cat.jpg"))}
+    )
+    assert none.status_code == 404
+    assert none.json()["error"]["code"] == "no_model"

@@ -1,0 +1,54 @@
+"""config/serve_config.yaml is a valid Serve config whose app args and overrides agree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from modelship.schemas import LabelingAppArgs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "config" / "serve_config.yaml").read_text())
+    return loaded
+
+
+def test_it_is_a_serve_deploy_config(config: dict[str, Any]) -> None:
+    schema = ServeDeploySchema.model_validate(config)
+    assert schema.http_options.host == "127.0.0.1"
+    (app,) = schema.applications
+    assert app.import_path == "graphs.labeling:build_app"
+
+
+def test_overrides_name_real_deployments_and_fit_two_cores(config: dict[str, Any]) -> None:
+    app = config["applications"][0]
+    args = LabelingAppArgs.model_validate(app["args"])
+    expected = {"Ingress", "Preprocessor"} | {m.deployment_name for m in args.models}
+    overrides = {d["name"] for d in app["deployments"]}
+    assert overrides == expected
+    assert all("autoscaling_config" in d for d in app["deployments"])
+    assert sum(m.num_cpus for m in args.models) + 0.25 + 0.25 <= 2.0
+    assert all(m.source.startswith("packaged:") for m in args.models)
+
+
+def test_serve_build_accepts_the_default_app(tmp_path: Path) -> None:
+    out = tmp_path / "built.yaml"
+    subprocess.run(
+        [Path(sys.executable).with_name("serve"), "build", "graphs.default:app", "-o", out],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    built = ServeDeploySchema.model_validate(yaml.safe_load(out.read_text()))
+    names = {d.name for d in built.applications[0].deployments}
+    assert {"Preprocessor", "Model-efficientnet-lite0", "Model-minilm-zero-shot"} <= names
