@@ -60,14 +60,11 @@ class Ingress:
         except Exception as exc:
             raise translate(exc) from exc
 
-    async def label_image(
-        self, config: ModelConfig, data: bytes, options: ItemOptions
-    ) -> ItemResult:
-        prepared = self._preprocessor.image.remote(config.name, data, options)
-        results: list[ItemResult] = await self._call(
-            self._models[config.name].predict.remote(prepared)
-        )
-        return results[0]
+    async def label_images(
+        self, config: ModelConfig, images: list[bytes], options: ItemOptions
+    ) -> list[ItemResult]:
+        prepared = self._preprocessor.images.remote(config.name, images, options)
+        return await self._call(self._models[config.name].predict.remote(prepared))
 
     async def label_texts(
         self, config: ModelConfig, texts: list[str], options: ItemOptions

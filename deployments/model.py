@@ -49,8 +49,7 @@ class ModelReplica:
     def __init__(self, config: ModelConfig, settings: Settings) -> None:
         self._config = config
         self._batching = config.batching
-        threads = max(1, math.ceil(config.num_cpus))
-        torch.set_num_threads(threads)
+        torch.set_num_threads(config.torch_threads or max(1, math.ceil(config.num_cpus)))
         device = "cuda" if config.num_gpus > 0 and torch.cuda.is_available() else "cpu"
         started = time.perf_counter()
         files = ModelStore(settings.models_dir).resolve(config.source)
@@ -58,6 +57,7 @@ class ModelReplica:
         self._predictor.load()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
         self._batch_sizes: deque[int] = deque(maxlen=10_000)
+        self._batches = self._items = 0
         self._failures = 0
         self._last_success = time.monotonic()
         logger.info(
@@ -86,6 +86,8 @@ class ModelReplica:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _infer(self, batch: list[Prepared]) -> list[Output]:
         self._batch_sizes.append(len(batch))
+        self._batches += 1
+        self._items += len(batch)
         loop = asyncio.get_running_loop()
         try:
             outputs = await loop.run_in_executor(self._executor, self._predictor.predict, batch)
@@ -110,8 +112,13 @@ class ModelReplica:
         )
 
     def stats(self) -> dict[str, Any]:
-        """Batch sizes observed since start, and this replica's process id."""
-        return {"pid": os.getpid(), "batch_sizes": list(self._batch_sizes)}
+        """Batches and items since start, the latest batch sizes, and the process id."""
+        return {
+            "pid": os.getpid(),
+            "batches": self._batches,
+            "items": self._items,
+            "batch_sizes": list(self._batch_sizes),
+        }
 
     async def check_health(self) -> None:
         """Fail (so Serve replaces this replica) when the model no longer runs."""

@@ -34,9 +34,13 @@ class Preprocessor:
             predictor.load_processor()
             self._predictors[config.name] = predictor
 
-    def image(self, model: str, data: bytes, options: ItemOptions) -> list[PreparedImage]:
-        """One image, decoded and transformed for ``model`` (a list of one, for the replica)."""
-        return [prepare_image(self._predictors[model], data, options, self._settings)]
+    def images(self, model: str, images: list[bytes], options: ItemOptions) -> list[PreparedImage]:
+        """Images decoded and transformed for ``model``; the first bad one fails the call."""
+        predictor = self._predictors[model]
+        return [
+            prepare_image(predictor, data, options, self._settings, index)
+            for index, data in enumerate(images)
+        ]
 
     def texts(self, model: str, texts: list[str], options: ItemOptions) -> list[PreparedText]:
         """Texts tokenised for ``model``, unpadded."""

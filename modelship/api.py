@@ -9,30 +9,32 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
-import uuid
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelship.errors import InvalidInput, ModelShipError, NotFound, UnsupportedMediaType
 from modelship.http_errors import error_response
 from modelship.inputs import check_texts
+from modelship.middleware import BodyLimitMiddleware, RequestIdMiddleware, request_id
 from modelship.schemas import (
     ClassifyImageResponse,
+    ClassifyImagesResponse,
     ClassifyTextResponse,
     DetectResponse,
     EntitiesResponse,
     ErrorResponse,
     HealthResponse,
+    ImageLabels,
+    ImageParams,
     ImageRequest,
+    ImagesRequest,
     ItemOptions,
     ItemResult,
     ModelConfig,
@@ -46,7 +48,7 @@ from modelship.schemas import (
 )
 from modelship.settings import Settings
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+M = TypeVar("M", bound=BaseModel)
 
 
 class LabelingBackend(Protocol):
@@ -55,80 +57,15 @@ class LabelingBackend(Protocol):
     @property
     def configs(self) -> Sequence[ModelConfig]: ...
 
-    async def label_image(
-        self, config: ModelConfig, data: bytes, options: ItemOptions
-    ) -> ItemResult: ...
+    async def label_images(
+        self, config: ModelConfig, images: list[bytes], options: ItemOptions
+    ) -> list[ItemResult]: ...
 
     async def label_texts(
         self, config: ModelConfig, texts: list[str], options: ItemOptions
     ) -> list[ItemResult]: ...
 
     async def model_infos(self) -> list[ModelInfo]: ...
-
-
-class RequestIdMiddleware:
-    """Gives every request an id (the client's, if well-formed) and returns it.
-
-    Behind Ray Serve's proxy the proxy already returns ``X-Request-ID`` (the id it passes
-    us in the request headers), so ``set_header`` is off there to avoid a second header.
-    """
-
-    def __init__(self, app: ASGIApp, set_header: bool = True) -> None:
-        self.app = app
-        self.set_header = set_header
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        async def send_with_id(message: Message) -> None:
-            if self.set_header and message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
-                headers.append((b"x-request-id", request_id.encode()))
-                message["headers"] = headers
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
-
-
-class BodyLimitMiddleware:
-    """Refuses bodies over ``max_bytes`` with 413, by Content-Length or while streaming.
-
-    Raises HTTPException from ``receive`` so the error reaches our one error handler
-    (FastAPI re-raises HTTPException from body parsing instead of turning it into 400).
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        too_large = HTTPException(413, f"the request body exceeds {self.max_bytes} bytes")
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                raise too_large
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise too_large
-            return message
-
-        await self.app(scope, limited_receive, send)
-
-
-def request_id(request: Request) -> str:
-    return str(getattr(request.state, "request_id", "") or uuid.uuid4().hex)
 
 
 def pick_model(configs: Sequence[ModelConfig], name: str | None, tasks: set[Task]) -> ModelConfig:
@@ -149,59 +86,79 @@ def pick_model(configs: Sequence[ModelConfig], name: str | None, tasks: set[Task
     raise NotFound(f"unknown model {name!r}", "unknown_model")
 
 
-async def _read_image_request(request: Request) -> tuple[bytes, ImageRequest]:
-    """Multipart (``file`` plus form fields) or JSON with base64; 415 for anything else."""
+def _validate(model: type[M], data: str | bytes | dict[str, Any]) -> M:
+    try:
+        if isinstance(data, dict):
+            return model.model_validate(data)
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{where}: {first['msg']}", "invalid_request") from None
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("an image is not valid base64", "invalid_base64") from None
+
+
+def _check_count(count: int, max_files: int) -> None:
+    if count > max_files:
+        raise InvalidInput(f"{count} images; at most {max_files} per request", "too_many_images")
+
+
+async def _read_images(
+    request: Request, json_model: type[ImageRequest] | type[ImagesRequest], max_files: int
+) -> tuple[list[bytes], ImageParams]:
+    """Multipart (``file`` fields plus form fields) or JSON with base64; 415 otherwise."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        async with request.form(max_files=1, max_fields=8) as form:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
+        try:
+            form = await request.form(max_files=max_files + 1, max_fields=8)
+        except HTTPException as exc:
+            if exc.status_code != 400:  # e.g. 413 from the body limit
+                raise
+            raise InvalidInput(str(exc.detail), "invalid_multipart") from None
+        try:
+            uploads = [u for u in form.getlist("file") if isinstance(u, UploadFile)]
+            if not uploads:
                 raise InvalidInput("multipart field 'file' with the image is missing", "no_file")
-            data = await upload.read()
+            _check_count(len(uploads), max_files)
+            images = [await upload.read() for upload in uploads]
             fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
-        try:
-            params = ImageRequest.model_validate({"image_base64": "-", **fields})
-        except ValidationError as exc:
-            raise InvalidInput(_first_error(exc), "invalid_request") from None
-        return data, params
+        finally:
+            await form.close()
+        return images, _validate(ImageParams, fields)
     if content_type == "application/json":
-        try:
-            params = ImageRequest.model_validate_json(await request.body())
-        except ValidationError as exc:
-            raise InvalidInput(_first_error(exc), "invalid_request") from None
-        try:
-            return base64.b64decode(params.image_base64, validate=True), params
-        except (binascii.Error, ValueError):
-            raise InvalidInput("image_base64 is not valid base64", "invalid_base64") from None
+        body = _validate(json_model, await request.body())
+        encoded = [body.image_base64] if isinstance(body, ImageRequest) else body.images_base64
+        _check_count(len(encoded), max_files)
+        return [_b64decode(text) for text in encoded], body
     raise UnsupportedMediaType(
         f"send multipart/form-data or application/json, not {content_type or 'nothing'}"
     )
 
 
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-
-
 def _image_body(schema_ref: str) -> dict[str, Any]:
     """OpenAPI for routes that read the body themselves (JSON or multipart)."""
+    form = {
+        "type": "object",
+        "required": ["file"],
+        "properties": {
+            "file": {"type": "string", "format": "binary"},
+            "model": {"type": "string"},
+            "top_k": {"type": "integer"},
+            "score_threshold": {"type": "number"},
+        },
+    }
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {"schema": {"$ref": f"#/components/schemas/{schema_ref}"}},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file"],
-                        "properties": {
-                            "file": {"type": "string", "format": "binary"},
-                            "model": {"type": "string"},
-                            "top_k": {"type": "integer"},
-                            "score_threshold": {"type": "number"},
-                        },
-                    }
-                },
+                "multipart/form-data": {"schema": form},
             },
         }
     }
@@ -230,8 +187,15 @@ def create_api(
     for exc_class in (Exception, ModelShipError, RequestValidationError, HTTPException):
         app.add_exception_handler(exc_class, _error_handler)
 
-    def image_options(config: ModelConfig, params: ImageRequest) -> ItemOptions:
-        return ItemOptions(
+    async def label_images(
+        request: Request,
+        json_model: type[ImageRequest] | type[ImagesRequest],
+        task: Task,
+        max_files: int = 1,
+    ) -> tuple[ModelConfig, list[ItemResult]]:
+        images, params = await _read_images(request, json_model, max_files)
+        config = pick_model(backend.configs, params.model, {task})
+        options = ItemOptions(
             top_k=params.top_k or config.top_k,
             score_threshold=(
                 params.score_threshold
@@ -239,6 +203,21 @@ def create_api(
                 else config.score_threshold
             ),
         )
+        return config, await backend.label_images(config, images, options)
+
+    async def label_texts(
+        body: TextRequest, tasks: set[Task]
+    ) -> tuple[ModelConfig, list[ItemResult]]:
+        config = pick_model(backend.configs, body.model, tasks)
+        texts = body.all_texts
+        check_texts(texts, settings)
+        labels = body.labels or config.labels
+        options = ItemOptions(
+            top_k=body.top_k or config.top_k,
+            score_threshold=config.score_threshold,
+            labels=tuple(labels) if labels else None,
+        )
+        return config, await backend.label_texts(config, texts, options)
 
     @app.get("/health/live", response_model=HealthResponse, tags=["health"])
     async def live() -> HealthResponse:
@@ -268,9 +247,7 @@ def create_api(
         tags=["label"],
     )
     async def classify_image(request: Request) -> ClassifyImageResponse:
-        data, params = await _read_image_request(request)
-        config = pick_model(backend.configs, params.model, {Task.image_classification})
-        result = await backend.label_image(config, data, image_options(config, params))
+        config, (result,) = await label_images(request, ImageRequest, Task.image_classification)
         assert result.image is not None
         return ClassifyImageResponse(
             request_id=request_id(request),
@@ -280,15 +257,32 @@ def create_api(
         )
 
     @app.post(
+        "/api/v1/classify/images",
+        response_model=ClassifyImagesResponse,
+        openapi_extra=_image_body("ImagesRequest"),
+        tags=["label"],
+    )
+    async def classify_images(request: Request) -> ClassifyImagesResponse:
+        config, results = await label_images(
+            request, ImagesRequest, Task.image_classification, settings.max_images_per_request
+        )
+        return ClassifyImagesResponse(
+            request_id=request_id(request),
+            model=ModelRef(name=config.name, version=results[0].version),
+            results=[
+                ImageLabels(index=i, image=r.image, labels=r.output)  # type: ignore[arg-type]
+                for i, r in enumerate(results)
+            ],
+        )
+
+    @app.post(
         "/api/v1/detect",
         response_model=DetectResponse,
         openapi_extra=_image_body("ImageRequest"),
         tags=["label"],
     )
     async def detect(request: Request) -> DetectResponse:
-        data, params = await _read_image_request(request)
-        config = pick_model(backend.configs, params.model, {Task.object_detection})
-        result = await backend.label_image(config, data, image_options(config, params))
+        config, (result,) = await label_images(request, ImageRequest, Task.object_detection)
         assert result.image is not None
         return DetectResponse(
             request_id=request_id(request),
@@ -296,20 +290,6 @@ def create_api(
             image=result.image,
             detections=result.output,  # type: ignore[arg-type]
         )
-
-    async def label_texts(
-        body: TextRequest, tasks: set[Task]
-    ) -> tuple[ModelConfig, list[ItemResult]]:
-        config = pick_model(backend.configs, body.model, tasks)
-        texts = body.all_texts
-        check_texts(texts, settings)
-        labels = body.labels or config.labels
-        options = ItemOptions(
-            top_k=body.top_k or config.top_k,
-            score_threshold=config.score_threshold,
-            labels=tuple(labels) if labels else None,
-        )
-        return config, await backend.label_texts(config, texts, options)
 
     @app.post("/api/v1/classify/text", response_model=ClassifyTextResponse, tags=["label"])
     async def classify_text(body: TextRequest, request: Request) -> ClassifyTextResponse:
@@ -336,7 +316,7 @@ def create_api(
             ],
         )
 
-    _register_schema(app, ImageRequest)
+    _register_schemas(app, [ImageRequest, ImagesRequest])
     return app
 
 
@@ -344,8 +324,8 @@ async def _error_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc, request_id(request))
 
 
-def _register_schema(app: FastAPI, model: type[ImageRequest]) -> None:
-    """Add a model FastAPI cannot see (the body is read by hand) to the components."""
+def _register_schemas(app: FastAPI, models: list[type[ImageParams]]) -> None:
+    """Add models FastAPI cannot see (their bodies are read by hand) to the components."""
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -353,9 +333,10 @@ def _register_schema(app: FastAPI, model: type[ImageRequest]) -> None:
             return app.openapi_schema
         schema = original()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components[model.__name__] = model.model_json_schema(
-            ref_template="#/components/schemas/{model}"
-        )
+        for model in models:
+            components[model.__name__] = model.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from modelship.errors import ModelShipError
 from modelship.inputs import decode_image
 from modelship.predictors import ModelStore, Predictor, build_predictor
 from modelship.schemas import (
@@ -23,10 +24,23 @@ from modelship.settings import Settings
 
 
 def prepare_image(
-    predictor: Predictor[Any, Any], data: bytes, options: ItemOptions, settings: Settings
+    predictor: Predictor[Any, Any],
+    data: bytes,
+    options: ItemOptions,
+    settings: Settings,
+    index: int | None = None,
 ) -> PreparedImage:
-    """Decode (with every guard) and transform one image for ``predictor``."""
-    decoded = decode_image(data, settings)
+    """Decode (with every guard) and transform one image for ``predictor``.
+
+    ``index`` names the image in errors when a request carries several.
+    """
+    try:
+        decoded = decode_image(data, settings)
+    except ModelShipError as exc:
+        if index is not None:
+            exc.message = f"image {index}: {exc.message}"
+            exc.args = (exc.message, *exc.args[1:])
+        raise
     prepared: PreparedImage = predictor.preprocess(decoded.image, options)
     prepared.media_type = decoded.media_type
     return prepared
@@ -58,12 +72,19 @@ class LocalBackend:
     def predictor(self, name: str) -> Predictor[Any, Any]:
         return self._predictors[name]
 
-    async def label_image(
-        self, config: ModelConfig, data: bytes, options: ItemOptions
-    ) -> ItemResult:
+    async def label_images(
+        self, config: ModelConfig, images: list[bytes], options: ItemOptions
+    ) -> list[ItemResult]:
         predictor = self._predictors[config.name]
-        item = prepare_image(predictor, data, options, self._settings)
-        return ItemResult(predictor.predict([item])[0], predictor.version, image_info(item))
+        items = [
+            prepare_image(predictor, data, options, self._settings, index)
+            for index, data in enumerate(images)
+        ]
+        outputs = predictor.predict(items)
+        return [
+            ItemResult(output, predictor.version, image_info(item))
+            for output, item in zip(outputs, items, strict=True)
+        ]
 
     async def label_texts(
         self, config: ModelConfig, texts: list[str], options: ItemOptions

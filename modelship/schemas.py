@@ -75,6 +75,9 @@ class ModelConfig(Inbound):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     num_cpus: float = Field(0.5, ge=0)
     num_gpus: float = Field(0, ge=0)
+    torch_threads: int | None = Field(
+        None, ge=1, le=256, description="Intra-op threads; default: the replica's CPUs, rounded up."
+    )
     max_queued_requests: int = Field(256, ge=1, description="Beyond this, requests get 503.")
 
     @model_validator(mode="after")
@@ -104,13 +107,24 @@ class LabelingAppArgs(Inbound):
 # --- HTTP requests --------------------------------------------------------------------
 
 
-class ImageRequest(Inbound):
-    """An image sent as JSON instead of multipart."""
+class ImageParams(Inbound):
+    """Options of an image request (JSON fields, or form fields beside multipart files)."""
 
-    image_base64: str = Field(min_length=1, description="The image file's bytes, base64.")
     model: Name | None = Field(None, description="Configured model name; default: the first.")
     top_k: int | None = Field(None, ge=1, le=100)
     score_threshold: float | None = Field(None, ge=0, le=1)
+
+
+class ImageRequest(ImageParams):
+    """One image sent as JSON instead of multipart."""
+
+    image_base64: str = Field(min_length=1, description="The image file's bytes, base64.")
+
+
+class ImagesRequest(ImageParams):
+    """Several images sent as JSON instead of multipart."""
+
+    images_base64: list[str] = Field(min_length=1, description="Image files' bytes, base64.")
 
 
 class TextRequest(Inbound):
@@ -176,6 +190,18 @@ class ClassifyImageResponse(BaseModel):
     model: ModelRef
     image: ImageInfo
     labels: list[LabelScore]
+
+
+class ImageLabels(BaseModel):
+    index: int
+    image: ImageInfo
+    labels: list[LabelScore]
+
+
+class ClassifyImagesResponse(BaseModel):
+    request_id: str
+    model: ModelRef
+    results: list[ImageLabels]
 
 
 class TextLabels(BaseModel):

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     max_image_side: int = Field(
         16_384, gt=0, description="Largest width or height accepted, in pixels."
     )
+    max_images_per_request: int = Field(
+        32, gt=0, description="Most images in one batch classification request."
+    )
     max_texts_per_request: int = Field(
         64, gt=0, description="Most texts in one classification request."
     )

@@ -110,3 +110,18 @@ def test_bad_input_is_4xx_and_leaves_the_replicas_up(http: httpx.Client) -> None
     assert http.get("/health/ready").status_code == 200
     ok = http.post("/api/v1/classify/image", files={"file": ("cat.jpg", payload("cat.jpg"))})
     assert ok.status_code == 200
+
+
+def test_many_images_in_one_request(http: httpx.Client) -> None:
+    files = [("file", ("a", payload("coffee.jpg"))), ("file", ("b", payload("cat.jpg")))]
+    response = http.post("/api/v1/classify/images", files=files, data={"top_k": "1"})
+    assert response.status_code == 200, response.text
+    assert [r["labels"][0]["label"] for r in response.json()["results"]] == [
+        "espresso",
+        "Egyptian cat",
+    ]
+    files.append(("file", ("c", payload("bomb.png"))))
+    refused = http.post("/api/v1/classify/images", files=files)
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "decompression_bomb"
+    assert refused.json()["error"]["message"].startswith("image 2:")

@@ -65,6 +65,43 @@ async def test_classify_image_json_base64_keeps_the_callers_request_id(
     assert response.json()["request_id"] == "caller-id-1234"
 
 
+async def test_classify_many_images_in_one_request(client: httpx.AsyncClient) -> None:
+    files = [("file", ("a", payload("cat.jpg"))), ("file", ("b", payload("coffee.jpg")))]
+    response = await client.post("/api/v1/classify/images", files=files, data={"top_k": "1"})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["labels"][0]["label"] for r in results] == ["Egyptian cat", "espresso"]
+    assert [r["image"]["width"] for r in results] == [451, 600]
+    encoded = [base64.b64encode(payload(n)).decode() for n in ("coffee.jpg", "cat_small.png")]
+    as_json = await client.post("/api/v1/classify/images", json={"images_base64": encoded})
+    assert as_json.status_code == 200, as_json.text
+    assert [r["image"]["media_type"] for r in as_json.json()["results"]] == [
+        "image/jpeg",
+        "image/png",
+    ]
+
+
+async def test_one_bad_image_fails_the_batch_and_is_named(client: httpx.AsyncClient) -> None:
+    files = [("file", ("a", payload("cat.jpg"))), ("file", ("b", payload("truncated.jpg")))]
+    response = await client.post("/api/v1/classify/images", files=files)
+    _assert_error(response, 422, "corrupt_image")
+    assert response.json()["error"]["message"].startswith("image 1:")
+    too_many = [base64.b64encode(payload("cat_small.png")).decode()] * 33
+    response = await client.post("/api/v1/classify/images", json={"images_base64": too_many})
+    _assert_error(response, 422, "too_many_images")
+    many_files = [("file", ("a", payload("cat_small.png")))] * 33
+    response = await client.post("/api/v1/classify/images", files=many_files)
+    _assert_error(response, 422, "too_many_images")
+    single = await client.post("/api/v1/classify/image", files=many_files[:2])
+    _assert_error(single, 422, "too_many_images")
+    broken = await client.post(
+        "/api/v1/classify/image",
+        content=b"--xyz\r\nnot a part",
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert broken.status_code == 422, broken.text
+
+
 async def test_malformed_request_ids_are_replaced(client: httpx.AsyncClient) -> None:
     response = await client.get("/health/live", headers={"X-Request-ID": "bad id\twith tabs"})
     assert response.headers["x-request-id"] != "bad id\twith tabs"
