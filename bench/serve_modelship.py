@@ -1,0 +1,82 @@
+"""Runs ModelShip for the benchmark in its own process, with one model, on a fresh local Ray.
+
+Prints ``READY`` when the app answers; then reads commands on stdin: ``stats`` prints
+the model replica's stats as one JSON line; end of input shuts everything down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+
+import ray
+from ray import serve
+
+from bench.workloads import LABELS
+from graphs.labeling import build_app
+from modelship.schemas import BatchingConfig, LabelingAppArgs, LabelSpec, ModelConfig, Task
+
+
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    batching = BatchingConfig(max_batch_size=args.max_batch, batch_wait_timeout_s=args.wait)
+    if args.workload == "text":
+        return ModelConfig(
+            name="minilm",
+            task=Task.zero_shot_text_classification,
+            source="packaged:all-minilm-l6-v2",
+            labels=[LabelSpec(name=name) for name in LABELS],
+            top_k=3,
+            batching=batching,
+            num_cpus=1,
+            torch_threads=args.threads,
+        )
+    return ModelConfig(
+        name="efficientnet-lite0",
+        task=Task.image_classification,
+        source="packaged:efficientnet-lite0",
+        batching=batching,
+        num_cpus=1,
+        torch_threads=args.threads,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workload", choices=["text", "image"], required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--wait", type=float, default=0.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    config = model_config(args)
+    temp_dir = tempfile.mkdtemp(prefix="ray-bench-", dir="/tmp")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=256 * 1024**2,
+        _temp_dir=temp_dir,
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
+    )
+    try:
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": args.port},
+            logging_config={"enable_access_log": False, "log_level": "WARNING"},
+        )
+        serve.run(build_app(LabelingAppArgs(models=[config])), name="modelship", route_prefix="/")
+        handle = serve.get_deployment_handle(config.deployment_name, app_name="modelship")
+        print("READY", flush=True)
+        for line in sys.stdin:
+            if line.strip() == "stats":
+                print(json.dumps(handle.stats.remote().result()), flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
