@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 from bench import limit, report
 from bench.cpu import CpuMeter
-from bench.loadgen import closed_loop, open_loop
+from bench.loadgen import Outcome, closed_loop, open_loop
 from bench.systems import BENTOML_VENV, ModelShip, Server, bentoml, plain
 from bench.workloads import Kind, Workload, build
 
@@ -74,7 +76,11 @@ def run_phase(
             coro = closed_loop(system.base_url, make, int(level), args.seconds, args.warmup, 1)
         else:
             coro = open_loop(system.base_url, make, level, args.seconds, args.warmup, 1)
-        outcome = asyncio.run(coro)
+        try:  # a server that stops answering must not stall the whole run
+            limit_s = args.warmup + args.seconds + 60
+            outcome = asyncio.run(asyncio.wait_for(coro, limit_s))
+        except TimeoutError:
+            outcome = Outcome(errors=-1, duration_s=args.seconds)
     after = system.batch_counts()
     mean_batch = None
     if before and after and after[0] > before[0]:
@@ -136,6 +142,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny inputs: a smoke run")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so every started server is stopped in its finally.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     names = args.systems.split(",")
     if "bentoml" in names and not (BENTOML_VENV / "bin" / "bentoml").exists():
         raise SystemExit("run bench/peers/setup_bentoml.sh first (or drop bentoml)")

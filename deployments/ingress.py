@@ -20,7 +20,8 @@ T = TypeVar("T")
 _READY_TIMEOUT_S = 2.0
 
 
-@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25})
+# Serve's default of 5 ongoing requests would cap the whole graph at 5 requests in flight.
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
 @serve.ingress()
 class Ingress:
     """Routes labeling requests: Preprocessor → ModelReplica, without a round trip here.

@@ -12,7 +12,9 @@ from modelship.schemas import ItemOptions, ModelConfig, PreparedImage, PreparedT
 from modelship.settings import Settings
 
 
-@serve.deployment(name="Preprocessor", ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(
+    name="Preprocessor", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64
+)
 class Preprocessor:
     """Sniffs, decodes and transforms images; tokenises texts — for every configured model.
 
