@@ -9,19 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoModelForTokenClassification
 
-from modelship.errors import ConfigurationError, ModelNotReady
-from modelship.predictors.base import TextPredictor, length_sorted_chunks, pad
+from modelship.errors import ConfigurationError
+from modelship.predictors._hf_text import HFTextPredictor
 from modelship.schemas import Entity, ItemOptions, Output, PreparedText, Task
 
 OUTSIDE = "O"
@@ -76,52 +69,28 @@ def group_entities(tokens: Sequence[TaggedToken], text: str) -> list[Entity]:
     return entities
 
 
-class HFTokenClassifier(TextPredictor):
+class HFTokenClassifier(HFTextPredictor):
     """Entities with character offsets into the original text; needs a fast tokenizer."""
 
     task = Task.token_classification
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._tokenizer: PreTrainedTokenizerBase | None = None
-        self._model: PreTrainedModel | None = None
-        self._names: list[str] = []
-        self._subword_prefix: str | None = None
+    auto_model = AutoModelForTokenClassification
 
     def load_processor(self) -> None:
-        tokenizer = AutoTokenizer.from_pretrained(self.files.path)
-        if not tokenizer.is_fast:
+        super().load_processor()
+        tokenizer = self._tokenizer
+        if tokenizer is None or not tokenizer.is_fast:
             raise ConfigurationError(
                 f"model {self.config.name!r}: token classification needs a fast tokenizer "
                 "(tokenizer.json) for character offsets"
             )
-        config = AutoConfig.from_pretrained(self.files.path)
-        self._tokenizer = tokenizer
-        self._names = [config.id2label[i] for i in range(config.num_labels)]
         backend = getattr(tokenizer, "backend_tokenizer", None)
-        self._subword_prefix = getattr(
+        self._subword_prefix: str | None = getattr(
             getattr(backend, "model", None), "continuing_subword_prefix", None
         )
 
-    def load(self) -> None:
-        self.load_processor()
-        model = AutoModelForTokenClassification.from_pretrained(self.files.path, dtype=self.dtype)
-        self._model = model.to(self.device).eval()
-
-    def labels(self) -> list[str] | None:
-        return list(self._names) or None
-
     def preprocess(self, raw: str, options: ItemOptions) -> PreparedText:
         """Special tokens get the zero-width offset (0, 0), which grouping skips."""
-        if self._tokenizer is None:
-            raise ModelNotReady("tokenizer not loaded")
-        encoded = self._tokenizer(
-            raw,
-            truncation=True,
-            max_length=min(self.config.max_length, self._tokenizer.model_max_length),
-            return_offsets_mapping=True,
-            return_special_tokens_mask=True,
-        )
+        encoded = self._tokenize(raw, return_offsets_mapping=True, return_special_tokens_mask=True)
         offsets = [
             (0, 0) if special else (int(start), int(end))
             for (start, end), special in zip(
@@ -131,18 +100,13 @@ class HFTokenClassifier(TextPredictor):
         return PreparedText(raw, list(encoded["input_ids"]), options, offsets)
 
     def predict(self, batch: Sequence[PreparedText]) -> list[Output]:
-        if self._model is None or self._tokenizer is None:
-            raise ModelNotReady("model not loaded")
-        pad_id = self._tokenizer.pad_token_id or 0
         outputs: list[Output] = [[] for _ in batch]
-        with torch.inference_mode():
-            for indices in length_sorted_chunks(batch):
-                ids, mask = pad([batch[i] for i in indices], pad_id, self.device)
-                probs = self._model(input_ids=ids, attention_mask=mask).logits.float().softmax(-1)
-                for row, index in enumerate(indices):
-                    item = batch[index]
-                    tokens = self._tag(item, probs[row, : len(item)].cpu())
-                    outputs[index] = group_entities(tokens, item.text)
+        for indices, logits in self._logits(batch):
+            probs = logits.softmax(-1)
+            for row, index in enumerate(indices):
+                item = batch[index]
+                tokens = self._tag(item, probs[row, : len(item)].cpu())
+                outputs[index] = group_entities(tokens, item.text)
         return outputs
 
     def _tag(self, item: PreparedText, probs: torch.Tensor) -> list[TaggedToken]:

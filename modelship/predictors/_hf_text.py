@@ -1,0 +1,54 @@
+"""What Hugging Face text predictors share: tokenizer, label names, length-grouped forwards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from modelship.errors import ModelNotReady
+from modelship.predictors.base import TextPredictor, length_sorted_chunks, pad
+from modelship.schemas import PreparedText
+
+
+class HFTextPredictor(TextPredictor):
+    """A model directory with a tokenizer and ``id2label``; subclasses name the Auto class."""
+
+    auto_model: ClassVar[Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._model: PreTrainedModel | None = None
+        self._names: list[str] = []
+
+    def load_processor(self) -> None:
+        self._tokenizer = AutoTokenizer.from_pretrained(self.files.path)
+        self._hf_config = AutoConfig.from_pretrained(self.files.path)
+        self._names = [self._hf_config.id2label[i] for i in range(self._hf_config.num_labels)]
+
+    def load(self) -> None:
+        self.load_processor()
+        model = self.auto_model.from_pretrained(self.files.path, dtype=self.dtype)
+        self._model = model.to(self.device).eval()
+
+    def labels(self) -> list[str] | None:
+        return list(self._names) or None
+
+    def _tokenize(self, text: str, **extra: Any) -> Any:
+        if self._tokenizer is None:
+            raise ModelNotReady("tokenizer not loaded")
+        max_length = min(self.config.max_length, self._tokenizer.model_max_length)
+        return self._tokenizer(text, truncation=True, max_length=max_length, **extra)
+
+    def _logits(self, batch: Sequence[PreparedText]) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """(indices into ``batch``, float logits) per group of similar lengths."""
+        if self._model is None or self._tokenizer is None:
+            raise ModelNotReady("model not loaded")
+        pad_id = self._tokenizer.pad_token_id or 0
+        with torch.inference_mode():
+            for indices in length_sorted_chunks(batch):
+                ids, mask = pad([batch[i] for i in indices], pad_id, self.device)
+                yield indices, self._model(input_ids=ids, attention_mask=mask).logits.float()
