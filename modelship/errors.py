@@ -2,7 +2,7 @@
 
 Errors cross Ray actor boundaries, so every constructor passes all of its arguments to
 ``super().__init__`` (that is what makes them survive pickling). The one place that turns
-them into HTTP responses is ``deployments/_http.py``.
+them into HTTP responses is ``modelship/http_errors.py``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,18 @@ class PayloadTooLarge(ModelShipError):
 class NotFound(ModelShipError):
     status = 404
     code = "not_found"
+
+
+class Conflict(ModelShipError):
+    status = 409
+    code = "conflict"
+
+
+class ServiceUnavailable(ModelShipError):
+    """A service we depend on (PostgreSQL, Redis, object storage) cannot be reached."""
+
+    status = 503
+    code = "service_unavailable"
 
 
 class ModelNotReady(ModelShipError):

@@ -15,7 +15,13 @@ from ray import exceptions as ray_exceptions
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException
 
-from modelship.errors import InvalidInput, ModelNotReady, ModelShipError, Overloaded
+from modelship.errors import (
+    InvalidInput,
+    ModelNotReady,
+    ModelShipError,
+    Overloaded,
+    ServiceUnavailable,
+)
 from modelship.schemas import ErrorBody, ErrorResponse
 
 logger = logging.getLogger("modelship.http")
@@ -55,13 +61,14 @@ def translate(exc: BaseException) -> ModelShipError:
 def error_response(exc: BaseException, request_id: str) -> JSONResponse:
     error = translate(exc)
     message = error.message
-    if error.status >= 500 and not isinstance(error, (Overloaded, ModelNotReady)):
+    retryable = (Overloaded, ModelNotReady, ServiceUnavailable)
+    if error.status >= 500 and not isinstance(error, retryable):
         logger.error("request %s failed", request_id, exc_info=exc)
         message = "internal error"
     body = ErrorResponse(error=ErrorBody(code=error.code, message=message, request_id=request_id))
     headers: dict[str, str] = {}
     if isinstance(error, Overloaded):
         headers["Retry-After"] = str(error.retry_after_s)
-    elif isinstance(error, ModelNotReady):
+    elif isinstance(error, (ModelNotReady, ServiceUnavailable)):
         headers["Retry-After"] = "5"
     return JSONResponse(body.model_dump(), status_code=error.status, headers=headers)

@@ -1,0 +1,1 @@
+"""Storage backends: PostgreSQL, Redis, object storage and their embedded servers."""

@@ -1,0 +1,439 @@
+"""Durable labeling jobs: a PostgreSQL lease queue (``FOR UPDATE SKIP LOCKED``).
+
+A job's items are rows of ``job_items``. A runner *claims* a batch — the rows become
+``leased`` to it until ``lease_expires_at`` — and *completes* it: each success writes its
+prediction and moves the row to ``succeeded`` in one transaction, but only while the
+runner still owns the lease. A runner that dies leaves leases that expire; the next claim
+takes those rows again. So delivery is at-least-once, every row ends in exactly one
+terminal state, and a prediction is stored once per (item, model version, parameters).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from modelship.errors import Conflict, InvalidInput, NotFound
+from modelship.schemas import (
+    ErrorCount,
+    ItemState,
+    Job,
+    JobResult,
+    JobStatus,
+    Project,
+)
+from storage.catalog import audit
+from storage.postgres import Database
+
+_OPEN = "(ji.state = 'queued' OR (ji.state = 'leased' AND ji.lease_expires_at < now()))"
+
+
+@dataclass(frozen=True)
+class ClaimedItem:
+    item_id: UUID
+    attempts: int
+    content_hash: str
+    media_type: str
+    object_key: str | None
+    text: str | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A leased batch of one job's items."""
+
+    job_id: UUID
+    project_id: UUID
+    tenant: str
+    model: str
+    options: dict[str, Any]
+    items: list[ClaimedItem]
+
+
+@dataclass(frozen=True)
+class Success:
+    item_id: UUID
+    model_version: str
+    params_hash: str
+    output: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Failure:
+    item_id: UUID
+    attempts: int
+    error: str
+
+
+class JobStore:
+    """Submitting, watching and running jobs."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # --- the API side ------------------------------------------------------------------
+
+    async def submit(
+        self,
+        tenant: str,
+        project: Project,
+        item_ids: list[UUID] | None,
+        options: dict[str, Any],
+        idempotency_key: str | None,
+        request_hash: str,
+        actor: str,
+    ) -> tuple[Job, bool]:
+        """Commit a job and its queue rows; returns (job, created). 202 only after this."""
+        async with self._db.transaction() as conn:
+            if idempotency_key is not None:
+                found = await _by_key(conn, project.id, idempotency_key, request_hash)
+                if found is not None:
+                    return await self.job(tenant, found), False
+            if item_ids is not None:
+                known = await conn.fetchval(
+                    "SELECT count(*) FROM items WHERE project_id = $1 AND id = ANY($2::uuid[])",
+                    project.id,
+                    item_ids,
+                )
+                if known != len(set(item_ids)):
+                    raise InvalidInput(
+                        f"{len(set(item_ids)) - known} item ids are not in this project",
+                        "unknown_items",
+                    )
+            job_id = uuid4()
+            inserted = await conn.fetchval(
+                "INSERT INTO jobs (id, project_id, status, model, label_schema_version, options,"
+                " total_items, idempotency_key, request_hash)"
+                " VALUES ($1, $2, 'queued', $3, $4, $5, 0, $6, $7)"
+                " ON CONFLICT (project_id, idempotency_key) DO NOTHING RETURNING id",
+                job_id,
+                project.id,
+                project.model,
+                project.label_schema_version,
+                json.dumps(options),
+                idempotency_key,
+                request_hash,
+            )
+            if inserted is None:  # a concurrent retry with the same key won
+                assert idempotency_key is not None
+                found = await _by_key(conn, project.id, idempotency_key, request_hash)
+                assert found is not None
+                return await self.job(tenant, found), False
+            total = await conn.fetchval(
+                "WITH added AS (INSERT INTO job_items (job_id, item_id)"
+                " SELECT $1, id FROM items WHERE project_id = $2"
+                " AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[])) RETURNING 1)"
+                " SELECT count(*) FROM added",
+                job_id,
+                project.id,
+                item_ids,
+            )
+            if total == 0:
+                raise InvalidInput("the project has no items to label", "no_items")
+            await conn.execute("UPDATE jobs SET total_items = $2 WHERE id = $1", job_id, total)
+            await audit(conn, tenant, actor, "job.submit", f"job:{job_id}", {"items": total})
+        return await self.job(tenant, job_id), True
+
+    async def job(self, tenant: str, job_id: UUID) -> Job:
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT j.*, now() AS now FROM jobs j JOIN projects p ON p.id = j.project_id"
+                " WHERE j.id = $1 AND p.tenant = $2",
+                job_id,
+                tenant,
+            )
+            if row is None:
+                raise NotFound(f"no job {job_id}", "unknown_job")
+            counts = {
+                ItemState(r["state"]): r["n"]
+                for r in await conn.fetch(
+                    "SELECT state, count(*) AS n FROM job_items WHERE job_id = $1 GROUP BY state",
+                    job_id,
+                )
+            }
+            errors = await conn.fetch(
+                "SELECT error, count(*) AS n FROM job_items WHERE job_id = $1 AND state = 'failed'"
+                " GROUP BY error ORDER BY n DESC, error LIMIT 10",
+                job_id,
+            )
+        return _job(row, counts, [ErrorCount(error=e["error"], count=e["n"]) for e in errors])
+
+    async def cancel(self, tenant: str, job_id: UUID, actor: str) -> Job:
+        job = await self.job(tenant, job_id)
+        if job.status in (JobStatus.succeeded, JobStatus.failed):
+            raise Conflict(f"job {job_id} already finished", "job_finished")
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = coalesce(finished_at, now())"
+                " WHERE id = $1 AND status IN ('queued', 'running')",
+                job_id,
+            )
+            await conn.execute(
+                "UPDATE job_items SET state = 'cancelled', lease_owner = NULL,"
+                " finished_at = now() WHERE job_id = $1 AND state IN ('queued', 'leased')",
+                job_id,
+            )
+            await audit(conn, tenant, actor, "job.cancel", f"job:{job_id}")
+        return await self.job(tenant, job_id)
+
+    async def results(
+        self, tenant: str, job_id: UUID, after: UUID | None, limit: int
+    ) -> tuple[list[JobResult], UUID | None]:
+        await self.job(tenant, job_id)  # 404 for another tenant's job
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT ji.item_id, ji.state, ji.attempts, ji.error, p.model, p.model_version,"
+                " p.output FROM job_items ji LEFT JOIN predictions p ON p.id = ji.prediction_id"
+                " WHERE ji.job_id = $1 AND ($2::uuid IS NULL OR ji.item_id > $2)"
+                " ORDER BY ji.item_id LIMIT $3",
+                job_id,
+                after,
+                limit + 1,
+            )
+        results = [
+            JobResult(
+                item_id=r["item_id"],
+                state=r["state"],
+                attempts=r["attempts"],
+                error=r["error"],
+                model=r["model"],
+                model_version=r["model_version"],
+                output=json.loads(r["output"]) if r["output"] is not None else None,
+            )
+            for r in rows[:limit]
+        ]
+        return results, results[-1].item_id if len(rows) > limit else None
+
+    # --- the runner side ---------------------------------------------------------------
+
+    async def claim(
+        self, owner: str, limit: int, lease_s: float, max_attempts: int
+    ) -> Claim | None:
+        """Lease up to ``limit`` open items of the oldest job that has any."""
+        async with self._db.transaction() as conn:
+            rows = await conn.fetch(
+                f"""
+                WITH job AS (
+                    SELECT j.id FROM jobs j
+                    WHERE j.status IN ('queued', 'running') AND EXISTS (
+                        SELECT 1 FROM job_items ji
+                        WHERE ji.job_id = j.id AND {_OPEN} AND ji.attempts < $4)
+                    ORDER BY j.created_at LIMIT 1
+                ), picked AS (
+                    SELECT ji.job_id, ji.item_id FROM job_items ji JOIN job ON ji.job_id = job.id
+                    WHERE {_OPEN} AND ji.attempts < $4
+                    ORDER BY ji.item_id LIMIT $2 FOR UPDATE OF ji SKIP LOCKED
+                )
+                UPDATE job_items ji SET state = 'leased', attempts = ji.attempts + 1,
+                    lease_owner = $1, lease_expires_at = now() + make_interval(secs => $3)
+                FROM picked WHERE ji.job_id = picked.job_id AND ji.item_id = picked.item_id
+                RETURNING ji.job_id, ji.item_id, ji.attempts
+                """,
+                owner,
+                limit,
+                lease_s,
+                max_attempts,
+            )
+            if not rows:
+                return None
+            job_id = rows[0]["job_id"]
+            job = await conn.fetchrow(
+                "UPDATE jobs j SET status = 'running', started_at = coalesce(started_at, now())"
+                " FROM projects p WHERE j.id = $1 AND p.id = j.project_id"
+                " RETURNING j.project_id, j.model, j.options, p.tenant",
+                job_id,
+            )
+            attempts = {r["item_id"]: r["attempts"] for r in rows}
+            items = await conn.fetch(
+                "SELECT id, content_hash, media_type, object_key, text FROM items"
+                " WHERE id = ANY($1::uuid[]) ORDER BY id",
+                list(attempts),
+            )
+        return Claim(
+            job_id=job_id,
+            project_id=job["project_id"],
+            tenant=job["tenant"],
+            model=job["model"],
+            options=json.loads(job["options"]),
+            items=[
+                ClaimedItem(
+                    item_id=i["id"],
+                    attempts=attempts[i["id"]],
+                    content_hash=i["content_hash"],
+                    media_type=i["media_type"],
+                    object_key=i["object_key"],
+                    text=i["text"],
+                )
+                for i in items
+            ],
+        )
+
+    async def complete(
+        self,
+        owner: str,
+        claim: Claim,
+        successes: list[Success],
+        failures: list[Failure],
+        max_attempts: int,
+    ) -> int:
+        """Record outcomes of rows still leased to ``owner``; returns how many counted."""
+        counted = 0
+        async with self._db.transaction() as conn:
+            for success in successes:
+                owned = await _release(conn, owner, claim.job_id, success.item_id, "succeeded")
+                if not owned:
+                    continue
+                output = success.output
+                top = output[0] if output and "score" in output[0] else None
+                prediction_id = await conn.fetchval(
+                    "INSERT INTO predictions (item_id, model, model_version, params_hash,"
+                    " output, top_label, top_score) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                    " ON CONFLICT (item_id, model_version, params_hash) DO NOTHING RETURNING id",
+                    success.item_id,
+                    claim.model,
+                    success.model_version,
+                    success.params_hash,
+                    json.dumps(output),
+                    top.get("label") if top else None,
+                    top.get("score") if top else None,
+                )
+                if prediction_id is None:  # labeled before (another job): reuse it
+                    prediction_id = await conn.fetchval(
+                        "SELECT id FROM predictions WHERE item_id = $1 AND model_version = $2"
+                        " AND params_hash = $3",
+                        success.item_id,
+                        success.model_version,
+                        success.params_hash,
+                    )
+                await conn.execute(
+                    "UPDATE job_items SET prediction_id = $3 WHERE job_id = $1 AND item_id = $2",
+                    claim.job_id,
+                    success.item_id,
+                    prediction_id,
+                )
+                counted += 1
+            for failure in failures:
+                state = "failed" if failure.attempts >= max_attempts else "queued"
+                counted += await _release(
+                    conn, owner, claim.job_id, failure.item_id, state, failure.error
+                )
+            await _finish_if_done(conn, claim.job_id)
+        return counted
+
+    async def reap(self, max_attempts: int) -> int:
+        """Fail items whose every attempt ended in an expired lease (their runner died)."""
+        async with self._db.transaction() as conn:
+            rows = await conn.fetch(
+                "UPDATE job_items SET state = 'failed', lease_owner = NULL, finished_at = now(),"
+                " error = coalesce(error, 'lease expired ' || attempts || ' times')"
+                " WHERE state = 'leased' AND lease_expires_at < now() AND attempts >= $1"
+                " RETURNING job_id",
+                max_attempts,
+            )
+            for job_id in {r["job_id"] for r in rows}:
+                await _finish_if_done(conn, job_id)
+        return len(rows)
+
+    async def release(
+        self, owner: str, job_id: UUID | None = None, item_ids: list[UUID] | None = None
+    ) -> int:
+        """Give leases back without spending an attempt: every lease ``owner`` holds (a
+        clean shutdown), or those of a batch that failed through no fault of its items."""
+        async with self._db.connection() as conn:
+            status = await conn.execute(
+                "UPDATE job_items SET state = 'queued', lease_owner = NULL,"
+                " lease_expires_at = NULL, attempts = greatest(attempts - 1, 0)"
+                " WHERE state = 'leased' AND lease_owner = $1"
+                " AND ($2::uuid IS NULL OR job_id = $2)"
+                " AND ($3::uuid[] IS NULL OR item_id = ANY($3::uuid[]))",
+                owner,
+                job_id,
+                item_ids,
+            )
+        return int(status.split()[-1])
+
+
+async def _by_key(
+    conn: asyncpg.Connection, project_id: UUID, key: str, request_hash: str
+) -> UUID | None:
+    row = await conn.fetchrow(
+        "SELECT id, request_hash FROM jobs WHERE project_id = $1 AND idempotency_key = $2",
+        project_id,
+        key,
+    )
+    if row is None:
+        return None
+    if row["request_hash"] != request_hash:
+        raise Conflict(
+            "this Idempotency-Key was used with a different request", "idempotency_key_reused"
+        )
+    job_id: UUID = row["id"]
+    return job_id
+
+
+async def _release(
+    conn: asyncpg.Connection,
+    owner: str,
+    job_id: UUID,
+    item_id: UUID,
+    state: str,
+    error: str | None = None,
+) -> int:
+    terminal = state != "queued"
+    status = await conn.execute(
+        "UPDATE job_items SET state = $4, error = $5, lease_owner = NULL,"
+        " lease_expires_at = NULL, finished_at = CASE WHEN $6 THEN now() END"
+        " WHERE job_id = $1 AND item_id = $2 AND state = 'leased' AND lease_owner = $3",
+        job_id,
+        item_id,
+        owner,
+        state,
+        error,
+        terminal,
+    )
+    return int(status.split()[-1])
+
+
+async def _finish_if_done(conn: asyncpg.Connection, job_id: UUID) -> None:
+    await conn.execute(
+        "UPDATE jobs SET finished_at = now(), status = CASE WHEN EXISTS ("
+        "  SELECT 1 FROM job_items WHERE job_id = $1 AND state = 'succeeded')"
+        " THEN 'succeeded' ELSE 'failed' END"
+        " WHERE id = $1 AND status IN ('queued', 'running') AND NOT EXISTS ("
+        "  SELECT 1 FROM job_items WHERE job_id = $1 AND state IN ('queued', 'leased'))",
+        job_id,
+    )
+
+
+def _job(row: asyncpg.Record, counts: dict[ItemState, int], errors: list[ErrorCount]) -> Job:
+    total = row["total_items"]
+    done = sum(counts.get(s, 0) for s in (ItemState.succeeded, ItemState.failed))
+    finished = done + counts.get(ItemState.cancelled, 0)
+    rate = eta = None
+    started: datetime | None = row["started_at"]
+    if started is not None and done:
+        end: datetime = row["finished_at"] or row["now"]
+        elapsed = max((end - started).total_seconds(), 1e-3)
+        rate = done / elapsed
+        eta = (total - finished) / rate if row["finished_at"] is None else 0.0
+    return Job(
+        id=row["id"],
+        project_id=row["project_id"],
+        status=row["status"],
+        model=row["model"],
+        label_schema_version=row["label_schema_version"],
+        total_items=total,
+        counts={state: counts.get(state, 0) for state in ItemState},
+        progress=finished / total if total else 1.0,
+        items_per_s=rate,
+        eta_s=eta,
+        errors=errors,
+        created_at=row["created_at"],
+        started_at=started,
+        finished_at=row["finished_at"],
+    )

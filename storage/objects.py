@@ -1,0 +1,152 @@
+"""Object storage for uploaded files: a local folder, S3 or any fsspec URL.
+
+Keys are generated here (``tenant/project/<uuid4 hex><ext>``), never taken from user file
+names, and every key is checked before it reaches a file system: no path traversal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import fsspec
+from botocore.exceptions import BotoCoreError
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
+
+from modelship.errors import ServiceUnavailable
+
+logger = logging.getLogger("modelship.storage")
+
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"  # starts alphanumeric: never "." or ".."
+_KEY = re.compile(rf"{_SEGMENT}/{_SEGMENT}/[0-9a-f]{{32}}\.[a-z0-9]{{1,8}}")
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
+_UNAVAILABLE = "object_store_unavailable"
+# What an unreachable store looks like: s3fs maps S3 replies to OSError, but connection
+# failures come through as botocore's own errors (botocore is a dependency of s3fs).
+_OUTAGES: tuple[type[Exception], ...] = (OSError, TimeoutError, BotoCoreError)
+
+
+class ObjectNotFound(KeyError):
+    """No object under this key."""
+
+
+class ObjectStore:
+    """Bytes under generated keys, in a folder or a bucket; blocking calls run in threads.
+
+    Args:
+        url: a folder path, ``file://...``, ``s3://bucket/prefix``, ``memory://...``; a
+            local folder is created if missing.
+        storage_options: fsspec options, e.g. ``endpoint_url``, ``key`` and ``secret`` for S3.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self._fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        self._local = isinstance(self._fs, LocalFileSystem)
+        self._root = root.rstrip("/")
+        # A folder we create, unlike a bucket, which must exist already.
+        self._folder = isinstance(self._fs, LocalFileSystem | MemoryFileSystem)
+        if self._folder:
+            self._fs.makedirs(self._root, exist_ok=True)
+
+    async def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key``, replacing any object there; atomic for local files.
+
+        Raises:
+            ValueError: ``key`` was not made by ``new_key``.
+            ServiceUnavailable: the storage cannot be reached.
+        """
+        path = self._path(key)
+        write = _write_local if self._local else self._fs.pipe_file
+        await self._call(key, write, path, data)
+
+    async def get(self, key: str) -> bytes:
+        """The bytes stored under ``key``.
+
+        Raises:
+            ObjectNotFound: nothing is stored under ``key``.
+            ValueError: ``key`` was not made by ``new_key``.
+            ServiceUnavailable: the storage cannot be reached.
+        """
+        data: bytes = await self._call(key, self._fs.cat_file, self._path(key))
+        return data
+
+    async def delete(self, key: str) -> None:
+        """Remove the object under ``key``; a missing object is not an error.
+
+        Raises:
+            ValueError: ``key`` was not made by ``new_key``.
+            ServiceUnavailable: the storage cannot be reached.
+        """
+        with contextlib.suppress(ObjectNotFound):
+            await self._call(key, self._fs.rm_file, self._path(key))
+
+    async def ping(self) -> None:
+        """Check that the folder or bucket is reachable (one metadata call).
+
+        Raises:
+            ServiceUnavailable: it is not.
+        """
+        # The bucket, not the prefix: an empty prefix does not exist in S3.
+        target = self._root if self._folder else self._root.lstrip("/").split("/", 1)[0]
+        try:
+            info = await self._call(target, self._fs.info, target, refresh=True)
+        except ObjectNotFound:
+            info = {}
+        if info.get("type") != "directory":
+            raise ServiceUnavailable(f"no folder or bucket at {self.url}", _UNAVAILABLE)
+
+    @staticmethod
+    def new_key(tenant: str, project: str, extension: str) -> str:
+        """A fresh key ``tenant/project/<uuid4 hex><ext>``.
+
+        ``extension`` is kept (lower-cased) when it looks like ``.jpg``: a dot and 1 to 8
+        letters or digits; anything else becomes ``.bin``.
+
+        Raises:
+            ValueError: ``tenant`` or ``project`` is not a safe path segment.
+        """
+        for name, value in (("tenant", tenant), ("project", project)):
+            if not re.fullmatch(_SEGMENT, value):
+                raise ValueError(f"{name} {value!r} cannot be part of an object key")
+        ext = extension.lower() if _EXTENSION.fullmatch(extension) else ".bin"
+        return f"{tenant}/{project}/{uuid4().hex}{ext}"
+
+    def _path(self, key: str) -> str:
+        if not _KEY.fullmatch(key):
+            raise ValueError(f"{key!r} is not an object key made by ObjectStore.new_key")
+        return f"{self._root}/{key}"
+
+    async def _call(self, key: str, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking file system call in a thread and translate its errors."""
+        try:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+        except _OUTAGES as exc:
+            logger.warning("object storage %s failed: %r", self.url, exc)
+            raise ServiceUnavailable("object storage unavailable", _UNAVAILABLE) from exc
+
+
+def _write_local(path: str, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{uuid4().hex}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,114 @@
+"""Redis, an accelerator only: a prediction cache and job wake-ups.
+
+Nothing here is the truth. Every call survives Redis being down or restarting: a
+lookup becomes a miss, a write or a wake-up is skipped, a wait becomes a plain sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from redis import asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+logger = logging.getLogger("modelship.storage")
+
+JOBS_CHANNEL = "modelship:jobs"
+# Redis being unreachable shows up as these (connection refused is an OSError).
+REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def prediction_key(model_version: str, params_hash: str, content_hash: str) -> str:
+    return f"modelship:pred:{model_version}:{params_hash}:{content_hash}"
+
+
+class Cache:
+    """Prediction cache keyed by content hash, model version and parameters.
+
+    Args:
+        url: a ``redis://`` URL.
+        ttl_s: how long a cached prediction lives.
+    """
+
+    def __init__(self, url: str, ttl_s: int = 7 * 24 * 3600) -> None:
+        self._ttl_s = ttl_s
+        self._client = aioredis.from_url(
+            url,
+            socket_connect_timeout=1,
+            socket_timeout=2,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+            health_check_interval=15,
+        )
+        self._pubsub: PubSub | None = None
+
+    async def ping(self) -> None:
+        await self._client.ping()
+
+    async def get_many(self, keys: list[str]) -> dict[str, Any]:
+        """The cached values of ``keys`` (missing and undecodable ones left out)."""
+        if not keys:
+            return {}
+        try:
+            values = await self._client.mget(keys)
+        except REDIS_ERRORS as exc:
+            logger.warning("Redis cache read skipped: %r", exc)
+            return {}
+        found = {}
+        for key, value in zip(keys, values, strict=True):
+            if value is not None:
+                try:
+                    found[key] = json.loads(value)
+                except ValueError:
+                    continue
+        return found
+
+    async def put_many(self, values: dict[str, Any]) -> None:
+        if not values:
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value in values.items():
+                    pipe.set(key, json.dumps(value), ex=self._ttl_s)
+                await pipe.execute()
+        except REDIS_ERRORS as exc:
+            logger.warning("Redis cache write skipped: %r", exc)
+
+    async def notify_jobs(self) -> None:
+        """Wake idle job runners now instead of at their next poll."""
+        try:
+            await self._client.publish(JOBS_CHANNEL, "1")
+        except REDIS_ERRORS as exc:
+            logger.warning("job wake-up skipped: %r", exc)
+
+    async def wait_for_jobs(self, timeout_s: float) -> None:
+        """Return on a wake-up or after ``timeout_s``, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            if self._pubsub is None:
+                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                await self._pubsub.subscribe(JOBS_CHANNEL)
+            while (left := deadline - loop.time()) > 0:
+                if await self._pubsub.get_message(timeout=left) is not None:
+                    return
+        except REDIS_ERRORS as exc:
+            logger.debug("job wake-ups unavailable: %r", exc)
+            await self._reset_pubsub()
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+
+    async def _reset_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await pubsub.aclose()
+
+    async def close(self) -> None:
+        await self._reset_pubsub()
+        await self._client.aclose()

@@ -1,0 +1,114 @@
+"""The embedded PostgreSQL and Redis: real servers from wheels, in a temporary folder.
+
+A first PostgreSQL start (initdb) takes ~0.8 s here, a restart ~0.1 s; Redis ~0.01 s.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(tmp_path / "services")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path / "services")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def postmaster_pid(server: EmbeddedPostgres) -> str:
+    return (server.data_dir / "pgdata" / "postmaster.pid").read_text().split()[0]
+
+
+async def test_postgres_keeps_data_and_dsn_across_restart(postgres: EmbeddedPostgres) -> None:
+    dsn = postgres.start()
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("CREATE TABLE notes (body text)")
+    await conn.execute("INSERT INTO notes VALUES ('kept')")
+    await conn.close()
+
+    postgres.stop()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncpg.connect(dsn)
+    postgres.stop()  # stopping a stopped server is a no-op
+
+    assert postgres.start() == dsn
+    conn = await asyncpg.connect(dsn)
+    assert await conn.fetchval("SELECT body FROM notes") == "kept"
+    await conn.close()
+
+
+def test_postgres_started_elsewhere_is_reused(postgres: EmbeddedPostgres) -> None:
+    dsn = postgres.start()
+    pid = postmaster_pid(postgres)
+    assert postgres.start() == dsn
+
+    code = "import sys; from pathlib import Path; from storage.embedded import EmbeddedPostgres; "
+    code += "print(EmbeddedPostgres(Path(sys.argv[1])).start())"
+    other = subprocess.run(
+        [sys.executable, "-c", code, str(postgres.data_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (other.returncode, other.stdout.strip()) == (0, dsn), other.stderr
+    assert postmaster_pid(postgres) == pid
+
+
+async def test_postgres_refuses_a_wrong_password(postgres: EmbeddedPostgres) -> None:
+    dsn = postgres.start()
+    wrong = dsn.replace("postgres:", "postgres:x", 1)
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(wrong)
+
+
+async def test_postgres_moves_when_its_port_was_taken(postgres: EmbeddedPostgres) -> None:
+    dsn = postgres.start()
+    postgres.stop()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", urlsplit(dsn).port or 0))
+        squatter.listen()
+        moved = postgres.start()
+    assert urlsplit(moved).port != urlsplit(dsn).port
+    conn = await asyncpg.connect(moved)
+    assert await conn.fetchval("SELECT 1") == 1
+    await conn.close()
+
+
+async def test_redis_round_trip_and_restart(redis_server: EmbeddedRedis) -> None:
+    url = redis_server.start()
+    assert url.startswith("redis://")
+    client = aioredis.from_url(url)
+    await client.set("greeting", "hello")
+    assert await client.get("greeting") == b"hello"
+    await client.aclose()
+
+    redis_server.stop()
+    assert redis_server.start() == url
+    client = aioredis.from_url(url)
+    assert await client.get("greeting") == b"hello"  # saved on shutdown
+    await client.aclose()

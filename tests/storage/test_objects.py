@@ -1,0 +1,170 @@
+"""ObjectStore on a local folder, in memory, and on a real S3 server (moto) over loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import s3fs
+
+from modelship.errors import ServiceUnavailable
+from storage.objects import ObjectNotFound, ObjectStore
+
+KEY = re.compile(r"acme/42/[0-9a-f]{32}\.jpg")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def s3_options() -> Iterator[dict[str, Any]]:
+    """A moto S3 server in its own process, with the bucket ``labels``."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", endpoint.rsplit(":")[-1]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+        s3fs.S3FileSystem(**options).mkdir("labels")
+        yield options
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+async def test_local_round_trip_is_atomic(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path / "objects"))  # created on demand
+    key = ObjectStore.new_key("acme", "42", ".JPG")
+    assert KEY.fullmatch(key)
+
+    await store.put(key, b"first")
+    await store.put(key, b"second")
+    assert await store.get(key) == b"second"
+    assert (tmp_path / "objects" / key).read_bytes() == b"second"
+    assert [p.name for p in (tmp_path / "objects" / key).parent.iterdir()] == [key.split("/")[-1]]
+
+    await store.delete(key)
+    with pytest.raises(ObjectNotFound):
+        await store.get(key)
+    await store.delete(key)  # deleting twice is fine
+
+
+async def test_file_url_and_memory(tmp_path: Path) -> None:
+    for url in (f"file://{tmp_path}/objects", "memory://modelship-test"):
+        store = ObjectStore(url)
+        await store.ping()
+        key = ObjectStore.new_key("acme", "42", ".txt")
+        await store.put(key, b"text")
+        assert await store.get(key) == b"text"
+        await store.delete(key)
+
+
+async def test_missing_key_is_object_not_found(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path))
+    with pytest.raises(ObjectNotFound) as raised:
+        await store.get(ObjectStore.new_key("acme", "42", ".png"))
+    assert isinstance(raised.value, KeyError)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../secret",
+        "acme/42/../../../etc/passwd",
+        f"acme/../{'0' * 32}.jpg",
+        f"/acme/42/{'0' * 32}.jpg",
+        "acme/42/photo.jpg",  # a user's file name
+        f"acme/42/{'0' * 32}.jpg/x",
+        "",
+    ],
+)
+async def test_only_generated_keys_are_accepted(tmp_path: Path, key: str) -> None:
+    store = ObjectStore(str(tmp_path))
+    with pytest.raises(ValueError, match="object key"):
+        await store.put(key, b"x")
+    with pytest.raises(ValueError, match="object key"):
+        await store.get(key)
+    with pytest.raises(ValueError, match="object key"):
+        await store.delete(key)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("extension", "expected"),
+    [
+        (".jpg", ".jpg"),
+        (".JPEG", ".jpeg"),
+        (".mp4", ".mp4"),
+        ("jpg", ".bin"),
+        ("", ".bin"),
+        (".tar.gz", ".bin"),
+        (".abcdefghi", ".bin"),
+        ("./../x", ".bin"),
+        (".jp g", ".bin"),
+    ],
+)
+def test_new_key_extension(extension: str, expected: str) -> None:
+    key = ObjectStore.new_key("acme", "42", extension)
+    assert key.startswith("acme/42/")
+    assert key.endswith(expected)
+    assert key != ObjectStore.new_key("acme", "42", extension)
+
+
+@pytest.mark.parametrize(
+    ("tenant", "project"), [("..", "1"), ("a/b", "1"), (".hidden", "1"), ("acme", ""), ("", "1")]
+)
+def test_new_key_refuses_unsafe_segments(tenant: str, project: str) -> None:
+    with pytest.raises(ValueError, match="cannot be part of an object key"):
+        ObjectStore.new_key(tenant, project, ".jpg")
+
+
+async def test_ping_fails_when_the_folder_is_gone(tmp_path: Path) -> None:
+    store = ObjectStore(str(tmp_path / "objects"))
+    await store.ping()
+    (tmp_path / "objects").rmdir()
+    with pytest.raises(ServiceUnavailable):
+        await store.ping()
+
+
+async def test_s3_round_trip(s3_options: dict[str, Any]) -> None:
+    store = ObjectStore("s3://labels/uploads", s3_options)
+    await store.ping()
+    key = ObjectStore.new_key("acme", "42", ".jpg")
+
+    await store.put(key, b"\xff\xd8 jpeg bytes")
+    assert await store.get(key) == b"\xff\xd8 jpeg bytes"
+    listed = s3fs.S3FileSystem(**s3_options).ls("labels/uploads/acme/42", refresh=True)
+    assert listed == [f"labels/uploads/{key}"]
+
+    await store.delete(key)
+    with pytest.raises(ObjectNotFound):
+        await store.get(key)
+
+
+async def test_s3_missing_bucket_fails_ping(s3_options: dict[str, Any]) -> None:
+    with pytest.raises(ServiceUnavailable):
+        await ObjectStore("s3://no-such-bucket/x", s3_options).ping()
