@@ -14,6 +14,8 @@ from modelship.api import create_api
 from modelship.http_errors import translate
 from modelship.schemas import ItemOptions, ItemResult, ModelConfig, ModelInfo
 from modelship.settings import Settings
+from modelship.workflow import Workflow
+from storage.services import Services
 
 T = TypeVar("T")
 
@@ -26,6 +28,8 @@ _READY_TIMEOUT_S = 2.0
 class Ingress:
     """Routes labeling requests: Preprocessor → ModelReplica, without a round trip here.
 
+    Project, upload and job routes go to storage; the JobRunner does the labeling.
+
     The Preprocessor's response is passed straight into the model call, so prepared
     tensors travel between those two deployments and only results come back.
 
@@ -33,7 +37,8 @@ class Ingress:
         preprocessor: handle to the Preprocessor deployment.
         models: one ModelReplica handle per configured model, by model name.
         configs: the configured models, in configuration order.
-        settings: limits and timeouts.
+        settings: limits, timeouts and storage.
+        runner: the JobRunner (bound here so it is part of the application).
     """
 
     def __init__(
@@ -42,18 +47,21 @@ class Ingress:
         models: dict[str, DeploymentHandle],
         configs: list[ModelConfig],
         settings: Settings,
+        runner: DeploymentHandle | None = None,
     ) -> None:
         self._configs = configs
         self._preprocessor = preprocessor
         self._models = models
         self._settings = settings
+        self._runner = runner
+        self._workflow = Workflow(Services.from_settings(settings), configs, settings)
 
     @property
     def configs(self) -> list[ModelConfig]:
         return self._configs
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
-        return create_api(self, self._settings, behind_serve_proxy=True)
+        return create_api(self, self._settings, behind_serve_proxy=True, workflow=self._workflow)
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         try:

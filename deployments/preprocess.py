@@ -6,9 +6,10 @@ from typing import Any
 
 from ray import serve
 
-from modelship.local import prepare_image
+from modelship.errors import ModelShipError
+from modelship.local import prepare_image, prepare_payload
 from modelship.predictors import ModelStore, Predictor, build_predictor
-from modelship.schemas import ItemOptions, ModelConfig, PreparedImage, PreparedText
+from modelship.schemas import ItemOptions, ModelConfig, Prepared, PreparedImage, PreparedText
 from modelship.settings import Settings
 
 
@@ -48,3 +49,10 @@ class Preprocessor:
         """Texts tokenised for ``model``, unpadded."""
         predictor = self._predictors[model]
         return [predictor.preprocess(text, options) for text in texts]
+
+    def prepare_each(
+        self, model: str, payloads: list[bytes | str], options: ItemOptions
+    ) -> list[Prepared | ModelShipError]:
+        """Job items (image bytes or texts) prepared one by one; a bad one gets its error."""
+        predictor = self._predictors[model]
+        return [prepare_payload(predictor, p, options, self._settings) for p in payloads]

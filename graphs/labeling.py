@@ -1,8 +1,10 @@
-"""The labeling application: Ingress → Preprocessor → one ModelReplica per model."""
+"""The labeling application: Ingress → Preprocessor → one ModelReplica per model, and a
+JobRunner driving durable jobs through the same Preprocessor and replicas."""
 
 from ray.serve import Application
 
 from deployments.ingress import Ingress
+from deployments.job_runner import JobRunnerDeployment
 from deployments.model import ModelReplica
 from deployments.preprocess import Preprocessor
 from modelship.schemas import LabelingAppArgs
@@ -28,4 +30,5 @@ def build_app(args: LabelingAppArgs) -> Application:
         for config in args.models
     }
     preprocessor = Preprocessor.bind(args.models, args.settings)
-    return Ingress.bind(preprocessor, models, args.models, args.settings)
+    runner = JobRunnerDeployment.bind(preprocessor, models, args.settings)
+    return Ingress.bind(preprocessor, models, args.models, args.settings, runner)

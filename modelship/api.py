@@ -10,18 +10,18 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from modelship.api_projects import project_routes
 from modelship.errors import InvalidInput, ModelShipError, NotFound, UnsupportedMediaType
 from modelship.http_errors import error_response
-from modelship.inputs import check_texts
+from modelship.inputs import check_texts, parse_model
 from modelship.middleware import BodyLimitMiddleware, RequestIdMiddleware, request_id
 from modelship.schemas import (
     ClassifyImageResponse,
@@ -47,8 +47,7 @@ from modelship.schemas import (
     TextRequest,
 )
 from modelship.settings import Settings
-
-M = TypeVar("M", bound=BaseModel)
+from modelship.workflow import Workflow
 
 
 class LabelingBackend(Protocol):
@@ -86,17 +85,6 @@ def pick_model(configs: Sequence[ModelConfig], name: str | None, tasks: set[Task
     raise NotFound(f"unknown model {name!r}", "unknown_model")
 
 
-def _validate(model: type[M], data: str | bytes | dict[str, Any]) -> M:
-    try:
-        if isinstance(data, dict):
-            return model.model_validate(data)
-        return model.model_validate_json(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(f"{where}: {first['msg']}", "invalid_request") from None
-
-
 def _b64decode(text: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
@@ -130,9 +118,9 @@ async def _read_images(
             fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
         finally:
             await form.close()
-        return images, _validate(ImageParams, fields)
+        return images, parse_model(ImageParams, fields)
     if content_type == "application/json":
-        body = _validate(json_model, await request.body())
+        body = parse_model(json_model, await request.body())
         encoded = [body.image_base64] if isinstance(body, ImageRequest) else body.images_base64
         _check_count(len(encoded), max_files)
         return [_b64decode(text) for text in encoded], body
@@ -165,14 +153,17 @@ def _image_body(schema_ref: str) -> dict[str, Any]:
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (404, 413, 415, 422, 503)
+    status: {"model": ErrorResponse} for status in (404, 409, 413, 415, 422, 503)
 }
 
 
 def create_api(
-    backend: LabelingBackend, settings: Settings, behind_serve_proxy: bool = False
+    backend: LabelingBackend,
+    settings: Settings,
+    behind_serve_proxy: bool = False,
+    workflow: Workflow | None = None,
 ) -> FastAPI:
-    """Build the ASGI app for one ingress replica."""
+    """Build the ASGI app for one ingress replica (project routes need a ``workflow``)."""
     app = FastAPI(
         title="ModelShip",
         version="0.1.0",
@@ -182,7 +173,11 @@ def create_api(
         responses=_ERRORS,
         separate_input_output_schemas=False,
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        upload_max_bytes=settings.max_upload_bytes,
+    )
     app.add_middleware(RequestIdMiddleware, set_header=not behind_serve_proxy)
     for exc_class in (Exception, ModelShipError, RequestValidationError, HTTPException):
         app.add_exception_handler(exc_class, _error_handler)
@@ -232,7 +227,10 @@ def create_api(
     async def ready() -> Any:
         infos = await backend.model_infos()
         checks = {info.name: "ready" if info.ready else "not_ready" for info in infos}
-        ok = all(info.ready for info in infos)
+        if workflow is not None:
+            for name, (up, _) in (await workflow.services.check()).items():
+                checks[name] = "ready" if up else "unavailable"
+        ok = all(check == "ready" for check in checks.values())
         body = HealthResponse(status="ready" if ok else "not_ready", checks=checks)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
@@ -316,6 +314,7 @@ def create_api(
             ],
         )
 
+    app.include_router(project_routes(workflow, settings))
     _register_schemas(app, [ImageRequest, ImagesRequest])
     return app
 

@@ -7,15 +7,21 @@ EXIF orientation is applied, and every decoder failure becomes a 4xx.
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 import warnings
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import filetype
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, ValidationError
 
 from modelship.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from modelship.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
 
 IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"}
@@ -26,6 +32,18 @@ IMAGE_TYPES = frozenset(
 class DecodedImage:
     image: Image.Image
     media_type: str
+
+
+def parse_model(model: type[M], data: str | bytes | dict[str, Any]) -> M:
+    """Validate a request body or form; the first problem becomes a 422."""
+    try:
+        if isinstance(data, dict):
+            return model.model_validate(data)
+        return model.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{where}: {first['msg']}", "invalid_request") from None
 
 
 def sniff_image_type(data: bytes) -> str:
@@ -65,6 +83,46 @@ def decode_image(data: bytes, settings: Settings) -> DecodedImage:
     return DecodedImage(rgb, media_type)
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    media_type: str
+    width: int
+    height: int
+
+
+_ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+
+
+def read_image_header(data: bytes, settings: Settings) -> ImageHeader:
+    """Type and upright size from the header alone (no pixels decoded), with every guard.
+
+    Uploads use it: a file that passes here but fails to decode later fails its job item.
+    """
+    if not data:
+        raise InvalidInput("the image is empty", "empty_image")
+    if len(data) > settings.max_image_bytes:
+        raise PayloadTooLarge(
+            f"image of {len(data)} bytes exceeds the limit of {settings.max_image_bytes}"
+        )
+    media_type = sniff_image_type(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            orientation = image.getexif().get(0x0112)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidInput(
+            "the image has too many pixels (decompression-bomb guard)", "decompression_bomb"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidInput(f"the image header could not be read: {exc}", "corrupt_image") from None
+    _check_dimensions(width, height, settings)
+    if orientation in _ROTATED:
+        width, height = height, width
+    return ImageHeader(media_type, width, height)
+
+
 def _check_dimensions(width: int, height: int, settings: Settings) -> None:
     if width <= 0 or height <= 0:
         raise InvalidInput(f"the image is {width}x{height} pixels", "empty_image")
@@ -80,13 +138,11 @@ def _check_dimensions(width: int, height: int, settings: Settings) -> None:
         )
 
 
-def check_texts(texts: list[str], settings: Settings) -> None:
+def check_texts(texts: list[str], settings: Settings, max_count: int | None = None) -> None:
     """Refuse empty, overlong and too many texts with 422 and a precise code."""
-    if len(texts) > settings.max_texts_per_request:
-        raise InvalidInput(
-            f"{len(texts)} texts exceed the limit of {settings.max_texts_per_request}",
-            "too_many_texts",
-        )
+    max_count = max_count or settings.max_texts_per_request
+    if len(texts) > max_count:
+        raise InvalidInput(f"{len(texts)} texts exceed the limit of {max_count}", "too_many_texts")
     for index, text in enumerate(texts):
         if not text.strip():
             raise InvalidInput(f"text {index} is empty", "empty_text")
@@ -95,3 +151,62 @@ def check_texts(texts: list[str], settings: Settings) -> None:
                 f"text {index} has {len(text)} characters; the limit is {settings.max_text_chars}",
                 "text_too_long",
             )
+
+
+TEXT_FILE_TYPES = (".jsonl", ".ndjson", ".json", ".csv", ".txt")
+
+
+def parse_text_file(filename: str | None, data: bytes) -> list[str]:
+    """Texts of an uploaded file: JSON Lines or JSON (strings, or objects with ``text``),
+    CSV with a ``text`` column (or a single column), or plain text, one per line.
+
+    The format comes from the file name; the content must be UTF-8 with no binary
+    signature (a PNG renamed ``.csv`` is refused with 415).
+    """
+    name = (filename or "").lower()
+    kind = next((ext for ext in TEXT_FILE_TYPES if name.endswith(ext)), None)
+    if kind is None:
+        raise UnsupportedMediaType(
+            f"{filename or 'the file'}: name text files {', '.join(TEXT_FILE_TYPES)}"
+        )
+    sniffed = filetype.guess(data[:512])
+    if sniffed is not None:
+        raise UnsupportedMediaType(f"{filename}: expected UTF-8 text, found {sniffed.mime}")
+    try:
+        content = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UnsupportedMediaType(f"{filename}: the file is not UTF-8 text") from None
+    try:
+        if kind in (".jsonl", ".ndjson"):
+            rows = [json.loads(line) for line in content.splitlines() if line.strip()]
+            return [_text_of(row, filename, i) for i, row in enumerate(rows)]
+        if kind == ".json":
+            rows = json.loads(content)
+            if not isinstance(rows, list):
+                raise InvalidInput(f"{filename}: expected a JSON list", "invalid_text_file")
+            return [_text_of(row, filename, i) for i, row in enumerate(rows)]
+        if kind == ".csv":
+            return _csv_texts(content, filename)
+    except (ValueError, csv.Error) as exc:
+        raise InvalidInput(f"{filename}: {exc}", "invalid_text_file") from None
+    return [line for line in content.splitlines() if line.strip()]
+
+
+def _text_of(row: object, filename: str | None, index: int) -> str:
+    if isinstance(row, dict):
+        row = row.get("text")
+    if not isinstance(row, str):
+        raise InvalidInput(
+            f"{filename}: entry {index} is neither a string nor an object with 'text'",
+            "invalid_text_file",
+        )
+    return row
+
+
+def _csv_texts(content: str, filename: str | None) -> list[str]:
+    reader = csv.DictReader(io.StringIO(content))
+    fields = reader.fieldnames or []
+    column = "text" if "text" in fields else fields[0] if len(fields) == 1 else None
+    if column is None:
+        raise InvalidInput(f"{filename}: CSV needs a 'text' column", "invalid_text_file")
+    return [row[column] for row in reader if row.get(column)]

@@ -5,10 +5,11 @@ Used by tests of the HTTP layer and by anything that labels without a cluster.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
-from modelship.errors import ModelShipError
+from modelship.errors import InvalidInput, ModelShipError
 from modelship.inputs import decode_image
 from modelship.predictors import ModelStore, Predictor, build_predictor
 from modelship.schemas import (
@@ -21,6 +22,8 @@ from modelship.schemas import (
     PreparedImage,
 )
 from modelship.settings import Settings
+
+logger = logging.getLogger("modelship.local")
 
 
 def prepare_image(
@@ -44,6 +47,22 @@ def prepare_image(
     prepared: PreparedImage = predictor.preprocess(decoded.image, options)
     prepared.media_type = decoded.media_type
     return prepared
+
+
+def prepare_payload(
+    predictor: Predictor[Any, Any], payload: bytes | str, options: ItemOptions, settings: Settings
+) -> Prepared | ModelShipError:
+    """One job item prepared, or the error it causes: a bad item must not sink its batch."""
+    try:
+        if isinstance(payload, str):
+            prepared: Prepared = predictor.preprocess(payload, options)
+            return prepared
+        return prepare_image(predictor, payload, options, settings)
+    except ModelShipError as exc:
+        return exc
+    except Exception as exc:  # a file that passed the guards but still breaks the transform
+        logger.warning("could not prepare an item: %r", exc)
+        return InvalidInput("the item could not be prepared for the model", "unprocessable_item")
 
 
 def image_info(item: Prepared) -> ImageInfo | None:
@@ -106,4 +125,29 @@ class LocalBackend:
                 ready=True,
             )
             for config in self._configs
+        ]
+
+
+class LocalLabeler:
+    """A job runner ``Labeler`` over a ``LocalBackend``'s in-process predictors."""
+
+    def __init__(self, backend: LocalBackend, settings: Settings) -> None:
+        self._backend = backend
+        self._settings = settings
+
+    async def version(self, model: str) -> str:
+        return self._backend.predictor(model).version
+
+    async def label(
+        self, model: str, payloads: list[Any], options: ItemOptions
+    ) -> list[ItemResult | ModelShipError]:
+        predictor = self._backend.predictor(model)
+        prepared = [prepare_payload(predictor, p, options, self._settings) for p in payloads]
+        good = [p for p in prepared if not isinstance(p, ModelShipError)]
+        outputs = iter(predictor.predict(good) if good else [])
+        return [
+            p
+            if isinstance(p, ModelShipError)
+            else ItemResult(next(outputs), predictor.version, image_info(p))
+            for p in prepared
         ]

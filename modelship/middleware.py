@@ -44,29 +44,40 @@ class RequestIdMiddleware:
 class BodyLimitMiddleware:
     """Refuses bodies over ``max_bytes`` with 413, by Content-Length or while streaming.
 
+    Paths matching ``upload_paths`` (bulk uploads) get ``upload_max_bytes`` instead.
     Raises HTTPException from ``receive`` so the error reaches our one error handler
     (FastAPI re-raises HTTPException from body parsing instead of turning it into 400).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        upload_max_bytes: int | None = None,
+        upload_paths: str = r"^/api/v1/projects/[^/]+/items$",
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_max_bytes = upload_max_bytes or max_bytes
+        self.upload_paths = re.compile(upload_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = self.upload_paths.match(scope.get("path", ""))
+        limit = self.upload_max_bytes if upload else self.max_bytes
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        too_large = HTTPException(413, f"the request body exceeds {self.max_bytes} bytes")
+        too_large = HTTPException(413, f"the request body exceeds {limit} bytes")
         received = 0
 
         async def limited_receive() -> Message:
             nonlocal received
-            if declared.isdigit() and int(declared) > self.max_bytes:
+            if declared.isdigit() and int(declared) > limit:
                 raise too_large
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
+            if received > limit:
                 raise too_large
             return message
 

@@ -4,8 +4,10 @@ that pass between deployments. Inbound models forbid unknown fields."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Self
+from uuid import UUID
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -260,6 +262,163 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# --- projects, items and jobs ---------------------------------------------------------
+
+ProjectName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Threshold = Annotated[float, Field(ge=0, le=1)]
+
+
+class ProjectCreate(Inbound):
+    """A labeling project: what to label, with which model, into which labels."""
+
+    name: ProjectName
+    task: Task
+    model: Name = Field(description="A configured model doing this task.")
+    labels: list[LabelSpec] | None = Field(
+        None,
+        min_length=1,
+        max_length=1000,
+        description="The label schema; required for zero-shot text classification.",
+    )
+    confidence_threshold: Threshold = Field(0.5, description="Scores below are not kept.")
+    auto_approve_threshold: Threshold = Field(
+        0.9, description="Predictions scoring at least this are approved without review."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        _unique_labels(self.labels)
+        return self
+
+
+class ProjectUpdate(Inbound):
+    """Fields to change; a new label list becomes a new label schema version."""
+
+    name: ProjectName | None = None
+    labels: list[LabelSpec] | None = Field(None, min_length=1, max_length=1000)
+    confidence_threshold: Threshold | None = None
+    auto_approve_threshold: Threshold | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if not self.model_fields_set:
+            raise ValueError("send at least one field to change")
+        _unique_labels(self.labels)
+        return self
+
+
+class Project(BaseModel):
+    id: UUID
+    name: str
+    task: Task
+    model: str
+    labels: list[LabelSpec] | None
+    label_schema_version: int
+    confidence_threshold: float
+    auto_approve_threshold: float
+    archived: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProjectsResponse(BaseModel):
+    projects: list[Project]
+
+
+class Item(BaseModel):
+    id: UUID
+    project_id: UUID
+    content_hash: str = Field(description="sha256 of the bytes (of the UTF-8 text for texts).")
+    media_type: str
+    byte_size: int
+    width: int | None = None
+    height: int | None = None
+    filename: str | None = Field(None, description="As uploaded; metadata only.")
+    created_at: datetime
+
+
+class Duplicate(BaseModel):
+    index: int = Field(description="Position of the duplicate in this upload.")
+    filename: str | None
+    content_hash: str
+    item_id: UUID = Field(description="The item already holding these bytes.")
+
+
+class UploadResponse(BaseModel):
+    request_id: str
+    items: list[Item]
+    duplicates: list[Duplicate]
+
+
+class ItemsPage(BaseModel):
+    items: list[Item]
+    next_cursor: str | None
+
+
+class JobCreate(Inbound):
+    """Label every item of the project, or only ``item_ids``."""
+
+    item_ids: list[UUID] | None = Field(None, min_length=1, max_length=100_000)
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class ItemState(StrEnum):
+    queued = "queued"
+    leased = "leased"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL_ITEM_STATES = frozenset({ItemState.succeeded, ItemState.failed, ItemState.cancelled})
+
+
+class ErrorCount(BaseModel):
+    error: str
+    count: int
+
+
+class Job(BaseModel):
+    id: UUID
+    project_id: UUID
+    status: JobStatus
+    model: str
+    label_schema_version: int
+    total_items: int
+    counts: dict[ItemState, int] = Field(description="Items per state.")
+    progress: float = Field(description="Share of items in a terminal state, 0..1.")
+    items_per_s: float | None = Field(None, description="Since the job started.")
+    eta_s: float | None = None
+    errors: list[ErrorCount] = Field(default_factory=list, description="Most common first.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobResult(BaseModel):
+    item_id: UUID
+    state: ItemState
+    attempts: int
+    error: str | None
+    model: str | None
+    model_version: str | None
+    output: list[dict[str, Any]] | None = Field(
+        None, description="Labels, detections or entities, as the synchronous routes give."
+    )
+
+
+class JobResultsPage(BaseModel):
+    results: list[JobResult]
+    next_cursor: str | None
 
 
 # --- messages between deployments -----------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,7 +35,7 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(
         Path.home() / ".modelship",
-        description="Root for local state: the model cache and, later, embedded services.",
+        description="Root for local state: model cache, embedded services, local objects.",
     )
     model_cache_dir: Path | None = Field(
         None, description="Where remote models are fetched to; defaults to data_dir/models."
@@ -65,6 +66,42 @@ class Settings(BaseSettings):
     model_call_timeout_s: float = Field(
         30.0, gt=0, description="How long the ingress waits for a model before 503."
     )
+    tenant: str = Field(
+        "default", description="Tenant of every request until API keys carry their own."
+    )
+    database_url: SecretStr | None = Field(
+        None, description="PostgreSQL DSN; unset: an embedded PostgreSQL under data_dir."
+    )
+    redis_url: SecretStr | None = Field(
+        None, description="Redis URL; unset: an embedded Redis under data_dir."
+    )
+    redis_prefix: str = Field(
+        "modelship", description="Prefix of every Redis key and channel (to share a Redis)."
+    )
+    object_store_url: str | None = Field(
+        None, description="Folder or fsspec URL (s3://bucket/prefix); unset: data_dir/objects."
+    )
+    object_store_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec storage options, e.g. endpoint_url for S3."
+    )
+    max_upload_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="Largest upload request body (413 above)."
+    )
+    max_upload_files: int = Field(1000, gt=0, description="Most files in one upload request.")
+    max_upload_texts: int = Field(100_000, gt=0, description="Most texts in one upload.")
+    job_batch_size: int = Field(32, ge=1, le=1024, description="Items a runner claims at once.")
+    job_concurrency: int = Field(
+        2, ge=1, le=64, description="Batches one runner replica keeps in flight."
+    )
+    job_lease_s: float = Field(
+        60.0, gt=0, description="A claimed batch returns to the queue if not done by then."
+    )
+    job_max_attempts: int = Field(
+        3, ge=1, le=100, description="Tries before an item that keeps failing ends failed."
+    )
+    job_poll_s: float = Field(
+        2.0, gt=0, description="Idle runners look for work this often without a wake-up."
+    )
 
     @property
     def models_dir(self) -> Path:
@@ -77,4 +114,11 @@ class Settings(BaseSettings):
                 raise ValueError("debug mode is refused in the production profile")
             if self.secret_key.get_secret_value() == DEFAULT_SECRET:
                 raise ValueError("MODELSHIP_SECRET_KEY must be set in the production profile")
+            if self.database_url is None or self.redis_url is None:
+                raise ValueError(
+                    "the production profile refuses embedded services: set "
+                    "MODELSHIP_DATABASE_URL and MODELSHIP_REDIS_URL"
+                )
+            if self.object_store_url is None:
+                raise ValueError("MODELSHIP_OBJECT_STORE_URL must be set in production")
         return self

@@ -20,13 +20,8 @@ from redis.retry import Retry
 
 logger = logging.getLogger("modelship.storage")
 
-JOBS_CHANNEL = "modelship:jobs"
 # Redis being unreachable shows up as these (connection refused is an OSError).
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
-
-
-def prediction_key(model_version: str, params_hash: str, content_hash: str) -> str:
-    return f"modelship:pred:{model_version}:{params_hash}:{content_hash}"
 
 
 class Cache:
@@ -34,10 +29,13 @@ class Cache:
 
     Args:
         url: a ``redis://`` URL.
+        prefix: of every key and channel, so that deployments can share a Redis.
         ttl_s: how long a cached prediction lives.
     """
 
-    def __init__(self, url: str, ttl_s: int = 7 * 24 * 3600) -> None:
+    def __init__(self, url: str, prefix: str = "modelship", ttl_s: int = 7 * 24 * 3600) -> None:
+        self._prefix = prefix
+        self._jobs_channel = f"{prefix}:jobs"
         self._ttl_s = ttl_s
         self._client = aioredis.from_url(
             url,
@@ -47,6 +45,9 @@ class Cache:
             health_check_interval=15,
         )
         self._pubsub: PubSub | None = None
+
+    def prediction_key(self, model_version: str, params_hash: str, content_hash: str) -> str:
+        return f"{self._prefix}:pred:{model_version}:{params_hash}:{content_hash}"
 
     async def ping(self) -> None:
         await self._client.ping()
@@ -83,7 +84,7 @@ class Cache:
     async def notify_jobs(self) -> None:
         """Wake idle job runners now instead of at their next poll."""
         try:
-            await self._client.publish(JOBS_CHANNEL, "1")
+            await self._client.publish(self._jobs_channel, "1")
         except REDIS_ERRORS as exc:
             logger.warning("job wake-up skipped: %r", exc)
 
@@ -94,7 +95,7 @@ class Cache:
         try:
             if self._pubsub is None:
                 self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-                await self._pubsub.subscribe(JOBS_CHANNEL)
+                await self._pubsub.subscribe(self._jobs_channel)
             while (left := deadline - loop.time()) > 0:
                 if await self._pubsub.get_message(timeout=left) is not None:
                     return

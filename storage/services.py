@@ -53,7 +53,7 @@ class Services:
         urls = resolve_urls(settings)
         return cls(
             db=Database(urls.database),
-            cache=Cache(urls.redis),
+            cache=Cache(urls.redis, settings.redis_prefix),
             objects=ObjectStore(urls.objects, settings.object_store_options),
         )
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,11 +58,80 @@ NUDENET = ModelConfig(
 PACKAGED_MODELS = [EFFICIENTNET, MINILM, NUDENET]
 
 
+POSTGRES_ADMIN_DSN = os.environ.get(
+    "MODELSHIP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("MODELSHIP_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL, dropped after the session."""
+    import asyncpg
+
+    name = f"modelship_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f"CREATE DATABASE {name}"))
+    try:
+        yield POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        asyncio.run(admin(f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+@pytest.fixture(scope="session")
+def storage_settings(tmp_path_factory: pytest.TempPathFactory, postgres_dsn: str) -> Settings:
+    """Settings on the real PostgreSQL and Redis of this machine, objects in a temp folder."""
+    root = tmp_path_factory.mktemp("storage")
+    return Settings(
+        data_dir=root,
+        database_url=postgres_dsn,
+        redis_url=REDIS_URL,
+        redis_prefix=f"modelship-test-{uuid.uuid4().hex[:8]}",  # a cold cache every session
+        object_store_url=str(root / "objects"),
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@pytest.fixture(scope="session")
+def s3_options() -> Iterator[dict[str, Any]]:
+    """A real S3-compatible server (moto) in its own process, with the bucket ``labels``."""
+    import s3fs
+
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", endpoint.rsplit(":")[-1]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+        s3fs.S3FileSystem(**options).mkdir("labels")
+        yield options
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

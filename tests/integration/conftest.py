@@ -12,6 +12,9 @@ import httpx
 import pytest
 import yaml
 
+from modelship.settings import Settings
+from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "serve_config.yaml"
 APP = "modelship"
 
@@ -35,14 +38,36 @@ def deploy_config(config: dict[str, Any], timeout_s: float = 300) -> None:
 
 
 @pytest.fixture(scope="session")
-def serve_config() -> dict[str, Any]:
+def live_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Embedded defaults under a fresh data dir: the app starts PostgreSQL and Redis.
+
+    They are stopped at the end (only these: found by their data dir).
+    """
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("live"), job_batch_size=8, job_lease_s=5, job_poll_s=0.5
+    )
+    yield settings
+    services = settings.data_dir / "services"
+    EmbeddedPostgres(services / "postgres").stop()
+    EmbeddedRedis(services / "redis").stop()
+
+
+@pytest.fixture(scope="session")
+def serve_config(live_settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
     config.pop("http_options")  # the session cluster's proxy listens on a free port
+    args = config["applications"][0]["args"]
+    args["settings"] = {
+        **args.get("settings", {}),
+        **live_settings.model_dump(
+            mode="json", include={"data_dir", "job_batch_size", "job_lease_s", "job_poll_s"}
+        ),
+    }
     return config
 
 
 @pytest.fixture(scope="session")
-def base_url(serve_cluster: int, serve_config: dict[str, Any]) -> str:
+def base_url(live_settings: Settings, serve_cluster: int, serve_config: dict[str, Any]) -> str:
     deploy_config(copy.deepcopy(serve_config))
     return f"http://127.0.0.1:{serve_cluster}"
 

@@ -16,6 +16,9 @@ def test_ready_only_when_every_model_is_loaded(http: httpx.Client) -> None:
         "efficientnet-lite0": "ready",
         "minilm-zero-shot": "ready",
         "nudenet-320n": "ready",
+        "database": "ready",
+        "redis": "ready",
+        "object_storage": "ready",
     }
     assert http.get("/health/live").json() == {"status": "ok", "checks": {}}
 

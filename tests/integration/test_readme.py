@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -25,3 +26,34 @@ def test_readme_examples_answer(base_url: str) -> None:
         )
         assert done.returncode == 0, (line, done.stderr)
         assert '"request_id"' in done.stdout or '"models"' in done.stdout
+
+
+def test_readme_walkthrough_runs_as_one_script(base_url: str) -> None:
+    (script,) = re.findall(r"```sh\n(.*?)```", README.read_text(), flags=re.S)
+    script = script.replace("http://127.0.0.1:8000", base_url)
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=DATA,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    outputs = _json_values(done.stdout)
+    upload, photos_job, photos_results, _, reviews_results = outputs
+    assert len(upload["items"]) == len(list(DATA.glob("*.jpg")))
+    assert photos_job["status"] == "succeeded"
+    assert photos_job["counts"]["failed"] == 1  # truncated.jpg
+    assert photos_job["errors"][0]["error"].startswith("corrupt_image")
+    assert len(photos_results["results"]) == 2 and photos_results["next_cursor"]
+    labels = [r["output"][0]["label"] for r in reviews_results["results"]]
+    assert len(labels) == 4 and set(labels) <= {"positive", "negative", "neutral"}
+
+
+def _json_values(text: str) -> list[dict[str, object]]:
+    """The JSON documents curl printed back to back (it adds no newlines)."""
+    decoder, values, at = json.JSONDecoder(), [], 0
+    while (at := text.find("{", at)) != -1:
+        value, at = decoder.raw_decode(text, at)
+        values.append(value)
+    return values

@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,40 +14,6 @@ from modelship.errors import ServiceUnavailable
 from storage.objects import ObjectNotFound, ObjectStore
 
 KEY = re.compile(r"acme/42/[0-9a-f]{32}\.jpg")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def s3_options() -> Iterator[dict[str, Any]]:
-    """A moto S3 server in its own process, with the bucket ``labels``."""
-    endpoint = f"http://127.0.0.1:{free_port()}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", endpoint.rsplit(":")[-1]],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
-        s3fs.S3FileSystem(**options).mkdir("labels")
-        yield options
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 async def test_local_round_trip_is_atomic(tmp_path: Path) -> None:

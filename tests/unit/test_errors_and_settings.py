@@ -51,13 +51,23 @@ def test_settings_read_the_prefixed_environment(monkeypatch: pytest.MonkeyPatch)
     assert settings.profile is Profile.staging
 
 
-def test_production_refuses_debug_and_the_default_secret() -> None:
+def test_production_refuses_debug_the_default_secret_and_embedded_services() -> None:
+    services = {
+        "database_url": "postgresql://db.internal/modelship",
+        "redis_url": "redis://cache.internal:6379/0",
+        "object_store_url": "s3://labels/modelship",
+    }
     with pytest.raises(ValidationError, match="SECRET_KEY"):
-        Settings(profile=Profile.production)
+        Settings(profile=Profile.production, **services)
     with pytest.raises(ValidationError, match="debug"):
-        Settings(profile=Profile.production, debug=True, secret_key="s3cret-for-real")
-    ok = Settings(profile=Profile.production, secret_key="s3cret-for-real")
+        Settings(profile=Profile.production, debug=True, secret_key="s3cret-for-real", **services)
+    for missing in services:
+        given = {k: v for k, v in services.items() if k != missing}
+        with pytest.raises(ValidationError, match=r"embedded|OBJECT_STORE"):
+            Settings(profile=Profile.production, secret_key="s3cret-for-real", **given)
+    ok = Settings(profile=Profile.production, secret_key="s3cret-for-real", **services)
     assert ok.profile is Profile.production
+    assert Settings(profile=Profile.dev).database_url is None  # dev: embedded PostgreSQL
 
 
 def test_unknown_settings_are_refused() -> None:

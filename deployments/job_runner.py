@@ -1,0 +1,103 @@
+"""The JobRunner deployment: drives queued job items through Preprocessor → ModelReplica."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from modelship.errors import ModelNotReady, ModelShipError
+from modelship.runner import JobRunner
+from modelship.schemas import ItemOptions, ItemResult, ModelInfo
+from modelship.settings import Settings
+from storage.jobs import JobStore
+from storage.services import Services
+
+logger = logging.getLogger("modelship.jobs")
+
+
+class ServeLabeler:
+    """The runner's ``Labeler`` over deployment handles: the online path, item by item."""
+
+    def __init__(
+        self, preprocessor: DeploymentHandle, models: dict[str, DeploymentHandle], timeout_s: float
+    ) -> None:
+        self._preprocessor = preprocessor
+        self._models = models
+        self._timeout_s = timeout_s
+
+    async def version(self, model: str) -> str:
+        info: ModelInfo = await asyncio.wait_for(self._models[model].info.remote(), self._timeout_s)
+        if info.version is None:
+            raise ModelNotReady(f"model {model} has not loaded")
+        return info.version
+
+    async def label(
+        self, model: str, payloads: list[Any], options: ItemOptions
+    ) -> list[ItemResult | ModelShipError]:
+        prepared = await asyncio.wait_for(
+            self._preprocessor.prepare_each.remote(model, payloads, options), self._timeout_s
+        )
+        good = [p for p in prepared if not isinstance(p, ModelShipError)]
+        results: list[ItemResult] = []
+        if good:
+            results = await asyncio.wait_for(
+                self._models[model].predict.remote(good), self._timeout_s
+            )
+        outputs = iter(results)
+        return [p if isinstance(p, ModelShipError) else next(outputs) for p in prepared]
+
+
+@serve.deployment(name="JobRunner", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=8)
+class JobRunnerDeployment:
+    """Claims leased batches from the PostgreSQL queue in the background.
+
+    Every replica runs ``settings.job_concurrency`` claim loops; more replicas share the
+    queue safely (``SKIP LOCKED``). On a clean shutdown the replica gives its leases back;
+    when killed, its leases expire and other loops take the items again.
+
+    Args:
+        preprocessor: handle to the Preprocessor deployment.
+        models: one ModelReplica handle per configured model, by model name.
+        settings: storage URLs and job settings.
+    """
+
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
+        self,
+        preprocessor: DeploymentHandle,
+        models: dict[str, DeploymentHandle],
+        settings: Settings,
+    ) -> None:
+        self._services = Services.from_settings(settings)
+        labeler = ServeLabeler(preprocessor, models, settings.model_call_timeout_s * 2)
+        owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._jobs = JobStore(self._services.db)
+        self._runner = JobRunner(
+            self._jobs, self._services.objects, self._services.cache, labeler, settings, owner
+        )
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._runner.run_forever(self._stop))
+        logger.info("job runner %s started", owner)
+
+    async def stats(self) -> dict[str, Any]:
+        return {"owner": self._runner.owner, "pid": os.getpid(), "items": self._runner.items_done}
+
+    async def check_health(self) -> None:
+        if self._task.done():
+            raise RuntimeError(f"the job runner loop stopped: {self._task.exception()!r}")
+
+    async def __del__(self) -> None:
+        if not hasattr(self, "_task"):  # the constructor failed
+            return
+        self._stop.set()
+        try:
+            await asyncio.wait_for(self._task, 30)
+            released = await self._jobs.release(self._runner.owner)
+            logger.info("job runner %s stopped; %d leases given back", self._runner.owner, released)
+        finally:
+            await self._services.close()

@@ -1,0 +1,216 @@
+"""HTTP routes for projects, uploads and jobs: parse, validate, call the ``Workflow``."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from modelship.errors import InvalidInput, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
+from modelship.inputs import check_texts, parse_model, parse_text_file
+from modelship.middleware import request_id
+from modelship.schemas import (
+    IMAGE_TASKS,
+    Inbound,
+    ItemsPage,
+    Job,
+    JobCreate,
+    JobResultsPage,
+    Project,
+    ProjectCreate,
+    ProjectsResponse,
+    ProjectUpdate,
+    UploadResponse,
+)
+from modelship.settings import Settings
+from modelship.workflow import Upload, Workflow
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_ACTOR = "anonymous"  # until API keys name who acts
+
+
+class TextUpload(Inbound):
+    """Texts sent as JSON instead of a file."""
+
+    texts: list[str]
+
+
+def _cursor(value: str | None) -> UUID | None:
+    if value is None:
+        return None
+    try:
+        return UUID(value)
+    except ValueError:
+        raise InvalidInput("the cursor is not one this API returned", "invalid_cursor") from None
+
+
+Cursor = Annotated[str | None, Query(description="next_cursor of the previous page")]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
+    """The ``/api/v1/projects`` and ``/api/v1/jobs`` routes."""
+    router = APIRouter(prefix="/api/v1")
+    tenant = settings.tenant
+
+    def flow() -> Workflow:
+        if workflow is None:
+            raise ServiceUnavailable("projects and jobs need storage, which is not configured")
+        return workflow
+
+    @router.post("/projects", status_code=201, response_model=Project, tags=["projects"])
+    async def create_project(spec: ProjectCreate) -> Project:
+        return await flow().create_project(tenant, spec, _ACTOR)
+
+    @router.get("/projects", response_model=ProjectsResponse, tags=["projects"])
+    async def list_projects(include_archived: bool = False) -> ProjectsResponse:
+        return ProjectsResponse(projects=await flow().catalog.projects(tenant, include_archived))
+
+    @router.get("/projects/{project_id}", response_model=Project, tags=["projects"])
+    async def get_project(project_id: UUID) -> Project:
+        return await flow().catalog.project(tenant, project_id)
+
+    @router.patch("/projects/{project_id}", response_model=Project, tags=["projects"])
+    async def update_project(project_id: UUID, change: ProjectUpdate) -> Project:
+        return await flow().update_project(tenant, project_id, change, _ACTOR)
+
+    @router.post("/projects/{project_id}/archive", response_model=Project, tags=["projects"])
+    async def archive_project(project_id: UUID) -> Project:
+        return await flow().catalog.archive_project(tenant, project_id, _ACTOR)
+
+    @router.post(
+        "/projects/{project_id}/items",
+        status_code=201,
+        response_model=UploadResponse,
+        openapi_extra=_upload_body(),
+        tags=["projects"],
+    )
+    async def upload_items(project_id: UUID, request: Request) -> UploadResponse:
+        project = await flow().catalog.project(tenant, project_id)
+        uploads = await _read_uploads(request, settings, images=project.task in IMAGE_TASKS)
+        created, duplicates = await flow().upload(tenant, project_id, uploads, _ACTOR)
+        return UploadResponse(request_id=request_id(request), items=created, duplicates=duplicates)
+
+    @router.get("/projects/{project_id}/items", response_model=ItemsPage, tags=["projects"])
+    async def list_items(project_id: UUID, cursor: Cursor = None, limit: Limit = 100) -> ItemsPage:
+        await flow().catalog.project(tenant, project_id)
+        items, after = await flow().catalog.items(project_id, _cursor(cursor), limit)
+        return ItemsPage(items=items, next_cursor=str(after) if after else None)
+
+    @router.post(
+        "/projects/{project_id}/jobs",
+        status_code=202,
+        response_model=Job,
+        responses={409: {"description": "Idempotency-Key reused with another body"}},
+        tags=["jobs"],
+    )
+    async def submit_job(
+        project_id: UUID,
+        response: Response,
+        body: Annotated[JobCreate | None, Body()] = None,
+        idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> Job:
+        if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+            raise InvalidInput(
+                "Idempotency-Key must be 1-200 printable ASCII characters", "invalid_header"
+            )
+        job, created = await flow().submit_job(
+            tenant, project_id, body or JobCreate(), idempotency_key, _ACTOR
+        )
+        response.headers["Location"] = f"/api/v1/jobs/{job.id}"
+        if not created:
+            response.headers["Idempotent-Replayed"] = "true"
+        return job
+
+    @router.get("/jobs/{job_id}", response_model=Job, tags=["jobs"])
+    async def get_job(job_id: UUID) -> Job:
+        return await flow().jobs.job(tenant, job_id)
+
+    @router.get("/jobs/{job_id}/results", response_model=JobResultsPage, tags=["jobs"])
+    async def job_results(
+        job_id: UUID, cursor: Cursor = None, limit: Limit = 100
+    ) -> JobResultsPage:
+        results, after = await flow().jobs.results(tenant, job_id, _cursor(cursor), limit)
+        return JobResultsPage(results=results, next_cursor=str(after) if after else None)
+
+    @router.post("/jobs/{job_id}/cancel", response_model=Job, tags=["jobs"])
+    async def cancel_job(job_id: UUID) -> Job:
+        return await flow().jobs.cancel(tenant, job_id, _ACTOR)
+
+    return router
+
+
+async def _read_uploads(request: Request, settings: Settings, images: bool) -> list[Upload]:
+    """Files from multipart ``file`` fields (images, or text files), or JSON texts."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json" and not images:
+        body = parse_model(TextUpload, await request.body())
+        texts = [Upload(text) for text in body.texts]
+    elif content_type == "multipart/form-data":
+        texts = []
+        files = await _read_files(request, settings, images)
+        if images:
+            return files
+        for file in files:
+            assert isinstance(file.data, bytes)
+            texts += [Upload(t, file.filename) for t in parse_text_file(file.filename, file.data)]
+    else:
+        wanted = "multipart/form-data" if images else "multipart/form-data or application/json"
+        raise UnsupportedMediaType(f"send {wanted}, not {content_type or 'nothing'}")
+    if not texts:
+        raise InvalidInput("the upload holds no texts", "no_texts")
+    check_texts([str(t.data) for t in texts], settings, max_count=settings.max_upload_texts)
+    return texts
+
+
+async def _read_files(request: Request, settings: Settings, images: bool) -> list[Upload]:
+    limit = settings.max_upload_files
+    try:
+        form = await request.form(max_files=limit + 1, max_fields=limit + 8)
+    except HTTPException as exc:
+        if exc.status_code != 400:  # e.g. 413 from the body limit
+            raise
+        if "files" in str(exc.detail).lower():
+            raise PayloadTooLarge(f"at most {limit} files per upload", "too_many_files") from None
+        raise InvalidInput(str(exc.detail), "invalid_multipart") from None
+    try:
+        uploads = [u for u in form.getlist("file") if isinstance(u, UploadFile)]
+        if not uploads:
+            raise InvalidInput("multipart field 'file' is missing", "no_file")
+        if len(uploads) > limit:
+            raise PayloadTooLarge(f"at most {limit} files per upload", "too_many_files")
+        per_file = settings.max_image_bytes if images else settings.max_upload_bytes
+        files = []
+        for index, upload in enumerate(uploads):
+            data = await upload.read(per_file + 1)
+            if len(data) > per_file:
+                raise PayloadTooLarge(
+                    f"file {index} ({upload.filename}) exceeds {per_file} bytes", "file_too_large"
+                )
+            files.append(Upload(data, upload.filename))
+        return files
+    finally:
+        await form.close()
+
+
+def _upload_body() -> dict[str, Any]:
+    files = {"type": "array", "items": {"type": "string", "format": "binary"}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": files},
+                    }
+                },
+                "application/json": {"schema": TextUpload.model_json_schema()},
+            },
+        }
+    }

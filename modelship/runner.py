@@ -1,0 +1,199 @@
+"""The job runner's loop, without Ray: claim a batch, label it, record the outcomes.
+
+The Serve ``JobRunner`` deployment runs this with a labeler backed by the Preprocessor
+and ModelReplica handles; tests run it with the in-process ``LocalLabeler``. Either way
+an item gets exactly the prediction the synchronous routes give for the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from typing import Any, Protocol
+
+from modelship.errors import ModelShipError
+from modelship.schemas import ItemOptions, ItemResult, LabelSpec
+from modelship.settings import Settings
+from storage.jobs import Claim, ClaimedItem, Failure, JobStore, Success
+from storage.objects import ObjectNotFound, ObjectStore
+from storage.redis import Cache
+
+logger = logging.getLogger("modelship.jobs")
+
+_REAP_EVERY_S = 5.0
+_VERSION_TTL_S = 10.0
+_MAX_BACKOFF_S = 10.0
+
+
+class Labeler(Protocol):
+    """Labels payloads with a configured model, one outcome per payload."""
+
+    async def version(self, model: str) -> str: ...
+
+    async def label(
+        self, model: str, payloads: list[Any], options: ItemOptions
+    ) -> list[ItemResult | ModelShipError]:
+        """A result, or the error that item alone caused (undecodable, too large...).
+
+        Anything that is not the item's fault (a replica restarting, a timeout) raises.
+        """
+        ...
+
+
+def job_options(
+    top_k: int, score_threshold: float, labels: list[LabelSpec] | None
+) -> dict[str, Any]:
+    """What a job stores of a project's settings, and what its predictions depend on."""
+    return {
+        "top_k": top_k,
+        "score_threshold": score_threshold,
+        "labels": [label.model_dump() for label in labels] if labels else None,
+    }
+
+
+def item_options(options: dict[str, Any]) -> ItemOptions:
+    labels = options.get("labels")
+    return ItemOptions(
+        top_k=options["top_k"],
+        score_threshold=options["score_threshold"],
+        labels=tuple(LabelSpec.model_validate(label) for label in labels) if labels else None,
+    )
+
+
+def params_hash(options: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class JobRunner:
+    """Drives queued job items through a labeler.
+
+    Args:
+        jobs: the queue.
+        objects: where uploaded files are.
+        cache: the prediction cache (a miss when Redis is down).
+        labeler: runs the models.
+        settings: batch size, lease, attempts, poll interval.
+        owner: this runner's lease owner name, unique per process.
+    """
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        objects: ObjectStore,
+        cache: Cache,
+        labeler: Labeler,
+        settings: Settings,
+        owner: str,
+    ) -> None:
+        self._jobs = jobs
+        self._objects = objects
+        self._cache = cache
+        self._labeler = labeler
+        self._settings = settings
+        self.owner = owner
+        self._versions: dict[str, tuple[str, float]] = {}
+        self._last_reap = 0.0
+        self.items_done = 0
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """``job_concurrency`` loops claiming batches until ``stop`` is set."""
+        await asyncio.gather(*(self._loop(stop) for _ in range(self._settings.job_concurrency)))
+
+    async def _loop(self, stop: asyncio.Event) -> None:
+        backoff = 0.0
+        while not stop.is_set():
+            try:
+                done = await self.run_once()
+                backoff = 0.0
+            except Exception as exc:  # an outage: PostgreSQL, the model, the object store
+                backoff = min(_MAX_BACKOFF_S, backoff * 2 or 0.5)
+                logger.warning("job runner %s: %r; retrying in %.1fs", self.owner, exc, backoff)
+                await _sleep_unless(stop, backoff)
+                continue
+            if not done:
+                await self._cache.wait_for_jobs(self._settings.job_poll_s)
+
+    async def run_once(self) -> int:
+        """Claim and finish one batch; returns how many items it settled (0: no work)."""
+        settings = self._settings
+        if time.monotonic() - self._last_reap > _REAP_EVERY_S:
+            self._last_reap = time.monotonic()
+            await self._jobs.reap(settings.job_max_attempts)
+        claim = await self._jobs.claim(
+            self.owner, settings.job_batch_size, settings.job_lease_s, settings.job_max_attempts
+        )
+        if claim is None:
+            return 0
+        try:
+            successes, failures = await self._label(claim)
+        except Exception:
+            # Not the items' fault: give the batch back without spending an attempt.
+            await self._jobs.release(self.owner, claim.job_id, [i.item_id for i in claim.items])
+            raise
+        counted = await self._jobs.complete(
+            self.owner, claim, successes, failures, settings.job_max_attempts
+        )
+        self.items_done += counted
+        return max(counted, 1)
+
+    async def _label(self, claim: Claim) -> tuple[list[Success], list[Failure]]:
+        options = item_options(claim.options)
+        params = params_hash(claim.options)
+        version = await self._version(claim.model)
+        keys = {
+            i.item_id: self._cache.prediction_key(version, params, i.content_hash)
+            for i in claim.items
+        }
+        cached = await self._cache.get_many(list(keys.values()))
+        successes = [
+            Success(i.item_id, version, params, cached[keys[i.item_id]])
+            for i in claim.items
+            if keys[i.item_id] in cached
+        ]
+        failures: list[Failure] = []
+        todo: list[ClaimedItem] = []
+        payloads: list[Any] = []
+        for item in claim.items:
+            if keys[item.item_id] in cached:
+                continue
+            try:
+                payloads.append(await self._payload(item))
+                todo.append(item)
+            except ObjectNotFound:
+                failures.append(Failure(item.item_id, item.attempts, "the stored file is missing"))
+        outcomes = await self._labeler.label(claim.model, payloads, options) if todo else []
+        fresh: dict[str, Any] = {}
+        for item, outcome in zip(todo, outcomes, strict=True):
+            if isinstance(outcome, ModelShipError):
+                failures.append(
+                    Failure(item.item_id, item.attempts, f"{outcome.code}: {outcome.message}")
+                )
+                continue
+            output = [o.model_dump() for o in outcome.output]
+            successes.append(Success(item.item_id, outcome.version, params, output))
+            fresh[self._cache.prediction_key(outcome.version, params, item.content_hash)] = output
+        await self._cache.put_many(fresh)
+        return successes, failures
+
+    async def _payload(self, item: ClaimedItem) -> bytes | str:
+        if item.text is not None:
+            return item.text
+        assert item.object_key is not None
+        return await self._objects.get(item.object_key)
+
+    async def _version(self, model: str) -> str:
+        cached = self._versions.get(model)
+        if cached is not None and time.monotonic() - cached[1] < _VERSION_TTL_S:
+            return cached[0]
+        version = await self._labeler.version(model)
+        self._versions[model] = (version, time.monotonic())
+        return version
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,158 @@
+"""Durable jobs on the running application, through failures.
+
+The application here runs on embedded defaults (no database or Redis URL: it starts a
+real PostgreSQL and Redis under its data dir), so these tests also prove the laptop
+path. Killing replicas, restarting Redis and stopping PostgreSQL happen mid-job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import ray
+
+from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+from storage.services import resolve_urls
+from tests.integration.conftest import APP
+
+MODEL = "minilm-zero-shot"
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        yield http
+
+
+def _project(client: httpx.Client, texts: list[str]) -> dict[str, Any]:
+    body = {"name": f"live-{uuid.uuid4().hex[:8]}", "task": "zero-shot-text-classification"}
+    response = client.post("/api/v1/projects", json={**body, "model": MODEL})
+    assert response.status_code == 201, response.text
+    project: dict[str, Any] = response.json()
+    upload = client.post(f"/api/v1/projects/{project['id']}/items", json={"texts": texts})
+    assert upload.status_code == 201, upload.text
+    assert len(upload.json()["items"]) == len(texts)
+    return project
+
+
+def _texts(count: int) -> list[str]:
+    kinds = ["I love it, works great", "it broke after a day", "the parcel came on Tuesday"]
+    return [f"{kinds[i % 3]} (order {i}, {uuid.uuid4().hex[:6]})" for i in range(count)]
+
+
+def _wait(client: httpx.Client, job_id: str, until: Any, timeout_s: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = client.get(f"/api/v1/jobs/{job_id}")
+        if response.status_code == 200 and until(job := response.json()):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(
+        f"job {job_id} never got there: {client.get(f'/api/v1/jobs/{job_id}').text}"
+    )
+
+
+def _replica_actor(deployment: str) -> Any:
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if actor["name"].startswith(f"SERVE_REPLICA::{APP}#{deployment}#"):
+            return ray.get_actor(actor["name"], namespace=actor["namespace"])
+    raise AssertionError(f"no replica of {deployment}")
+
+
+async def _rows(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+def _item_states(dsn: str, job_id: str) -> list[asyncpg.Record]:
+    return asyncio.run(
+        _rows(
+            dsn,
+            "SELECT ji.item_id, ji.state, ji.attempts, ji.prediction_id,"
+            " (SELECT count(*) FROM predictions p WHERE p.item_id = ji.item_id) AS predictions"
+            " FROM job_items ji WHERE ji.job_id = $1",
+            uuid.UUID(job_id),
+        )
+    )
+
+
+def test_a_job_survives_killing_the_model_replica_and_the_runner(
+    client: httpx.Client, live_settings: Any
+) -> None:
+    dsn = resolve_urls(live_settings).database
+    project = _project(client, _texts(1000))
+    job = client.post(f"/api/v1/projects/{project['id']}/jobs").json()
+    _wait(client, job["id"], lambda j: j["counts"]["succeeded"] >= 100, timeout_s=120)
+
+    done_before = {
+        r["item_id"]: r["prediction_id"]
+        for r in _item_states(dsn, job["id"])
+        if r["state"] == "succeeded"
+    }
+    # The runner first, holding leases; then the model its replacement needs.
+    ray.kill(_replica_actor("JobRunner"), no_restart=True)
+    ray.kill(_replica_actor(f"Model-{MODEL}"), no_restart=True)
+
+    job = _wait(client, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert job["status"] == "succeeded", job
+    assert job["counts"]["succeeded"] == 1000 and job["progress"] == 1.0
+    rows = _item_states(dsn, job["id"])
+    assert len(rows) == 1000
+    assert {r["state"] for r in rows} == {"succeeded"}
+    assert all(r["predictions"] == 1 for r in rows), "a prediction was duplicated"
+    assert len(done_before) < 1000, "the job finished before the kill: make it longer"
+    assert any(r["attempts"] > 1 for r in rows), "no lease of the killed runner was taken over"
+    for row in rows:
+        if row["item_id"] in done_before:
+            assert row["prediction_id"] == done_before[row["item_id"]]
+            assert row["attempts"] == 1, "a finished item was done again"
+
+
+def test_redis_restart_mid_job_loses_nothing(client: httpx.Client, live_settings: Any) -> None:
+    project = _project(client, _texts(300))
+    job = client.post(f"/api/v1/projects/{project['id']}/jobs").json()
+    _wait(client, job["id"], lambda j: j["counts"]["succeeded"] >= 30, timeout_s=120)
+    redis = EmbeddedRedis(_services_dir(live_settings) / "redis")
+    redis.stop()
+    time.sleep(1.0)
+    redis.start()
+    job = _wait(client, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert job["status"] == "succeeded" and job["counts"]["succeeded"] == 300
+
+
+def test_postgres_outage_is_503_and_the_job_resumes(
+    client: httpx.Client, live_settings: Any
+) -> None:
+    project = _project(client, _texts(300))
+    job = client.post(f"/api/v1/projects/{project['id']}/jobs").json()
+    _wait(client, job["id"], lambda j: j["counts"]["succeeded"] >= 30, timeout_s=120)
+    postgres = EmbeddedPostgres(_services_dir(live_settings) / "postgres")
+    postgres.stop()
+    try:
+        response = client.post(f"/api/v1/projects/{project['id']}/jobs")
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "service_unavailable"
+        assert response.headers["retry-after"]
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503 and ready.json()["checks"]["database"] == "unavailable"
+        # labeling that needs no database goes on
+        assert client.post("/api/v1/classify/text", json={"text": "fine"}).status_code == 200
+    finally:
+        postgres.start()
+    job = _wait(client, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert job["status"] == "succeeded" and job["counts"]["succeeded"] == 300
+
+
+def _services_dir(settings: Any) -> Path:
+    return Path(settings.data_dir) / "services"

@@ -1,0 +1,598 @@
+"""Projects, uploads and jobs over ASGI, on this machine's real PostgreSQL and Redis.
+
+The job runner runs in-process with the real models (``LocalLabeler``); the Serve
+deployment that wraps the same runner is exercised in the integration tier.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+from pydantic import SecretStr
+
+from modelship.api import create_api
+from modelship.errors import ModelShipError
+from modelship.local import LocalBackend, LocalLabeler
+from modelship.runner import JobRunner
+from modelship.schemas import ItemOptions, ItemResult
+from modelship.settings import Settings
+from modelship.workflow import Workflow
+from storage.jobs import JobStore
+from storage.services import Services
+from tests.conftest import PACKAGED_MODELS, payload
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+LABELS = [
+    {"name": "sport", "examples": ["the team won the match", "a great goal in the final"]},
+    {"name": "cooking", "examples": ["bake the bread for an hour", "stir the sauce slowly"]},
+]
+
+
+class CountingLabeler(LocalLabeler):
+    """The real in-process labeler, counting the items it is asked to label."""
+
+    calls = 0
+
+    async def label(
+        self, model: str, payloads: list[Any], options: ItemOptions
+    ) -> list[ItemResult | ModelShipError]:
+        self.calls += len(payloads)
+        return await super().label(model, payloads, options)
+
+
+@pytest.fixture(scope="module")
+def backend(settings: Settings) -> LocalBackend:
+    return LocalBackend(PACKAGED_MODELS, settings)
+
+
+@pytest.fixture(scope="module")
+def job_settings(storage_settings: Settings) -> Settings:
+    return storage_settings.model_copy(
+        update={
+            "max_image_bytes": 400_000,
+            "max_upload_files": 8,
+            "max_upload_bytes": 1_500_000,
+            "job_lease_s": 0.5,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+async def services(job_settings: Settings) -> AsyncIterator[Services]:
+    services = Services.from_settings(job_settings)
+    yield services
+    await services.close()
+
+
+@pytest.fixture(scope="module")
+def labeler(backend: LocalBackend, job_settings: Settings) -> CountingLabeler:
+    return CountingLabeler(backend, job_settings)
+
+
+@pytest.fixture(scope="module")
+def runner(services: Services, labeler: CountingLabeler, job_settings: Settings) -> JobRunner:
+    jobs = JobStore(services.db)
+    return JobRunner(jobs, services.objects, services.cache, labeler, job_settings, "runner-a")
+
+
+@pytest.fixture(scope="module")
+async def client(
+    backend: LocalBackend, services: Services, job_settings: Settings
+) -> AsyncIterator[httpx.AsyncClient]:
+    workflow = Workflow(services, PACKAGED_MODELS, job_settings)
+    app = create_api(backend, job_settings, workflow=workflow)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+def _assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code, error
+    assert error["request_id"] == response.headers["x-request-id"]
+
+
+async def _project(client: httpx.AsyncClient, **spec: Any) -> dict[str, Any]:
+    body = {"name": f"p-{uuid.uuid4().hex[:8]}", **spec}
+    response = await client.post("/api/v1/projects", json=body)
+    assert response.status_code == 201, response.text
+    project: dict[str, Any] = response.json()
+    return project
+
+
+async def _text_project(client: httpx.AsyncClient) -> dict[str, Any]:
+    return await _project(
+        client, task="zero-shot-text-classification", model="minilm", labels=LABELS
+    )
+
+
+async def _image_project(client: httpx.AsyncClient) -> dict[str, Any]:
+    return await _project(client, task="image-classification", model="efficientnet-lite0")
+
+
+def assert_same_labels(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    """Same labels in the same order; scores equal up to float noise of batch composition."""
+    assert [g["label"] for g in got] == [e["label"] for e in expected]
+    assert [g["score"] for g in got] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+
+
+async def _drain(runner: JobRunner) -> None:
+    for _ in range(200):
+        if not await runner.run_once():
+            return
+    raise AssertionError("the runner never ran out of work")
+
+
+def _png(seed: int, size: tuple[int, int] = (40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (seed % 256, 40, 90)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --- projects -----------------------------------------------------------------------
+
+
+async def test_project_lifecycle(client: httpx.AsyncClient, services: Services) -> None:
+    project = await _text_project(client)
+    assert project["label_schema_version"] == 1
+    assert [label["name"] for label in project["labels"]] == ["sport", "cooking"]
+    assert project["auto_approve_threshold"] == 0.9
+
+    url = f"/api/v1/projects/{project['id']}"
+    assert (await client.get(url)).json() == project
+    listed = (await client.get("/api/v1/projects")).json()["projects"]
+    assert project["id"] in [p["id"] for p in listed]
+
+    changed = await client.patch(url, json={"labels": [{"name": "a"}, {"name": "b"}]})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["label_schema_version"] == 2
+    renamed = await client.patch(url, json={"auto_approve_threshold": 0.75})
+    assert renamed.json()["auto_approve_threshold"] == 0.75
+    assert renamed.json()["label_schema_version"] == 2
+
+    archived = await client.post(f"{url}/archive")
+    assert archived.json()["archived"] is True
+    listed = (await client.get("/api/v1/projects")).json()["projects"]
+    assert project["id"] not in [p["id"] for p in listed]
+    _assert_error(await client.patch(url, json={"name": "x"}), 409, "project_archived")
+    async with services.db.connection() as conn:
+        actions = await conn.fetch(
+            "SELECT action, details FROM audit_events WHERE subject = $1 ORDER BY id",
+            f"project:{project['id']}",
+        )
+    assert [a["action"] for a in actions] == [
+        "project.create",
+        "project.update",
+        "project.update",
+        "project.archive",
+    ]
+    assert json.loads(actions[1]["details"])["label_schema_version"] == 2
+    # an archived project's name is free again
+    again = await client.post("/api/v1/projects", json={**_spec(project), "name": project["name"]})
+    assert again.status_code == 201, again.text
+
+
+def _spec(project: dict[str, Any]) -> dict[str, Any]:
+    return {"task": project["task"], "model": project["model"], "labels": LABELS}
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"name": ""}, "invalid_request"),
+        ({"name": "x" * 101}, "invalid_request"),
+        ({"labels": [{"name": "a"}, {"name": "a"}]}, "invalid_request"),
+        ({"labels": [{"name": " "}]}, "invalid_request"),
+        ({"labels": []}, "invalid_request"),
+        ({"confidence_threshold": 1.5}, "invalid_request"),
+        ({"model": "nope"}, "unknown_model"),
+        ({"task": "object-detection"}, "wrong_task"),
+        ({"labels": None, "model": "minilm"}, None),  # the model's own labels are enough
+        ({"surprise": 1}, "invalid_request"),
+    ],
+)
+async def test_project_validation(
+    client: httpx.AsyncClient, change: dict[str, Any], code: str | None
+) -> None:
+    body = {
+        "name": f"v-{uuid.uuid4().hex[:8]}",
+        "task": "zero-shot-text-classification",
+        "model": "minilm",
+        "labels": LABELS,
+        **change,
+    }
+    response = await client.post("/api/v1/projects", json=body)
+    if code is None:
+        assert response.status_code == 201, response.text
+    else:
+        _assert_error(response, 422, code)
+
+
+async def test_duplicate_names_conflict_and_unknown_ids_are_404(client: httpx.AsyncClient) -> None:
+    project = await _image_project(client)
+    body = {"name": project["name"], "task": "image-classification", "model": "efficientnet-lite0"}
+    _assert_error(await client.post("/api/v1/projects", json=body), 409, "duplicate_name")
+    _assert_error(await client.get(f"/api/v1/projects/{uuid.uuid4()}"), 404, "unknown_project")
+    _assert_error(await client.get(f"/api/v1/jobs/{uuid.uuid4()}"), 404, "unknown_job")
+    _assert_error(await client.get("/api/v1/projects/not-a-uuid"), 422, "invalid_request")
+
+
+# --- uploads ------------------------------------------------------------------------
+
+
+async def test_image_upload_stores_files_and_reports_duplicates(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    project = await _image_project(client)
+    url = f"/api/v1/projects/{project['id']}/items"
+    files = [
+        ("file", ("cat.jpg", payload("cat.jpg"), "image/jpeg")),
+        ("file", ("a.png", _png(1, (64, 48)), "application/octet-stream")),
+        ("file", ("again.jpg", payload("cat.jpg"), "image/jpeg")),
+        ("file", ("rotated.jpg", payload("cat_exif_rotated.jpg"), "image/jpeg")),
+    ]
+    response = await client.post(url, files=files)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    items = body["items"]
+    assert [(i["filename"], i["media_type"], i["width"], i["height"]) for i in items] == [
+        ("cat.jpg", "image/jpeg", 451, 300),
+        ("a.png", "image/png", 64, 48),
+        ("rotated.jpg", "image/jpeg", 451, 300),  # stored 300x451 sideways; upright size
+    ]
+    assert body["duplicates"] == [
+        {
+            "index": 2,
+            "filename": "again.jpg",
+            "content_hash": items[0]["content_hash"],
+            "item_id": items[0]["id"],
+        }
+    ]
+    async with services.db.connection() as conn:
+        key = await conn.fetchval(
+            "SELECT object_key FROM items WHERE id = $1", uuid.UUID(items[0]["id"])
+        )
+    assert key.startswith(f"default/{project['id']}/") and key.endswith(".jpg")
+    assert "cat" not in key
+    assert await services.objects.get(key) == payload("cat.jpg")
+
+    # uploading the same bytes again stores nothing new
+    second = (await client.post(url, files=files[:1])).json()
+    assert second["items"] == []
+    assert second["duplicates"][0]["item_id"] == items[0]["id"]
+    page = (await client.get(url, params={"limit": 2})).json()
+    rest = (await client.get(url, params={"cursor": page["next_cursor"]})).json()
+    assert len(page["items"]) == 2 and len(rest["items"]) == 1 and rest["next_cursor"] is None
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "code"),
+    [
+        ([("doc.pdf", payload("not_an_image.pdf"))], 415, "unsupported_media_type"),
+        (
+            [("ok.png", _png(2)), ("doc.pdf", payload("not_an_image.pdf"))],
+            415,
+            "unsupported_media_type",
+        ),
+        ([("big.png", b"\x89PNG" + b"0" * 400_000)], 413, "file_too_large"),
+        ([(f"{i}.png", _png(10 + i)) for i in range(9)], 413, "too_many_files"),
+        ([("bomb.png", payload("bomb.png"))], 422, "decompression_bomb"),
+        ([("empty.png", b"")], 422, "empty_image"),
+        (
+            [(f"{i}.png", _png(i, (300, 300)) + bytes(390_000)) for i in range(4)],
+            413,
+            "payload_too_large",
+        ),
+    ],
+)
+async def test_bad_image_uploads_store_nothing(
+    client: httpx.AsyncClient,
+    services: Services,
+    files: list[tuple[str, bytes]],
+    status: int,
+    code: str,
+) -> None:
+    project = await _image_project(client)
+    url = f"/api/v1/projects/{project['id']}/items"
+    response = await client.post(url, files=[("file", f) for f in files])
+    _assert_error(response, status, code)
+    assert (await client.get(url)).json()["items"] == []
+
+
+async def test_upload_content_types(client: httpx.AsyncClient) -> None:
+    images = await _image_project(client)
+    url = f"/api/v1/projects/{images['id']}/items"
+    _assert_error(await client.post(url, json={"texts": ["hi"]}), 415, "unsupported_media_type")
+    texts = await _text_project(client)
+    url = f"/api/v1/projects/{texts['id']}/items"
+    _assert_error(
+        await client.post(url, content=b"x", headers={"content-type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    )
+    _assert_error(await client.post(url, json={"texts": []}), 422, "no_texts")
+    _assert_error(await client.post(url, json={"texts": ["ok", "  "]}), 422, "empty_text")
+    _assert_error(await client.post(url, json={"texts": "nope"}), 422, "invalid_request")
+
+
+async def test_text_uploads_from_json_and_files(client: httpx.AsyncClient) -> None:
+    project = await _text_project(client)
+    url = f"/api/v1/projects/{project['id']}/items"
+    response = await client.post(url, json={"texts": ["one", "two", "one"]})
+    assert response.status_code == 201, response.text
+    assert len(response.json()["items"]) == 2
+    assert response.json()["duplicates"][0]["index"] == 2
+
+    jsonl = b'{"text": "three"}\n"four"\n\n'
+    csv_file = '\ufefftext,source\n"five, with a comma",web\n=SUM(A1),x\n'.encode()
+    files = [
+        ("file", ("a.jsonl", jsonl, "application/x-ndjson")),
+        ("file", ("b.csv", csv_file, "text/csv")),
+        ("file", ("c.txt", b"six\nseven\n", "text/plain")),
+        ("file", ("d.json", json.dumps(["eight", {"text": "nine"}]).encode(), "application/json")),
+    ]
+    response = await client.post(url, files=files)
+    assert response.status_code == 201, response.text
+    page = (await client.get(url)).json()["items"]
+    assert len(page) == 2 + 8
+    assert {i["filename"] for i in response.json()["items"]} == {
+        "a.jsonl",
+        "b.csv",
+        "c.txt",
+        "d.json",
+    }
+
+    bad = [
+        (("x.csv", payload("cat_small.png")), 415, "unsupported_media_type"),
+        (("x.exe", b"hello"), 415, "unsupported_media_type"),
+        (("x.csv", b"a,b\n1,2\n"), 422, "invalid_text_file"),
+        (("x.jsonl", b"{broken\n"), 422, "invalid_text_file"),
+        (("x.json", b'{"text": "not a list"}'), 422, "invalid_text_file"),
+        (("x.txt", b"\xff\xfe\xfa"), 415, "unsupported_media_type"),
+    ]
+    for (name, data), status, code in bad:
+        _assert_error(await client.post(url, files=[("file", (name, data))]), status, code)
+
+
+# --- jobs ---------------------------------------------------------------------------
+
+
+async def _upload_texts(
+    client: httpx.AsyncClient, project: dict[str, Any], texts: list[str]
+) -> list[str]:
+    url = f"/api/v1/projects/{project['id']}/items"
+    response = await client.post(url, json={"texts": texts})
+    assert response.status_code == 201, response.text
+    return [item["id"] for item in response.json()["items"]]
+
+
+async def _results(
+    client: httpx.AsyncClient, job_id: str, limit: int = 100
+) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        page = (await client.get(f"/api/v1/jobs/{job_id}/results", params=params)).json()
+        results += page["results"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return results
+
+
+async def test_text_job_labels_like_the_synchronous_route(
+    client: httpx.AsyncClient, runner: JobRunner
+) -> None:
+    project = await _text_project(client)
+    texts = ["we won the cup final", "simmer the soup with garlic", "a late goal decided it"]
+    ids = await _upload_texts(client, project, texts)
+
+    response = await client.post(f"/api/v1/projects/{project['id']}/jobs")
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/api/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["total_items"] == 3
+    assert job["counts"]["queued"] == 3 and job["progress"] == 0
+
+    await _drain(runner)
+    job = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
+    assert job["status"] == "succeeded", job
+    assert job["counts"]["succeeded"] == 3 and job["progress"] == 1.0
+    assert job["items_per_s"] > 0 and job["eta_s"] == 0
+
+    results = await _results(client, job["id"], limit=2)
+    assert sorted(r["item_id"] for r in results) == sorted(ids)
+    sync = await client.post(
+        "/api/v1/classify/text", json={"texts": texts, "model": "minilm", "labels": LABELS}
+    )
+    by_id = {r["item_id"]: r for r in results}
+    for item_id, expected in zip(ids, sync.json()["results"], strict=True):
+        result = by_id[item_id]
+        assert result["state"] == "succeeded" and result["attempts"] == 1
+        assert result["model"] == "minilm"
+        assert result["model_version"] == sync.json()["model"]["version"]
+        assert_same_labels(result["output"], expected["labels"])
+    assert by_id[ids[0]]["output"][0]["label"] == "sport"
+    assert by_id[ids[1]]["output"][0]["label"] == "cooking"
+
+
+async def test_image_job_with_an_undecodable_item(
+    client: httpx.AsyncClient, runner: JobRunner, job_settings: Settings
+) -> None:
+    project = await _image_project(client)
+    files = [
+        ("file", ("cat.jpg", payload("cat.jpg"))),
+        ("file", ("truncated.jpg", payload("truncated.jpg"))),
+        ("file", ("coffee.jpg", payload("coffee.jpg"))),
+    ]
+    upload = await client.post(f"/api/v1/projects/{project['id']}/items", files=files)
+    assert upload.status_code == 201, upload.text
+    ids = {i["filename"]: i["id"] for i in upload.json()["items"]}
+    job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
+
+    await _drain(runner)
+    job = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
+    assert job["status"] == "succeeded"
+    assert job["counts"]["succeeded"] == 2 and job["counts"]["failed"] == 1
+    assert job["errors"][0]["count"] == 1 and job["errors"][0]["error"].startswith("corrupt_image")
+    results = {r["item_id"]: r for r in await _results(client, job["id"])}
+    failed = results[ids["truncated.jpg"]]
+    assert failed["state"] == "failed" and failed["attempts"] == job_settings.job_max_attempts
+    assert failed["output"] is None
+    sync = await client.post(
+        "/api/v1/classify/image", files={"file": payload("cat.jpg")}, data={"top_k": "5"}
+    )
+    assert_same_labels(results[ids["cat.jpg"]]["output"], sync.json()["labels"])
+    assert results[ids["coffee.jpg"]]["output"][0]["label"] == "espresso"
+
+
+async def test_idempotent_submission(client: httpx.AsyncClient) -> None:
+    project = await _text_project(client)
+    ids = await _upload_texts(client, project, ["a match", "a recipe"])
+    url = f"/api/v1/projects/{project['id']}/jobs"
+    key = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    first = await client.post(url, json={"item_ids": ids[:1]}, headers=key)
+    again = await client.post(url, json={"item_ids": ids[:1]}, headers=key)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    _assert_error(
+        await client.post(url, json={"item_ids": ids}, headers=key), 409, "idempotency_key_reused"
+    )
+    racing = await asyncio.gather(
+        *(client.post(url, headers={"Idempotency-Key": "race-" + project["id"]}) for _ in range(5))
+    )
+    assert len({r.json()["id"] for r in racing}) == 1
+    _assert_error(
+        await client.post(url, json={"item_ids": [str(uuid.uuid4())]}), 422, "unknown_items"
+    )
+    _assert_error(
+        await client.post(url, headers={"Idempotency-Key": "bad key"}), 422, "invalid_header"
+    )
+    empty = await _text_project(client)
+    _assert_error(await client.post(f"/api/v1/projects/{empty['id']}/jobs"), 422, "no_items")
+
+
+async def test_cancel_and_cache(
+    client: httpx.AsyncClient, runner: JobRunner, labeler: CountingLabeler
+) -> None:
+    project = await _text_project(client)
+    await _upload_texts(client, project, [f"match report number {i}" for i in range(5)])
+    url = f"/api/v1/projects/{project['id']}/jobs"
+    cancelled = (await client.post(url)).json()
+    response = await client.post(f"/api/v1/jobs/{cancelled['id']}/cancel")
+    assert response.json()["status"] == "cancelled"
+    assert response.json()["counts"]["cancelled"] == 5
+    await _drain(runner)
+    assert (await client.get(f"/api/v1/jobs/{cancelled['id']}")).json()["status"] == "cancelled"
+
+    first = (await client.post(url)).json()
+    await _drain(runner)
+    calls = labeler.calls
+    # same texts in another project: the prediction cache answers, the model is not called
+    other = await _text_project(client)
+    await _upload_texts(client, other, [f"match report number {i}" for i in range(5)])
+    second = (await client.post(f"/api/v1/projects/{other['id']}/jobs")).json()
+    await _drain(runner)
+    assert labeler.calls == calls
+    outputs = [
+        sorted(json.dumps(r["output"]) for r in await _results(client, job["id"]))
+        for job in (first, second)
+    ]
+    assert outputs[0] == outputs[1]
+    _assert_error(await client.post(f"/api/v1/jobs/{first['id']}/cancel"), 409, "job_finished")
+
+
+async def test_a_dead_runners_leases_expire_and_its_late_results_are_dropped(
+    client: httpx.AsyncClient, services: Services, labeler: CountingLabeler, job_settings: Settings
+) -> None:
+    project = await _text_project(client)
+    await _upload_texts(client, project, ["the referee", "the oven", "the striker"])
+    job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
+    jobs = JobStore(services.db)
+    dead = JobRunner(jobs, services.objects, services.cache, labeler, job_settings, "runner-dead")
+    claim = await jobs.claim(dead.owner, 10, lease_s=0.3, max_attempts=3)
+    assert claim is not None and len(claim.items) == 3
+    await asyncio.sleep(0.5)  # the lease expires: the runner is presumed dead
+
+    alive = JobRunner(jobs, services.objects, services.cache, labeler, job_settings, "runner-b")
+    await _drain(alive)
+    successes, failures = await dead._label(claim)  # the dead runner wakes up late
+    assert await jobs.complete(dead.owner, claim, successes, failures, 3) == 0
+
+    status = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
+    assert status["status"] == "succeeded" and status["counts"]["succeeded"] == 3
+    async with services.db.connection() as conn:
+        rows = await conn.fetch(
+            "SELECT ji.attempts, count(p.id) AS n FROM job_items ji"
+            " JOIN predictions p ON p.item_id = ji.item_id WHERE ji.job_id = $1"
+            " GROUP BY ji.item_id, ji.attempts",
+            uuid.UUID(job["id"]),
+        )
+    assert [(r["attempts"], r["n"]) for r in rows] == [(2, 1)] * 3
+
+
+async def test_database_outage_is_503(backend: LocalBackend, job_settings: Settings) -> None:
+    down = job_settings.model_copy(
+        update={"database_url": SecretStr("postgresql://postgres@127.0.0.1:1/none")}
+    )
+    services = Services.from_settings(down)
+    app = create_api(backend, down, workflow=Workflow(services, PACKAGED_MODELS, down))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        body = {"name": "x", "task": "image-classification", "model": "efficientnet-lite0"}
+        response = await http.post("/api/v1/projects", json=body)
+        _assert_error(response, 503, "service_unavailable")
+        assert response.headers["retry-after"]
+        ready = await http.get("/health/ready")
+        assert ready.status_code == 503 and ready.json()["checks"]["database"] == "unavailable"
+        # the synchronous routes do not need the database
+        assert (await http.post("/api/v1/classify/text", json={"text": "hi"})).status_code == 200
+    await services.close()
+
+
+async def test_uploads_and_jobs_on_s3(
+    backend: LocalBackend,
+    labeler: CountingLabeler,
+    job_settings: Settings,
+    s3_options: dict[str, Any],
+) -> None:
+    s3 = job_settings.model_copy(
+        update={"object_store_url": "s3://labels/modelship", "object_store_options": s3_options}
+    )
+    services = Services.from_settings(s3)
+    app = create_api(backend, s3, workflow=Workflow(services, PACKAGED_MODELS, s3))
+    runner = JobRunner(JobStore(services.db), services.objects, services.cache, labeler, s3, "s3")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        # other parameters than the other tests' coffee: a cache miss, so the model runs
+        project = await _project(
+            http, task="image-classification", model="efficientnet-lite0", confidence_threshold=0.4
+        )
+        files = [("file", ("coffee.jpg", payload("coffee.jpg")))]
+        calls = labeler.calls
+        upload = await http.post(f"/api/v1/projects/{project['id']}/items", files=files)
+        assert upload.status_code == 201, upload.text
+        job = (await http.post(f"/api/v1/projects/{project['id']}/jobs")).json()
+        await _drain(runner)
+        (result,) = await _results(http, job["id"])
+    assert result["state"] == "succeeded"
+    assert result["output"][0]["label"] == "espresso"
+    assert labeler.calls == calls + 1  # the file was read back from S3, not the cache
+    import s3fs
+
+    stored = s3fs.S3FileSystem(**s3_options).find("labels/modelship")
+    assert len(stored) == 1 and stored[0].startswith(f"labels/modelship/default/{project['id']}/")
+    await services.close()
