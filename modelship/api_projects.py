@@ -163,6 +163,10 @@ async def _read_uploads(request: Request, settings: Settings, images: bool) -> l
         raise UnsupportedMediaType(f"send {wanted}, not {content_type or 'nothing'}")
     if not texts:
         raise InvalidInput("the upload holds no texts", "no_texts")
+    if len(texts) > settings.max_upload_texts:
+        raise PayloadTooLarge(
+            f"{len(texts)} texts; at most {settings.max_upload_texts} per upload", "too_many_texts"
+        )
     check_texts([str(t.data) for t in texts], settings, max_count=settings.max_upload_texts)
     return texts
 

@@ -157,14 +157,18 @@ class JobRunner:
         failures: list[Failure] = []
         todo: list[ClaimedItem] = []
         payloads: list[Any] = []
-        for item in claim.items:
-            if keys[item.item_id] in cached:
-                continue
-            try:
-                payloads.append(await self._payload(item))
-                todo.append(item)
-            except ObjectNotFound:
+        misses = [item for item in claim.items if keys[item.item_id] not in cached]
+        fetched = await asyncio.gather(
+            *(self._payload(item) for item in misses), return_exceptions=True
+        )
+        for item, payload in zip(misses, fetched, strict=True):
+            if isinstance(payload, ObjectNotFound):
                 failures.append(Failure(item.item_id, item.attempts, "the stored file is missing"))
+            elif isinstance(payload, BaseException):
+                raise payload  # the object store is down: not the item's fault
+            else:
+                payloads.append(payload)
+                todo.append(item)
         outcomes = await self._labeler.label(claim.model, payloads, options) if todo else []
         fresh: dict[str, Any] = {}
         for item, outcome in zip(todo, outcomes, strict=True):

@@ -61,6 +61,7 @@ def job_settings(storage_settings: Settings) -> Settings:
             "max_image_bytes": 400_000,
             "max_upload_files": 8,
             "max_upload_bytes": 1_500_000,
+            "max_upload_texts": 100,
             "job_lease_s": 0.5,
         }
     )
@@ -323,6 +324,7 @@ async def test_upload_content_types(client: httpx.AsyncClient) -> None:
     _assert_error(await client.post(url, json={"texts": []}), 422, "no_texts")
     _assert_error(await client.post(url, json={"texts": ["ok", "  "]}), 422, "empty_text")
     _assert_error(await client.post(url, json={"texts": "nope"}), 422, "invalid_request")
+    _assert_error(await client.post(url, json={"texts": ["x"] * 101}), 413, "too_many_texts")
 
 
 async def test_text_uploads_from_json_and_files(client: httpx.AsyncClient) -> None:
@@ -596,3 +598,23 @@ async def test_uploads_and_jobs_on_s3(
     stored = s3fs.S3FileSystem(**s3_options).find("labels/modelship")
     assert len(stored) == 1 and stored[0].startswith(f"labels/modelship/default/{project['id']}/")
     await services.close()
+
+
+async def test_an_item_whose_file_vanished_fails_with_a_reason(
+    client: httpx.AsyncClient, services: Services, runner: JobRunner
+) -> None:
+    project = await _project(
+        client, task="image-classification", model="efficientnet-lite0", confidence_threshold=0.3
+    )
+    files = [("file", ("a.png", _png(201))), ("file", ("b.png", _png(202)))]
+    upload = await client.post(f"/api/v1/projects/{project['id']}/items", files=files)
+    gone = upload.json()["items"][0]["id"]
+    async with services.db.connection() as conn:
+        key = await conn.fetchval("SELECT object_key FROM items WHERE id = $1", uuid.UUID(gone))
+    await services.objects.delete(key)
+    job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
+    await _drain(runner)
+    results = {r["item_id"]: r for r in await _results(client, job["id"])}
+    assert results[gone]["state"] == "failed"
+    assert results[gone]["error"] == "the stored file is missing"
+    assert [r["state"] for i, r in results.items() if i != gone] == ["succeeded"]
