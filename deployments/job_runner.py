@@ -96,7 +96,10 @@ class JobRunnerDeployment:
             return
         self._stop.set()
         try:
-            await asyncio.wait_for(self._task, 30)
+            await asyncio.wait_for(asyncio.shield(self._task), 30)
+        except Exception:
+            logger.exception("job runner %s did not stop cleanly", self._runner.owner)
+        try:
             released = await self._jobs.release(self._runner.owner)
             logger.info("job runner %s stopped; %d leases given back", self._runner.owner, released)
         finally:

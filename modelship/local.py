@@ -5,6 +5,7 @@ Used by tests of the HTTP layer and by anything that labels without a cluster.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -144,7 +145,7 @@ class LocalLabeler:
         predictor = self._backend.predictor(model)
         prepared = [prepare_payload(predictor, p, options, self._settings) for p in payloads]
         good = [p for p in prepared if not isinstance(p, ModelShipError)]
-        outputs = iter(predictor.predict(good) if good else [])
+        outputs = iter(await asyncio.to_thread(predictor.predict, good) if good else [])
         return [
             p
             if isinstance(p, ModelShipError)

@@ -107,15 +107,13 @@ class JobRunner:
         backoff = 0.0
         while not stop.is_set():
             try:
-                done = await self.run_once()
+                if not await self.run_once():
+                    await self._cache.wait_for_jobs(self._settings.job_poll_s)
                 backoff = 0.0
             except Exception as exc:  # an outage: PostgreSQL, the model, the object store
                 backoff = min(_MAX_BACKOFF_S, backoff * 2 or 0.5)
                 logger.warning("job runner %s: %r; retrying in %.1fs", self.owner, exc, backoff)
                 await _sleep_unless(stop, backoff)
-                continue
-            if not done:
-                await self._cache.wait_for_jobs(self._settings.job_poll_s)
 
     async def run_once(self) -> int:
         """Claim and finish one batch; returns how many items it settled (0: no work)."""
@@ -128,17 +126,32 @@ class JobRunner:
         )
         if claim is None:
             return 0
+        renewing = asyncio.create_task(self._renew(claim))
         try:
             successes, failures = await self._label(claim)
         except Exception:
             # Not the items' fault: give the batch back without spending an attempt.
             await self._jobs.release(self.owner, claim.job_id, [i.item_id for i in claim.items])
             raise
+        finally:
+            renewing.cancel()
         counted = await self._jobs.complete(
             self.owner, claim, successes, failures, settings.job_max_attempts
         )
         self.items_done += counted
         return max(counted, 1)
+
+    async def _renew(self, claim: Claim) -> None:
+        """Keep the batch's leases while it is being labeled, however long that takes: a
+        lease only expires when its runner is gone, so no item is labeled twice by two
+        live runners."""
+        lease_s = self._settings.job_lease_s
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            try:
+                await self._jobs.renew(self.owner, claim, lease_s)
+            except Exception as exc:
+                logger.warning("job runner %s could not renew its leases: %r", self.owner, exc)
 
     async def _label(self, claim: Claim) -> tuple[list[Success], list[Failure]]:
         options = item_options(claim.options)

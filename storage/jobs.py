@@ -167,15 +167,15 @@ class JobStore:
         job = await self.job(tenant, job_id)
         if job.status in (JobStatus.succeeded, JobStatus.failed):
             raise Conflict(f"job {job_id} already finished", "job_finished")
-        async with self._db.transaction() as conn:
-            await conn.execute(
-                "UPDATE jobs SET status = 'cancelled', finished_at = coalesce(finished_at, now())"
-                " WHERE id = $1 AND status IN ('queued', 'running')",
-                job_id,
-            )
+        async with self._db.transaction() as conn:  # items, then the job: as runners lock
             await conn.execute(
                 "UPDATE job_items SET state = 'cancelled', lease_owner = NULL,"
                 " finished_at = now() WHERE job_id = $1 AND state IN ('queued', 'leased')",
+                job_id,
+            )
+            await conn.execute(
+                "UPDATE jobs SET status = 'cancelled', finished_at = coalesce(finished_at, now())"
+                " WHERE id = $1 AND status IN ('queued', 'running')",
                 job_id,
             )
             await audit(conn, tenant, actor, "job.cancel", f"job:{job_id}")
@@ -242,10 +242,15 @@ class JobStore:
             if not rows:
                 return None
             job_id = rows[0]["job_id"]
+            # Only a queued job's row is written (and locked) here: finishers lock running ones.
+            await conn.execute(
+                "UPDATE jobs SET status = 'running', started_at = now()"
+                " WHERE id = $1 AND status = 'queued'",
+                job_id,
+            )
             job = await conn.fetchrow(
-                "UPDATE jobs j SET status = 'running', started_at = coalesce(started_at, now())"
-                " FROM projects p WHERE j.id = $1 AND p.id = j.project_id"
-                " RETURNING j.project_id, j.model, j.options, p.tenant",
+                "SELECT j.project_id, j.model, j.options, p.tenant FROM jobs j"
+                " JOIN projects p ON p.id = j.project_id WHERE j.id = $1",
                 job_id,
             )
             attempts = {r["item_id"]: r["attempts"] for r in rows}
@@ -272,6 +277,20 @@ class JobStore:
                 for i in items
             ],
         )
+
+    async def renew(self, owner: str, claim: Claim, lease_s: float) -> int:
+        """Extend the leases ``owner`` still holds on a claimed batch (it is still working)."""
+        async with self._db.connection() as conn:
+            status = await conn.execute(
+                "UPDATE job_items SET lease_expires_at = now() + make_interval(secs => $4)"
+                " WHERE job_id = $1 AND item_id = ANY($2::uuid[]) AND state = 'leased'"
+                " AND lease_owner = $3",
+                claim.job_id,
+                [item.item_id for item in claim.items],
+                owner,
+                lease_s,
+            )
+        return int(status.split()[-1])
 
     async def complete(
         self,
@@ -326,8 +345,9 @@ class JobStore:
         return counted
 
     async def reap(self, max_attempts: int) -> int:
-        """Fail items whose every attempt ended in an expired lease (their runner died)."""
-        async with self._db.transaction() as conn:
+        """Fail items whose every attempt ended in an expired lease (their runner died),
+        and close jobs left with no open item."""
+        async with self._db.connection() as conn:
             rows = await conn.fetch(
                 "UPDATE job_items SET state = 'failed', lease_owner = NULL, finished_at = now(),"
                 " error = coalesce(error, 'lease expired ' || attempts || ' times')"
@@ -335,8 +355,13 @@ class JobStore:
                 " RETURNING job_id",
                 max_attempts,
             )
-            for job_id in {r["job_id"] for r in rows}:
-                await _finish_if_done(conn, job_id)
+            stalled = await conn.fetch(
+                "SELECT id FROM jobs j WHERE status IN ('queued', 'running') AND NOT EXISTS ("
+                " SELECT 1 FROM job_items WHERE job_id = j.id AND state IN ('queued', 'leased'))"
+            )
+            for job_id in sorted({r["job_id"] for r in rows} | {r["id"] for r in stalled}):
+                async with conn.transaction():
+                    await _finish_if_done(conn, job_id)
         return len(rows)
 
     async def release(
@@ -400,6 +425,12 @@ async def _release(
 
 
 async def _finish_if_done(conn: asyncpg.Connection, job_id: UUID) -> None:
+    """Close the job if no item is open. Runners completing its last batches at once must
+    not each see the other's items still open: a lock per job, held to commit, orders
+    them, and the later one's check (a new snapshot) sees what the earlier one committed.
+    An advisory lock rather than the job row's: nothing else takes it, so it cannot join
+    a deadlock with the row locks of claims and completions."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))", job_id)
     await conn.execute(
         "UPDATE jobs SET finished_at = now(), status = CASE WHEN EXISTS ("
         "  SELECT 1 FROM job_items WHERE job_id = $1 AND state = 'succeeded')"

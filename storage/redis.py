@@ -13,7 +13,6 @@ import logging
 from typing import Any
 
 from redis import asyncio as aioredis
-from redis.asyncio.client import PubSub
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -44,7 +43,8 @@ class Cache:
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
             health_check_interval=15,
         )
-        self._pubsub: PubSub | None = None
+        self._wake = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
 
     def prediction_key(self, model_version: str, params_hash: str, content_hash: str) -> str:
         return f"{self._prefix}:pred:{model_version}:{params_hash}:{content_hash}"
@@ -89,27 +89,33 @@ class Cache:
             logger.warning("job wake-up skipped: %r", exc)
 
     async def wait_for_jobs(self, timeout_s: float) -> None:
-        """Return on a wake-up or after ``timeout_s``, whichever comes first."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        try:
-            if self._pubsub is None:
-                self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-                await self._pubsub.subscribe(self._jobs_channel)
-            while (left := deadline - loop.time()) > 0:
-                if await self._pubsub.get_message(timeout=left) is not None:
-                    return
-        except REDIS_ERRORS as exc:
-            logger.debug("job wake-ups unavailable: %r", exc)
-            await self._reset_pubsub()
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
+        """Return on a wake-up or after ``timeout_s``, whichever comes first.
 
-    async def _reset_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await pubsub.aclose()
+        One listener task per process reads the channel; any number of waiters share it.
+        """
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout_s)
+        self._wake.clear()
+
+    async def _listen(self) -> None:
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._jobs_channel)
+                async for _ in pubsub.listen():
+                    self._wake.set()
+            except REDIS_ERRORS as exc:
+                logger.debug("job wake-ups unavailable: %r", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await pubsub.aclose()
 
     async def close(self) -> None:
-        await self._reset_pubsub()
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
         await self._client.aclose()

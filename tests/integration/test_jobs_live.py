@@ -18,6 +18,7 @@ import asyncpg
 import httpx
 import pytest
 import ray
+from ray import serve
 
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from storage.services import resolve_urls
@@ -119,7 +120,14 @@ def test_a_job_survives_killing_the_model_replica_and_the_runner(
             assert row["attempts"] == 1, "a finished item was done again"
 
 
+def _runner_pid() -> int:
+    stats = serve.get_deployment_handle("JobRunner", app_name=APP).stats.remote().result()
+    pid: int = stats["pid"]
+    return pid
+
+
 def test_redis_restart_mid_job_loses_nothing(client: httpx.Client, live_settings: Any) -> None:
+    pid = _runner_pid()
     project = _project(client, _texts(300))
     job = client.post(f"/api/v1/projects/{project['id']}/jobs").json()
     _wait(client, job["id"], lambda j: j["counts"]["succeeded"] >= 30, timeout_s=120)
@@ -129,11 +137,13 @@ def test_redis_restart_mid_job_loses_nothing(client: httpx.Client, live_settings
     redis.start()
     job = _wait(client, job["id"], lambda j: j["status"] not in ("queued", "running"))
     assert job["status"] == "succeeded" and job["counts"]["succeeded"] == 300
+    assert _runner_pid() == pid, "the job runner crashed and was restarted"
 
 
 def test_postgres_outage_is_503_and_the_job_resumes(
     client: httpx.Client, live_settings: Any
 ) -> None:
+    pid = _runner_pid()
     project = _project(client, _texts(300))
     job = client.post(f"/api/v1/projects/{project['id']}/jobs").json()
     _wait(client, job["id"], lambda j: j["counts"]["succeeded"] >= 30, timeout_s=120)
@@ -152,6 +162,7 @@ def test_postgres_outage_is_503_and_the_job_resumes(
         postgres.start()
     job = _wait(client, job["id"], lambda j: j["status"] not in ("queued", "running"))
     assert job["status"] == "succeeded" and job["counts"]["succeeded"] == 300
+    assert _runner_pid() == pid, "the job runner crashed and was restarted"
 
 
 def _services_dir(settings: Any) -> Path:

@@ -618,3 +618,91 @@ async def test_an_item_whose_file_vanished_fails_with_a_reason(
     assert results[gone]["state"] == "failed"
     assert results[gone]["error"] == "the stored file is missing"
     assert [r["state"] for i, r in results.items() if i != gone] == ["succeeded"]
+
+
+async def test_concurrent_runner_loops_wake_up_and_finish_jobs(
+    client: httpx.AsyncClient, services: Services, labeler: CountingLabeler, job_settings: Settings
+) -> None:
+    settings = job_settings.model_copy(update={"job_concurrency": 3, "job_poll_s": 30})
+    jobs = JobStore(services.db)
+    runner = JobRunner(jobs, services.objects, services.cache, labeler, settings, "runner-loops")
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run_forever(stop))
+    try:
+        await asyncio.sleep(0.5)  # every loop idle, waiting for a wake-up
+        for round_ in range(2):
+            project = await _text_project(client)
+            await _upload_texts(client, project, [f"round {round_} text {i}" for i in range(40)])
+            job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
+            for _ in range(100):  # far less than job_poll_s: only a wake-up explains it
+                status = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
+                if status["status"] == "succeeded":
+                    break
+                assert not task.done(), task
+                await asyncio.sleep(0.1)
+            assert status["status"] == "succeeded", (status["counts"], round_)
+    finally:
+        stop.set()
+        await services.cache.notify_jobs()
+        await asyncio.wait_for(task, 40)
+
+
+class SlowLabeler(LocalLabeler):
+    """Takes several lease periods per batch, like a big batch on a busy machine."""
+
+    delay_s = 1.5
+
+    async def label(
+        self, model: str, payloads: list[Any], options: ItemOptions
+    ) -> list[ItemResult | ModelShipError]:
+        await asyncio.sleep(self.delay_s)
+        return await super().label(model, payloads, options)
+
+
+async def test_a_working_runner_keeps_its_leases(
+    client: httpx.AsyncClient,
+    services: Services,
+    backend: LocalBackend,
+    labeler: CountingLabeler,
+    job_settings: Settings,
+) -> None:
+    project = await _text_project(client)
+    await _upload_texts(client, project, ["a slow one", "another slow one"])
+    job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
+    jobs = JobStore(services.db)
+    slow = SlowLabeler(backend, job_settings)  # 1.5 s of work against a 0.5 s lease
+    busy = JobRunner(jobs, services.objects, services.cache, slow, job_settings, "runner-slow")
+    other = JobRunner(jobs, services.objects, services.cache, labeler, job_settings, "runner-c")
+    working = asyncio.create_task(busy.run_once())
+    await asyncio.sleep(1.0)
+    await _drain(other)  # whatever else is queued; the slow runner's items stay its own
+    assert await working == 2
+    results = await _results(client, job["id"])
+    assert [(r["state"], r["attempts"]) for r in results] == [("succeeded", 1)] * 2
+
+
+async def test_runners_finishing_the_last_batches_at_once_close_the_job(
+    client: httpx.AsyncClient, services: Services, backend: LocalBackend, job_settings: Settings
+) -> None:
+    jobs = JobStore(services.db)
+    for _ in range(5):  # the race needs the two completions to interleave; repeat it
+        project = await _text_project(client)
+        await _upload_texts(client, project, ["first half", "second half"])
+        job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
+        labeler = LocalLabeler(backend, job_settings)
+        runners = [
+            JobRunner(jobs, services.objects, services.cache, labeler, job_settings, f"r{i}")
+            for i in range(2)
+        ]
+        claims = [await jobs.claim(r.owner, 1, lease_s=60, max_attempts=3) for r in runners]
+        assert all(c is not None and c.job_id == uuid.UUID(job["id"]) for c in claims)
+        outcomes = [await r._label(c) for r, c in zip(runners, claims, strict=True) if c]
+        await asyncio.gather(
+            *(
+                jobs.complete(r.owner, c, done, failed, 3)
+                for r, c, (done, failed) in zip(runners, claims, outcomes, strict=True)
+                if c
+            )
+        )
+        status = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
+        assert status["status"] == "succeeded", status["counts"]
