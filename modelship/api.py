@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from modelship.api_projects import project_routes
+from modelship.api_review import review_routes
 from modelship.errors import InvalidInput, ModelShipError, NotFound, UnsupportedMediaType
 from modelship.http_errors import error_response
 from modelship.inputs import check_texts, parse_model
@@ -315,6 +316,7 @@ def create_api(
         )
 
     app.include_router(project_routes(workflow, settings))
+    app.include_router(review_routes(workflow, settings))
     _register_schemas(app, [ImageRequest, ImagesRequest])
     return app
 

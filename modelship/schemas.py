@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from uuid import UUID
 
 import numpy as np
@@ -419,6 +419,128 @@ class JobResult(BaseModel):
 class JobResultsPage(BaseModel):
     results: list[JobResult]
     next_cursor: str | None
+
+
+# --- review and statistics ----------------------------------------------------------
+
+AnnotationStatus = Literal["pending", "auto_approved", "approved", "corrected", "rejected"]
+ReviewerName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
+]
+
+
+class ReviewAction(StrEnum):
+    approve = "approve"
+    correct = "correct"
+    reject = "reject"
+
+
+class DetectionInput(Inbound):
+    label: LabelName
+    box: tuple[float, float, float, float] = Field(
+        description="[x, y, width, height] in pixels of the upright image."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.box[2] <= 0 or self.box[3] <= 0:
+            raise ValueError("a box needs a positive width and height")
+        return self
+
+
+class EntityInput(Inbound):
+    label: LabelName
+    start: int = Field(ge=0)
+    end: int = Field(gt=0)
+
+
+class ReviewRequest(Inbound):
+    """Approve the current label, correct it, or reject it."""
+
+    action: ReviewAction
+    labels: list[LabelName] | None = Field(
+        None, min_length=1, max_length=100, description="Classification: the right label(s)."
+    )
+    detections: list[DetectionInput] | None = Field(
+        None, max_length=1000, description="Detection: every box the image should have."
+    )
+    entities: list[EntityInput] | None = Field(
+        None, max_length=1000, description="NER: every entity the text should have."
+    )
+    reviewer: ReviewerName = "anonymous"
+
+
+class BulkApproveRequest(Inbound):
+    """Approve every pending item that matches (all of them when no filter is given)."""
+
+    min_score: Threshold | None = None
+    label: LabelName | None = None
+    reviewer: ReviewerName = "anonymous"
+
+
+class BulkApproveResponse(BaseModel):
+    approved: int
+
+
+class Annotation(BaseModel):
+    item_id: UUID
+    status: AnnotationStatus
+    value: list[dict[str, Any]] = Field(description="The final label(s), boxes or entities.")
+    top_label: str | None
+    score: float | None
+    uncertainty: float
+    model: str
+    model_version: str
+    prediction: list[dict[str, Any]] = Field(description="What the model said.")
+    updated_by: str
+    updated_at: datetime
+
+
+class ReviewRecord(BaseModel):
+    id: int
+    action: ReviewAction
+    reviewer: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    created_at: datetime
+
+
+class ReviewQueueEntry(BaseModel):
+    item: Item
+    text: str | None
+    annotation: Annotation
+
+
+class ReviewQueue(BaseModel):
+    strategy: str
+    entries: list[ReviewQueueEntry]
+
+
+class ItemDetail(BaseModel):
+    item: Item
+    text: str | None
+    annotation: Annotation | None
+    reviews: list[ReviewRecord]
+
+
+class LabelStats(BaseModel):
+    label: str
+    items: int = Field(description="Items whose final label (or a box/entity) is this.")
+    reviewed: int = Field(description="Items a person reviewed where the model said this.")
+    model_correct: int
+    accuracy: float | None
+
+
+class ProjectStats(BaseModel):
+    items: int
+    labeled: int
+    by_status: dict[str, int]
+    auto_approval_rate: float | None = Field(description="auto_approved / labeled.")
+    reviewed: int
+    model_accuracy: float | None = Field(
+        description="Share of reviewed items where the person kept the model's label."
+    )
+    labels: list[LabelStats]
 
 
 # --- messages between deployments -----------------------------------------------------

@@ -34,6 +34,7 @@ from modelship.schemas import (
 from modelship.settings import Settings
 from storage.catalog import Catalog, NewItem
 from storage.jobs import JobStore
+from storage.reviews import ReviewStore
 from storage.services import Services
 
 logger = logging.getLogger("modelship.workflow")
@@ -79,6 +80,7 @@ class Workflow:
     ) -> None:
         self.catalog = Catalog(services.db)
         self.jobs = JobStore(services.db)
+        self.reviews = ReviewStore(services.db)
         self.services = services
         self._configs = {config.name: config for config in configs}
         self._settings = settings

@@ -26,9 +26,11 @@ from modelship.schemas import (
     JobResult,
     JobStatus,
     Project,
+    Task,
 )
 from storage.catalog import audit
 from storage.postgres import Database
+from storage.reviews import annotate
 
 _OPEN = "(ji.state = 'queued' OR (ji.state = 'leased' AND ji.lease_expires_at < now()))"
 
@@ -51,6 +53,8 @@ class Claim:
     project_id: UUID
     tenant: str
     model: str
+    task: Task
+    auto_approve_threshold: float
     options: dict[str, Any]
     items: list[ClaimedItem]
 
@@ -249,7 +253,8 @@ class JobStore:
                 job_id,
             )
             job = await conn.fetchrow(
-                "SELECT j.project_id, j.model, j.options, p.tenant FROM jobs j"
+                "SELECT j.project_id, j.model, j.options, p.tenant, p.task,"
+                " p.auto_approve_threshold FROM jobs j"
                 " JOIN projects p ON p.id = j.project_id WHERE j.id = $1",
                 job_id,
             )
@@ -264,6 +269,8 @@ class JobStore:
             project_id=job["project_id"],
             tenant=job["tenant"],
             model=job["model"],
+            task=Task(job["task"]),
+            auto_approve_threshold=job["auto_approve_threshold"],
             options=json.loads(job["options"]),
             items=[
                 ClaimedItem(
@@ -335,6 +342,7 @@ class JobStore:
                     success.item_id,
                     prediction_id,
                 )
+                await annotate(conn, claim, success, prediction_id)
                 counted += 1
             for failure in failures:
                 state = "failed" if failure.attempts >= max_attempts else "queued"

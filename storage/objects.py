@@ -11,7 +11,8 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable
+import shutil
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -79,6 +80,31 @@ class ObjectStore:
         data: bytes = await self._call(key, self._fs.cat_file, self._path(key))
         return data
 
+    async def put_file(self, key: str, local_path: Path) -> None:
+        """Upload a local file under ``key`` without reading it into memory."""
+        path = self._path(key)
+        if self._local:
+            await self._call(key, _copy_local, str(local_path), path)
+        else:
+            await self._call(key, self._fs.put_file, str(local_path), path)
+
+    async def read_chunks(self, key: str, chunk_bytes: int = 1 << 20) -> AsyncIterator[bytes]:
+        """The object's bytes in chunks: for downloads larger than memory should hold.
+
+        Raises:
+            ObjectNotFound: nothing is stored under ``key`` (before the first chunk).
+        """
+        handle = await self._call(key, self._fs.open, self._path(key), "rb")
+        try:
+            while chunk := await self._call(key, handle.read, chunk_bytes):
+                yield chunk
+        finally:
+            await asyncio.to_thread(handle.close)
+
+    async def size(self, key: str) -> int:
+        size: int = await self._call(key, self._fs.size, self._path(key))
+        return size
+
     async def delete(self, key: str) -> None:
         """Remove the object under ``key``; a missing object is not an error.
 
@@ -134,6 +160,19 @@ class ObjectStore:
         except _OUTAGES as exc:
             logger.warning("object storage %s failed: %r", self.url, exc)
             raise ServiceUnavailable("object storage unavailable", _UNAVAILABLE) from exc
+
+
+def _copy_local(source: str, path: str) -> None:
+    """Copy to a temporary file beside ``path``, then rename, as ``_write_local`` does."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{uuid4().hex}.tmp")
+    try:
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _write_local(path: str, data: bytes) -> None:

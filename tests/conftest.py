@@ -23,7 +23,7 @@ from modelship.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-pytest_plugins = ["tests.tiny_models"]
+pytest_plugins = ["tests.tiny_models", "tests.unit.flow"]
 
 DATA = Path(__file__).parent / "data"
 

@@ -7,15 +7,12 @@ deployment that wraps the same runner is exercised in the integration tier.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 from pydantic import SecretStr
 
 from modelship.api import create_api
@@ -28,123 +25,27 @@ from modelship.workflow import Workflow
 from storage.jobs import JobStore
 from storage.services import Services
 from tests.conftest import PACKAGED_MODELS, payload
+from tests.unit.flow import (
+    LABELS,
+    CountingLabeler,
+    assert_error,
+    assert_same_labels,
+    drain,
+    image_project,
+    job_results,
+    make_project,
+    png,
+    text_project,
+    upload_texts,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-LABELS = [
-    {"name": "sport", "examples": ["the team won the match", "a great goal in the final"]},
-    {"name": "cooking", "examples": ["bake the bread for an hour", "stir the sauce slowly"]},
-]
-
-
-class CountingLabeler(LocalLabeler):
-    """The real in-process labeler, counting the items it is asked to label."""
-
-    calls = 0
-
-    async def label(
-        self, model: str, payloads: list[Any], options: ItemOptions
-    ) -> list[ItemResult | ModelShipError]:
-        self.calls += len(payloads)
-        return await super().label(model, payloads, options)
-
-
-@pytest.fixture(scope="module")
-def backend(settings: Settings) -> LocalBackend:
-    return LocalBackend(PACKAGED_MODELS, settings)
-
-
-@pytest.fixture(scope="module")
-def job_settings(storage_settings: Settings) -> Settings:
-    return storage_settings.model_copy(
-        update={
-            "max_image_bytes": 400_000,
-            "max_upload_files": 8,
-            "max_upload_bytes": 1_500_000,
-            "max_upload_texts": 100,
-            "job_lease_s": 0.5,
-        }
-    )
-
-
-@pytest.fixture(scope="module")
-async def services(job_settings: Settings) -> AsyncIterator[Services]:
-    services = Services.from_settings(job_settings)
-    yield services
-    await services.close()
-
-
-@pytest.fixture(scope="module")
-def labeler(backend: LocalBackend, job_settings: Settings) -> CountingLabeler:
-    return CountingLabeler(backend, job_settings)
-
-
-@pytest.fixture(scope="module")
-def runner(services: Services, labeler: CountingLabeler, job_settings: Settings) -> JobRunner:
-    jobs = JobStore(services.db)
-    return JobRunner(jobs, services.objects, services.cache, labeler, job_settings, "runner-a")
-
-
-@pytest.fixture(scope="module")
-async def client(
-    backend: LocalBackend, services: Services, job_settings: Settings
-) -> AsyncIterator[httpx.AsyncClient]:
-    workflow = Workflow(services, PACKAGED_MODELS, job_settings)
-    app = create_api(backend, job_settings, workflow=workflow)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-        yield http
-
-
-def _assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code, error
-    assert error["request_id"] == response.headers["x-request-id"]
-
-
-async def _project(client: httpx.AsyncClient, **spec: Any) -> dict[str, Any]:
-    body = {"name": f"p-{uuid.uuid4().hex[:8]}", **spec}
-    response = await client.post("/api/v1/projects", json=body)
-    assert response.status_code == 201, response.text
-    project: dict[str, Any] = response.json()
-    return project
-
-
-async def _text_project(client: httpx.AsyncClient) -> dict[str, Any]:
-    return await _project(
-        client, task="zero-shot-text-classification", model="minilm", labels=LABELS
-    )
-
-
-async def _image_project(client: httpx.AsyncClient) -> dict[str, Any]:
-    return await _project(client, task="image-classification", model="efficientnet-lite0")
-
-
-def assert_same_labels(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
-    """Same labels in the same order; scores equal up to float noise of batch composition."""
-    assert [g["label"] for g in got] == [e["label"] for e in expected]
-    assert [g["score"] for g in got] == pytest.approx([e["score"] for e in expected], abs=1e-5)
-
-
-async def _drain(runner: JobRunner) -> None:
-    for _ in range(200):
-        if not await runner.run_once():
-            return
-    raise AssertionError("the runner never ran out of work")
-
-
-def _png(seed: int, size: tuple[int, int] = (40, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (seed % 256, 40, 90)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
 
 # --- projects -----------------------------------------------------------------------
 
 
 async def test_project_lifecycle(client: httpx.AsyncClient, services: Services) -> None:
-    project = await _text_project(client)
+    project = await text_project(client)
     assert project["label_schema_version"] == 1
     assert [label["name"] for label in project["labels"]] == ["sport", "cooking"]
     assert project["auto_approve_threshold"] == 0.9
@@ -165,7 +66,7 @@ async def test_project_lifecycle(client: httpx.AsyncClient, services: Services) 
     assert archived.json()["archived"] is True
     listed = (await client.get("/api/v1/projects")).json()["projects"]
     assert project["id"] not in [p["id"] for p in listed]
-    _assert_error(await client.patch(url, json={"name": "x"}), 409, "project_archived")
+    assert_error(await client.patch(url, json={"name": "x"}), 409, "project_archived")
     async with services.db.connection() as conn:
         actions = await conn.fetch(
             "SELECT action, details FROM audit_events WHERE subject = $1 ORDER BY id",
@@ -216,16 +117,16 @@ async def test_project_validation(
     if code is None:
         assert response.status_code == 201, response.text
     else:
-        _assert_error(response, 422, code)
+        assert_error(response, 422, code)
 
 
 async def test_duplicate_names_conflict_and_unknown_ids_are_404(client: httpx.AsyncClient) -> None:
-    project = await _image_project(client)
+    project = await image_project(client)
     body = {"name": project["name"], "task": "image-classification", "model": "efficientnet-lite0"}
-    _assert_error(await client.post("/api/v1/projects", json=body), 409, "duplicate_name")
-    _assert_error(await client.get(f"/api/v1/projects/{uuid.uuid4()}"), 404, "unknown_project")
-    _assert_error(await client.get(f"/api/v1/jobs/{uuid.uuid4()}"), 404, "unknown_job")
-    _assert_error(await client.get("/api/v1/projects/not-a-uuid"), 422, "invalid_request")
+    assert_error(await client.post("/api/v1/projects", json=body), 409, "duplicate_name")
+    assert_error(await client.get(f"/api/v1/projects/{uuid.uuid4()}"), 404, "unknown_project")
+    assert_error(await client.get(f"/api/v1/jobs/{uuid.uuid4()}"), 404, "unknown_job")
+    assert_error(await client.get("/api/v1/projects/not-a-uuid"), 422, "invalid_request")
 
 
 # --- uploads ------------------------------------------------------------------------
@@ -234,11 +135,11 @@ async def test_duplicate_names_conflict_and_unknown_ids_are_404(client: httpx.As
 async def test_image_upload_stores_files_and_reports_duplicates(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    project = await _image_project(client)
+    project = await image_project(client)
     url = f"/api/v1/projects/{project['id']}/items"
     files = [
         ("file", ("cat.jpg", payload("cat.jpg"), "image/jpeg")),
-        ("file", ("a.png", _png(1, (64, 48)), "application/octet-stream")),
+        ("file", ("a.png", png(1, (64, 48)), "application/octet-stream")),
         ("file", ("again.jpg", payload("cat.jpg"), "image/jpeg")),
         ("file", ("rotated.jpg", payload("cat_exif_rotated.jpg"), "image/jpeg")),
     ]
@@ -281,16 +182,16 @@ async def test_image_upload_stores_files_and_reports_duplicates(
     [
         ([("doc.pdf", payload("not_an_image.pdf"))], 415, "unsupported_media_type"),
         (
-            [("ok.png", _png(2)), ("doc.pdf", payload("not_an_image.pdf"))],
+            [("ok.png", png(2)), ("doc.pdf", payload("not_an_image.pdf"))],
             415,
             "unsupported_media_type",
         ),
         ([("big.png", b"\x89PNG" + b"0" * 400_000)], 413, "file_too_large"),
-        ([(f"{i}.png", _png(10 + i)) for i in range(9)], 413, "too_many_files"),
+        ([(f"{i}.png", png(10 + i)) for i in range(9)], 413, "too_many_files"),
         ([("bomb.png", payload("bomb.png"))], 422, "decompression_bomb"),
         ([("empty.png", b"")], 422, "empty_image"),
         (
-            [(f"{i}.png", _png(i, (300, 300)) + bytes(390_000)) for i in range(4)],
+            [(f"{i}.png", png(i, (300, 300)) + bytes(390_000)) for i in range(4)],
             413,
             "payload_too_large",
         ),
@@ -303,32 +204,32 @@ async def test_bad_image_uploads_store_nothing(
     status: int,
     code: str,
 ) -> None:
-    project = await _image_project(client)
+    project = await image_project(client)
     url = f"/api/v1/projects/{project['id']}/items"
     response = await client.post(url, files=[("file", f) for f in files])
-    _assert_error(response, status, code)
+    assert_error(response, status, code)
     assert (await client.get(url)).json()["items"] == []
 
 
 async def test_upload_content_types(client: httpx.AsyncClient) -> None:
-    images = await _image_project(client)
+    images = await image_project(client)
     url = f"/api/v1/projects/{images['id']}/items"
-    _assert_error(await client.post(url, json={"texts": ["hi"]}), 415, "unsupported_media_type")
-    texts = await _text_project(client)
+    assert_error(await client.post(url, json={"texts": ["hi"]}), 415, "unsupported_media_type")
+    texts = await text_project(client)
     url = f"/api/v1/projects/{texts['id']}/items"
-    _assert_error(
+    assert_error(
         await client.post(url, content=b"x", headers={"content-type": "text/plain"}),
         415,
         "unsupported_media_type",
     )
-    _assert_error(await client.post(url, json={"texts": []}), 422, "no_texts")
-    _assert_error(await client.post(url, json={"texts": ["ok", "  "]}), 422, "empty_text")
-    _assert_error(await client.post(url, json={"texts": "nope"}), 422, "invalid_request")
-    _assert_error(await client.post(url, json={"texts": ["x"] * 101}), 413, "too_many_texts")
+    assert_error(await client.post(url, json={"texts": []}), 422, "no_texts")
+    assert_error(await client.post(url, json={"texts": ["ok", "  "]}), 422, "empty_text")
+    assert_error(await client.post(url, json={"texts": "nope"}), 422, "invalid_request")
+    assert_error(await client.post(url, json={"texts": ["x"] * 101}), 413, "too_many_texts")
 
 
 async def test_text_uploads_from_json_and_files(client: httpx.AsyncClient) -> None:
-    project = await _text_project(client)
+    project = await text_project(client)
     url = f"/api/v1/projects/{project['id']}/items"
     response = await client.post(url, json={"texts": ["one", "two", "one"]})
     assert response.status_code == 201, response.text
@@ -363,43 +264,18 @@ async def test_text_uploads_from_json_and_files(client: httpx.AsyncClient) -> No
         (("x.txt", b"\xff\xfe\xfa"), 415, "unsupported_media_type"),
     ]
     for (name, data), status, code in bad:
-        _assert_error(await client.post(url, files=[("file", (name, data))]), status, code)
+        assert_error(await client.post(url, files=[("file", (name, data))]), status, code)
 
 
 # --- jobs ---------------------------------------------------------------------------
 
 
-async def _upload_texts(
-    client: httpx.AsyncClient, project: dict[str, Any], texts: list[str]
-) -> list[str]:
-    url = f"/api/v1/projects/{project['id']}/items"
-    response = await client.post(url, json={"texts": texts})
-    assert response.status_code == 201, response.text
-    return [item["id"] for item in response.json()["items"]]
-
-
-async def _results(
-    client: httpx.AsyncClient, job_id: str, limit: int = 100
-) -> list[dict[str, Any]]:
-    results: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": limit}
-        if cursor:
-            params["cursor"] = cursor
-        page = (await client.get(f"/api/v1/jobs/{job_id}/results", params=params)).json()
-        results += page["results"]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return results
-
-
 async def test_text_job_labels_like_the_synchronous_route(
     client: httpx.AsyncClient, runner: JobRunner
 ) -> None:
-    project = await _text_project(client)
+    project = await text_project(client)
     texts = ["we won the cup final", "simmer the soup with garlic", "a late goal decided it"]
-    ids = await _upload_texts(client, project, texts)
+    ids = await upload_texts(client, project, texts)
 
     response = await client.post(f"/api/v1/projects/{project['id']}/jobs")
     assert response.status_code == 202, response.text
@@ -408,13 +284,13 @@ async def test_text_job_labels_like_the_synchronous_route(
     assert job["status"] == "queued" and job["total_items"] == 3
     assert job["counts"]["queued"] == 3 and job["progress"] == 0
 
-    await _drain(runner)
+    await drain(runner)
     job = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
     assert job["status"] == "succeeded", job
     assert job["counts"]["succeeded"] == 3 and job["progress"] == 1.0
     assert job["items_per_s"] > 0 and job["eta_s"] == 0
 
-    results = await _results(client, job["id"], limit=2)
+    results = await job_results(client, job["id"], limit=2)
     assert sorted(r["item_id"] for r in results) == sorted(ids)
     sync = await client.post(
         "/api/v1/classify/text", json={"texts": texts, "model": "minilm", "labels": LABELS}
@@ -433,7 +309,7 @@ async def test_text_job_labels_like_the_synchronous_route(
 async def test_image_job_with_an_undecodable_item(
     client: httpx.AsyncClient, runner: JobRunner, job_settings: Settings
 ) -> None:
-    project = await _image_project(client)
+    project = await image_project(client)
     files = [
         ("file", ("cat.jpg", payload("cat.jpg"))),
         ("file", ("truncated.jpg", payload("truncated.jpg"))),
@@ -444,12 +320,12 @@ async def test_image_job_with_an_undecodable_item(
     ids = {i["filename"]: i["id"] for i in upload.json()["items"]}
     job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
 
-    await _drain(runner)
+    await drain(runner)
     job = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
     assert job["status"] == "succeeded"
     assert job["counts"]["succeeded"] == 2 and job["counts"]["failed"] == 1
     assert job["errors"][0]["count"] == 1 and job["errors"][0]["error"].startswith("corrupt_image")
-    results = {r["item_id"]: r for r in await _results(client, job["id"])}
+    results = {r["item_id"]: r for r in await job_results(client, job["id"])}
     failed = results[ids["truncated.jpg"]]
     assert failed["state"] == "failed" and failed["attempts"] == job_settings.job_max_attempts
     assert failed["output"] is None
@@ -461,8 +337,8 @@ async def test_image_job_with_an_undecodable_item(
 
 
 async def test_idempotent_submission(client: httpx.AsyncClient) -> None:
-    project = await _text_project(client)
-    ids = await _upload_texts(client, project, ["a match", "a recipe"])
+    project = await text_project(client)
+    ids = await upload_texts(client, project, ["a match", "a recipe"])
     url = f"/api/v1/projects/{project['id']}/jobs"
     key = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
     first = await client.post(url, json={"item_ids": ids[:1]}, headers=key)
@@ -470,58 +346,58 @@ async def test_idempotent_submission(client: httpx.AsyncClient) -> None:
     assert first.status_code == again.status_code == 202
     assert first.json()["id"] == again.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
-    _assert_error(
+    assert_error(
         await client.post(url, json={"item_ids": ids}, headers=key), 409, "idempotency_key_reused"
     )
     racing = await asyncio.gather(
         *(client.post(url, headers={"Idempotency-Key": "race-" + project["id"]}) for _ in range(5))
     )
     assert len({r.json()["id"] for r in racing}) == 1
-    _assert_error(
+    assert_error(
         await client.post(url, json={"item_ids": [str(uuid.uuid4())]}), 422, "unknown_items"
     )
-    _assert_error(
+    assert_error(
         await client.post(url, headers={"Idempotency-Key": "bad key"}), 422, "invalid_header"
     )
-    empty = await _text_project(client)
-    _assert_error(await client.post(f"/api/v1/projects/{empty['id']}/jobs"), 422, "no_items")
+    empty = await text_project(client)
+    assert_error(await client.post(f"/api/v1/projects/{empty['id']}/jobs"), 422, "no_items")
 
 
 async def test_cancel_and_cache(
     client: httpx.AsyncClient, runner: JobRunner, labeler: CountingLabeler
 ) -> None:
-    project = await _text_project(client)
-    await _upload_texts(client, project, [f"match report number {i}" for i in range(5)])
+    project = await text_project(client)
+    await upload_texts(client, project, [f"match report number {i}" for i in range(5)])
     url = f"/api/v1/projects/{project['id']}/jobs"
     cancelled = (await client.post(url)).json()
     response = await client.post(f"/api/v1/jobs/{cancelled['id']}/cancel")
     assert response.json()["status"] == "cancelled"
     assert response.json()["counts"]["cancelled"] == 5
-    await _drain(runner)
+    await drain(runner)
     assert (await client.get(f"/api/v1/jobs/{cancelled['id']}")).json()["status"] == "cancelled"
 
     first = (await client.post(url)).json()
-    await _drain(runner)
+    await drain(runner)
     calls = labeler.calls
     # same texts in another project: the prediction cache answers, the model is not called
-    other = await _text_project(client)
-    await _upload_texts(client, other, [f"match report number {i}" for i in range(5)])
+    other = await text_project(client)
+    await upload_texts(client, other, [f"match report number {i}" for i in range(5)])
     second = (await client.post(f"/api/v1/projects/{other['id']}/jobs")).json()
-    await _drain(runner)
+    await drain(runner)
     assert labeler.calls == calls
     outputs = [
-        sorted(json.dumps(r["output"]) for r in await _results(client, job["id"]))
+        sorted(json.dumps(r["output"]) for r in await job_results(client, job["id"]))
         for job in (first, second)
     ]
     assert outputs[0] == outputs[1]
-    _assert_error(await client.post(f"/api/v1/jobs/{first['id']}/cancel"), 409, "job_finished")
+    assert_error(await client.post(f"/api/v1/jobs/{first['id']}/cancel"), 409, "job_finished")
 
 
 async def test_a_dead_runners_leases_expire_and_its_late_results_are_dropped(
     client: httpx.AsyncClient, services: Services, labeler: CountingLabeler, job_settings: Settings
 ) -> None:
-    project = await _text_project(client)
-    await _upload_texts(client, project, ["the referee", "the oven", "the striker"])
+    project = await text_project(client)
+    await upload_texts(client, project, ["the referee", "the oven", "the striker"])
     job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
     jobs = JobStore(services.db)
     dead = JobRunner(jobs, services.objects, services.cache, labeler, job_settings, "runner-dead")
@@ -530,7 +406,7 @@ async def test_a_dead_runners_leases_expire_and_its_late_results_are_dropped(
     await asyncio.sleep(0.5)  # the lease expires: the runner is presumed dead
 
     alive = JobRunner(jobs, services.objects, services.cache, labeler, job_settings, "runner-b")
-    await _drain(alive)
+    await drain(alive)
     successes, failures = await dead._label(claim)  # the dead runner wakes up late
     assert await jobs.complete(dead.owner, claim, successes, failures, 3) == 0
 
@@ -556,7 +432,7 @@ async def test_database_outage_is_503(backend: LocalBackend, job_settings: Setti
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         body = {"name": "x", "task": "image-classification", "model": "efficientnet-lite0"}
         response = await http.post("/api/v1/projects", json=body)
-        _assert_error(response, 503, "service_unavailable")
+        assert_error(response, 503, "service_unavailable")
         assert response.headers["retry-after"]
         ready = await http.get("/health/ready")
         assert ready.status_code == 503 and ready.json()["checks"]["database"] == "unavailable"
@@ -580,7 +456,7 @@ async def test_uploads_and_jobs_on_s3(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         # other parameters than the other tests' coffee: a cache miss, so the model runs
-        project = await _project(
+        project = await make_project(
             http, task="image-classification", model="efficientnet-lite0", confidence_threshold=0.4
         )
         files = [("file", ("coffee.jpg", payload("coffee.jpg")))]
@@ -588,8 +464,8 @@ async def test_uploads_and_jobs_on_s3(
         upload = await http.post(f"/api/v1/projects/{project['id']}/items", files=files)
         assert upload.status_code == 201, upload.text
         job = (await http.post(f"/api/v1/projects/{project['id']}/jobs")).json()
-        await _drain(runner)
-        (result,) = await _results(http, job["id"])
+        await drain(runner)
+        (result,) = await job_results(http, job["id"])
     assert result["state"] == "succeeded"
     assert result["output"][0]["label"] == "espresso"
     assert labeler.calls == calls + 1  # the file was read back from S3, not the cache
@@ -603,18 +479,18 @@ async def test_uploads_and_jobs_on_s3(
 async def test_an_item_whose_file_vanished_fails_with_a_reason(
     client: httpx.AsyncClient, services: Services, runner: JobRunner
 ) -> None:
-    project = await _project(
+    project = await make_project(
         client, task="image-classification", model="efficientnet-lite0", confidence_threshold=0.3
     )
-    files = [("file", ("a.png", _png(201))), ("file", ("b.png", _png(202)))]
+    files = [("file", ("a.png", png(201))), ("file", ("b.png", png(202)))]
     upload = await client.post(f"/api/v1/projects/{project['id']}/items", files=files)
     gone = upload.json()["items"][0]["id"]
     async with services.db.connection() as conn:
         key = await conn.fetchval("SELECT object_key FROM items WHERE id = $1", uuid.UUID(gone))
     await services.objects.delete(key)
     job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
-    await _drain(runner)
-    results = {r["item_id"]: r for r in await _results(client, job["id"])}
+    await drain(runner)
+    results = {r["item_id"]: r for r in await job_results(client, job["id"])}
     assert results[gone]["state"] == "failed"
     assert results[gone]["error"] == "the stored file is missing"
     assert [r["state"] for i, r in results.items() if i != gone] == ["succeeded"]
@@ -631,8 +507,8 @@ async def test_concurrent_runner_loops_wake_up_and_finish_jobs(
     try:
         await asyncio.sleep(0.5)  # every loop idle, waiting for a wake-up
         for round_ in range(2):
-            project = await _text_project(client)
-            await _upload_texts(client, project, [f"round {round_} text {i}" for i in range(40)])
+            project = await text_project(client)
+            await upload_texts(client, project, [f"round {round_} text {i}" for i in range(40)])
             job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
             for _ in range(100):  # far less than job_poll_s: only a wake-up explains it
                 status = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
@@ -666,8 +542,8 @@ async def test_a_working_runner_keeps_its_leases(
     labeler: CountingLabeler,
     job_settings: Settings,
 ) -> None:
-    project = await _text_project(client)
-    await _upload_texts(client, project, ["a slow one", "another slow one"])
+    project = await text_project(client)
+    await upload_texts(client, project, ["a slow one", "another slow one"])
     job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
     jobs = JobStore(services.db)
     slow = SlowLabeler(backend, job_settings)  # 1.5 s of work against a 0.5 s lease
@@ -675,9 +551,9 @@ async def test_a_working_runner_keeps_its_leases(
     other = JobRunner(jobs, services.objects, services.cache, labeler, job_settings, "runner-c")
     working = asyncio.create_task(busy.run_once())
     await asyncio.sleep(1.0)
-    await _drain(other)  # whatever else is queued; the slow runner's items stay its own
+    await drain(other)  # whatever else is queued; the slow runner's items stay its own
     assert await working == 2
-    results = await _results(client, job["id"])
+    results = await job_results(client, job["id"])
     assert [(r["state"], r["attempts"]) for r in results] == [("succeeded", 1)] * 2
 
 
@@ -686,8 +562,8 @@ async def test_runners_finishing_the_last_batches_at_once_close_the_job(
 ) -> None:
     jobs = JobStore(services.db)
     for _ in range(5):  # the race needs the two completions to interleave; repeat it
-        project = await _text_project(client)
-        await _upload_texts(client, project, ["first half", "second half"])
+        project = await text_project(client)
+        await upload_texts(client, project, ["first half", "second half"])
         job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
         labeler = LocalLabeler(backend, job_settings)
         runners = [

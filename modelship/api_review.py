@@ -1,0 +1,79 @@
+"""HTTP routes for review: the queue, decisions, item history and project statistics."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Query
+
+from modelship.errors import ServiceUnavailable
+from modelship.schemas import (
+    BulkApproveRequest,
+    BulkApproveResponse,
+    ItemDetail,
+    LabelName,
+    ProjectStats,
+    ReviewQueue,
+    ReviewRequest,
+)
+from modelship.settings import Settings
+from modelship.workflow import Workflow
+
+Strategy = Literal["uncertainty", "random", "label"]
+
+
+def review_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
+    """The ``/api/v1/projects/{id}/review...``, item detail and stats routes."""
+    router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["review"])
+    tenant = settings.tenant
+
+    def flow() -> Workflow:
+        if workflow is None:
+            raise ServiceUnavailable("review needs storage, which is not configured")
+        return workflow
+
+    @router.get("/review-queue", response_model=ReviewQueue)
+    async def review_queue(
+        project_id: UUID,
+        strategy: Strategy = "uncertainty",
+        label: Annotated[LabelName | None, Query(description="strategy=label: this label")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        seed: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> ReviewQueue:
+        """Pending items for a person: the model's least certain first (active learning),
+        a reproducible random sample (``seed``), or the uncertain ones of one label."""
+        await flow().catalog.project(tenant, project_id)
+        entries = await flow().reviews.queue(
+            project_id,
+            strategy,
+            label if strategy == "label" else None,
+            limit,
+            seed or uuid.uuid4().hex,
+        )
+        return ReviewQueue(strategy=strategy, entries=entries)
+
+    @router.get("/items/{item_id}", response_model=ItemDetail)
+    async def item_detail(project_id: UUID, item_id: UUID) -> ItemDetail:
+        await flow().catalog.project(tenant, project_id)
+        return await flow().reviews.detail(project_id, item_id)
+
+    @router.post("/items/{item_id}/review", response_model=ItemDetail)
+    async def review_item(project_id: UUID, item_id: UUID, request: ReviewRequest) -> ItemDetail:
+        project = await flow().catalog.project(tenant, project_id)
+        return await flow().reviews.review(tenant, project, item_id, request)
+
+    @router.post("/review/approve", response_model=BulkApproveResponse)
+    async def bulk_approve(project_id: UUID, request: BulkApproveRequest) -> BulkApproveResponse:
+        project = await flow().catalog.project(tenant, project_id)
+        return BulkApproveResponse(
+            approved=await flow().reviews.bulk_approve(tenant, project, request)
+        )
+
+    @router.get("/stats", response_model=ProjectStats)
+    async def stats(project_id: UUID) -> ProjectStats:
+        project = await flow().catalog.project(tenant, project_id)
+        return await flow().reviews.stats(project)
+
+    return router

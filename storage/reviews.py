@@ -1,0 +1,305 @@
+"""Annotations (an item's current label), review decisions, the review queue, statistics."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import asyncpg
+
+from modelship.errors import NotFound
+from modelship.review import assess, auto_approved, decide
+from modelship.schemas import (
+    Annotation,
+    BulkApproveRequest,
+    Item,
+    ItemDetail,
+    LabelStats,
+    Project,
+    ProjectStats,
+    ReviewAction,
+    ReviewQueueEntry,
+    ReviewRecord,
+    ReviewRequest,
+)
+from storage.catalog import audit
+from storage.postgres import Database
+
+if TYPE_CHECKING:
+    from storage.jobs import Claim, Success
+
+_HUMAN = ("approved", "corrected", "rejected")
+_ITEM = "i.id, i.project_id, i.content_hash, i.media_type, i.byte_size, i.width, i.height,"
+_ITEM += " i.filename, i.created_at"
+_ANNOTATION = (
+    "a.item_id, a.status, a.value, a.top_label, a.score, a.uncertainty, a.updated_by,"
+    " a.updated_at, p.model, p.model_version, p.output AS prediction"
+)
+_STRATEGIES = {
+    "uncertainty": "a.uncertainty DESC, a.item_id",
+    "random": "md5(a.item_id::text || $4), a.item_id",
+    "label": "a.uncertainty DESC, a.item_id",
+}
+
+
+async def annotate(
+    conn: asyncpg.Connection, claim: Claim, success: Success, prediction_id: int
+) -> None:
+    """The item's label from a new prediction: auto-approved at or above the project's
+    threshold, else pending. A person's decision is never overwritten by a model."""
+    assessment = assess(claim.task, success.output)
+    status = (
+        "auto_approved" if auto_approved(assessment, claim.auto_approve_threshold) else "pending"
+    )
+    await conn.execute(
+        "INSERT INTO annotations (item_id, project_id, prediction_id, status, value, top_label,"
+        " score, uncertainty, updated_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'model')"
+        " ON CONFLICT (item_id) DO UPDATE SET prediction_id = EXCLUDED.prediction_id,"
+        " status = EXCLUDED.status, value = EXCLUDED.value, top_label = EXCLUDED.top_label,"
+        " score = EXCLUDED.score, uncertainty = EXCLUDED.uncertainty,"
+        " updated_by = 'model', updated_at = now()"
+        " WHERE annotations.status IN ('pending', 'auto_approved')",
+        success.item_id,
+        claim.project_id,
+        prediction_id,
+        status,
+        json.dumps(assessment.value),
+        assessment.top_label,
+        assessment.score,
+        assessment.uncertainty,
+    )
+
+
+def _annotation(row: asyncpg.Record) -> Annotation:
+    return Annotation(
+        item_id=row["item_id"],
+        status=row["status"],
+        value=json.loads(row["value"]),
+        top_label=row["top_label"],
+        score=row["score"],
+        uncertainty=row["uncertainty"],
+        model=row["model"],
+        model_version=row["model_version"],
+        prediction=json.loads(row["prediction"]),
+        updated_by=row["updated_by"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _item(row: asyncpg.Record) -> Item:
+    return Item(**{key: row[key] for key in Item.model_fields})
+
+
+class ReviewStore:
+    """People's decisions on a project's labels."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def queue(
+        self, project_id: UUID, strategy: str, label: str | None, limit: int, seed: str
+    ) -> list[ReviewQueueEntry]:
+        """Pending items, most uncertain first (or in a seeded random order, or one label's)."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_ITEM}, i.text, {_ANNOTATION} FROM annotations a"
+                " JOIN items i ON i.id = a.item_id JOIN predictions p ON p.id = a.prediction_id"
+                " WHERE a.project_id = $1 AND a.status = 'pending'"
+                " AND ($2::text IS NULL OR a.top_label = $2)"
+                f" ORDER BY {_STRATEGIES[strategy]} LIMIT $3",
+                project_id,
+                label,
+                limit,
+                *([seed] if strategy == "random" else []),
+            )
+        return [
+            ReviewQueueEntry(item=_item(row), text=row["text"], annotation=_annotation(row))
+            for row in rows
+        ]
+
+    async def detail(self, project_id: UUID, item_id: UUID) -> ItemDetail:
+        async with self._db.connection() as conn:
+            item = await conn.fetchrow(
+                f"SELECT {_ITEM}, i.text FROM items i WHERE i.id = $1 AND i.project_id = $2",
+                item_id,
+                project_id,
+            )
+            if item is None:
+                raise NotFound(f"no item {item_id} in this project", "unknown_item")
+            annotation = await conn.fetchrow(
+                f"SELECT {_ANNOTATION} FROM annotations a"
+                " JOIN predictions p ON p.id = a.prediction_id WHERE a.item_id = $1",
+                item_id,
+            )
+            reviews = await conn.fetch(
+                "SELECT id, action, reviewer, before, after, created_at FROM reviews"
+                " WHERE item_id = $1 ORDER BY id",
+                item_id,
+            )
+        return ItemDetail(
+            item=_item(item),
+            text=item["text"],
+            annotation=_annotation(annotation) if annotation else None,
+            reviews=[
+                ReviewRecord(
+                    id=r["id"],
+                    action=r["action"],
+                    reviewer=r["reviewer"],
+                    before=json.loads(r["before"]) if r["before"] else None,
+                    after=json.loads(r["after"]) if r["after"] else None,
+                    created_at=r["created_at"],
+                )
+                for r in reviews
+            ],
+        )
+
+    async def review(
+        self, tenant: str, project: Project, item_id: UUID, request: ReviewRequest
+    ) -> ItemDetail:
+        """Apply one decision and record it (who, when, before, after) in one transaction."""
+        async with self._db.transaction() as conn:
+            row = await conn.fetchrow(
+                "SELECT i.width, i.height, i.text, a.status, a.value, a.prediction_id"
+                " FROM items i LEFT JOIN annotations a ON a.item_id = i.id"
+                " WHERE i.id = $1 AND i.project_id = $2 FOR UPDATE OF i",
+                item_id,
+                project.id,
+            )
+            if row is None:
+                raise NotFound(f"no item {item_id} in this project", "unknown_item")
+            current = json.loads(row["value"]) if row["value"] is not None else None
+            status, value = decide(
+                project, request, current, row["width"], row["height"], row["text"]
+            )
+            await _apply(conn, project.id, item_id, row, status, value, request)
+            await audit(
+                conn, tenant, request.reviewer, f"review.{request.action}", f"item:{item_id}"
+            )
+        return await self.detail(project.id, item_id)
+
+    async def bulk_approve(self, tenant: str, project: Project, request: BulkApproveRequest) -> int:
+        async with self._db.transaction() as conn:
+            rows = await conn.fetch(
+                "SELECT a.item_id, a.status, a.value, a.prediction_id FROM annotations a"
+                " WHERE a.project_id = $1 AND a.status = 'pending'"
+                " AND ($2::float8 IS NULL OR a.score >= $2)"
+                " AND ($3::text IS NULL OR a.top_label = $3) ORDER BY a.item_id FOR UPDATE",
+                project.id,
+                request.min_score,
+                request.label,
+            )
+            single = ReviewRequest(action=ReviewAction.approve, reviewer=request.reviewer)
+            for row in rows:
+                value = json.loads(row["value"])
+                await _apply(conn, project.id, row["item_id"], row, "approved", value, single)
+            await audit(
+                conn,
+                tenant,
+                request.reviewer,
+                "review.bulk_approve",
+                f"project:{project.id}",
+                {"approved": len(rows), **request.model_dump(exclude={"reviewer"})},
+            )
+        return len(rows)
+
+    async def stats(self, project: Project) -> ProjectStats:
+        async with self._db.connection() as conn:
+            items = await conn.fetchval(
+                "SELECT count(*) FROM items WHERE project_id = $1", project.id
+            )
+            by_status = {
+                r["status"]: r["n"]
+                for r in await conn.fetch(
+                    "SELECT status, count(*) AS n FROM annotations WHERE project_id = $1"
+                    " GROUP BY status",
+                    project.id,
+                )
+            }
+            finals = await conn.fetch(
+                "SELECT e->>'label' AS label, count(DISTINCT a.item_id) AS n FROM annotations a,"
+                " jsonb_array_elements(a.value) e WHERE a.project_id = $1 GROUP BY 1",
+                project.id,
+            )
+            # The model's label against the person's decision, on reviewed items.
+            judged = await conn.fetch(
+                "SELECT a.status, p.output->0->>'label' AS predicted,"
+                " a.value->0->>'label' AS final FROM annotations a"
+                " JOIN predictions p ON p.id = a.prediction_id"
+                " WHERE a.project_id = $1 AND a.status IN ('approved', 'corrected', 'rejected')",
+                project.id,
+            )
+        return _stats(project, items, by_status, {r["label"]: r["n"] for r in finals}, judged)
+
+
+async def _apply(
+    conn: asyncpg.Connection,
+    project_id: UUID,
+    item_id: UUID,
+    before: asyncpg.Record,
+    status: str,
+    value: list[dict[str, Any]],
+    request: ReviewRequest,
+) -> None:
+    top = value[0]["label"] if value else None
+    await conn.execute(
+        "UPDATE annotations SET status = $2, value = $3, top_label = $4, updated_by = $5,"
+        " updated_at = now() WHERE item_id = $1",
+        item_id,
+        status,
+        json.dumps(value),
+        top,
+        request.reviewer,
+    )
+    await conn.execute(
+        "INSERT INTO reviews (prediction_id, item_id, project_id, action, reviewer, before, after)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        before["prediction_id"],
+        item_id,
+        project_id,
+        request.action.value,
+        request.reviewer,
+        json.dumps({"status": before["status"], "value": json.loads(before["value"])}),
+        json.dumps({"status": status, "value": value}),
+    )
+
+
+def _stats(
+    project: Project,
+    items: int,
+    by_status: dict[str, int],
+    finals: dict[str, int],
+    judged: list[asyncpg.Record],
+) -> ProjectStats:
+    labeled = sum(by_status.values())
+    reviewed: dict[str, list[bool]] = {}
+    for row in judged:
+        # Approved keeps the model's label; a correction to the same top label keeps it too.
+        kept = row["status"] == "approved" or (
+            row["status"] == "corrected" and row["final"] == row["predicted"]
+        )
+        reviewed.setdefault(row["predicted"] or "", []).append(kept)
+    names = [label.name for label in project.labels or []]
+    names += sorted((set(finals) | set(reviewed)) - set(names) - {""})
+    labels = []
+    for name in names:
+        verdicts = reviewed.get(name, [])
+        labels.append(
+            LabelStats(
+                label=name,
+                items=finals.get(name, 0),
+                reviewed=len(verdicts),
+                model_correct=sum(verdicts),
+                accuracy=sum(verdicts) / len(verdicts) if verdicts else None,
+            )
+        )
+    all_verdicts = [v for verdicts in reviewed.values() for v in verdicts]
+    return ProjectStats(
+        items=items,
+        labeled=labeled,
+        by_status={s: by_status.get(s, 0) for s in ("pending", "auto_approved", *_HUMAN)},
+        auto_approval_rate=by_status.get("auto_approved", 0) / labeled if labeled else None,
+        reviewed=len(all_verdicts),
+        model_accuracy=sum(all_verdicts) / len(all_verdicts) if all_verdicts else None,
+        labels=labels,
+    )
