@@ -21,6 +21,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,8 +94,21 @@ class EmbeddedPostgres:
             if not (self._pgdata / "PG_VERSION").exists():
                 return
             user = _server_user()
+            if user is not None:  # someone may have tightened a parent folder since start
+                _grant_traverse(self.data_dir)
             if self._running(user):
                 self._pg_ctl(user, "stop", "-m", "fast", "-w", "-t", str(_TIMEOUT_S))
+
+    @contextmanager
+    def outage(self) -> Iterator[None]:
+        """Stop the server and keep it stopped — no other process can start it — until the
+        block ends; then start it again. For maintenance, and for tests of outages."""
+        with _locked(self.data_dir, "postgres"):
+            self.stop()
+            try:
+                yield
+            finally:
+                self.start()
 
     def _initdb(self, password: str, user: tuple[int, int] | None) -> None:
         shutil.rmtree(self._pgdata, ignore_errors=True)  # what a failed initdb left
@@ -112,6 +126,8 @@ class EmbeddedPostgres:
 
     def _running(self, user: tuple[int, int] | None) -> bool:
         status = self._run(user, "pg_ctl", "status", "-D", str(self._pgdata), check=False)
+        if status.returncode not in (0, 3):  # 3: no server running; anything else is an error
+            raise RuntimeError(f"pg_ctl status failed: {status.stderr.strip()}")
         return status.returncode == 0
 
     def _pg_ctl(self, user: tuple[int, int] | None, *args: str) -> None:
@@ -203,6 +219,16 @@ class EmbeddedRedis:
                     raise RuntimeError("redis-server did not stop")
                 time.sleep(0.05)
 
+    @contextmanager
+    def outage(self) -> Iterator[None]:
+        """Stop the server and keep it stopped until the block ends; then start it again."""
+        with _locked(self.data_dir, "redis"):
+            self.stop()
+            try:
+                yield
+            finally:
+                self.start()
+
     def _config(self, endpoint: _Endpoint) -> str:
         def path(name: str) -> str:
             return json.dumps(str(self.data_dir / name))  # quoted for redis.conf
@@ -292,13 +318,30 @@ def _package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+_held: dict[Path, tuple[threading.RLock, int]] = {}
+_held_guard = threading.Lock()
+
+
 @contextmanager
 def _locked(data_dir: Path, name: str) -> Iterator[None]:
-    """Serialise start/stop of one server across processes."""
+    """Serialise start/stop of one server across processes; re-entrant in a thread (an
+    ``outage()`` holds it around ``stop()`` and ``start()``)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+    path = data_dir / f".{name}.lock"
+    with _held_guard:
+        local = _held.setdefault(path, (threading.RLock(), 0))[0]
+    with local:
+        depth = _held[path][1]
+        _held[path] = (local, depth + 1)
+        try:
+            if depth:
+                yield
+                return
+            with open(path, "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                yield
+        finally:
+            _held[path] = (local, _held[path][1] - 1)
 
 
 def _free_port(preferred: int = 0) -> int:

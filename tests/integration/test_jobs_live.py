@@ -131,10 +131,8 @@ def test_redis_restart_mid_job_loses_nothing(client: httpx.Client, live_settings
     project = _project(client, _texts(300))
     job = client.post(f"/api/v1/projects/{project['id']}/jobs").json()
     _wait(client, job["id"], lambda j: j["counts"]["succeeded"] >= 30, timeout_s=120)
-    redis = EmbeddedRedis(_services_dir(live_settings) / "redis")
-    redis.stop()
-    time.sleep(1.0)
-    redis.start()
+    with EmbeddedRedis(_services_dir(live_settings) / "redis").outage():
+        time.sleep(1.0)
     job = _wait(client, job["id"], lambda j: j["status"] not in ("queued", "running"))
     assert job["status"] == "succeeded" and job["counts"]["succeeded"] == 300
     assert _runner_pid() == pid, "the job runner crashed and was restarted"
@@ -147,9 +145,8 @@ def test_postgres_outage_is_503_and_the_job_resumes(
     project = _project(client, _texts(300))
     job = client.post(f"/api/v1/projects/{project['id']}/jobs").json()
     _wait(client, job["id"], lambda j: j["counts"]["succeeded"] >= 30, timeout_s=120)
-    postgres = EmbeddedPostgres(_services_dir(live_settings) / "postgres")
-    postgres.stop()
-    try:
+    # While it is down nobody can start it (a replica starting up would, on embedded defaults)
+    with EmbeddedPostgres(_services_dir(live_settings) / "postgres").outage():
         response = client.post(f"/api/v1/projects/{project['id']}/jobs")
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "service_unavailable"
@@ -158,8 +155,6 @@ def test_postgres_outage_is_503_and_the_job_resumes(
         assert ready.status_code == 503 and ready.json()["checks"]["database"] == "unavailable"
         # labeling that needs no database goes on
         assert client.post("/api/v1/classify/text", json={"text": "fine"}).status_code == 200
-    finally:
-        postgres.start()
     job = _wait(client, job["id"], lambda j: j["status"] not in ("queued", "running"))
     assert job["status"] == "succeeded" and job["counts"]["succeeded"] == 300
     assert _runner_pid() == pid, "the job runner crashed and was restarted"

@@ -5,6 +5,7 @@ A first PostgreSQL start (initdb) takes ~0.8 s here, a restart ~0.1 s; Redis ~0.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -19,6 +20,12 @@ import redis.asyncio as aioredis
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+START_ELSEWHERE = (
+    "import sys; from pathlib import Path; from storage.embedded import EmbeddedPostgres; "
+    "print(EmbeddedPostgres(Path(sys.argv[1])).start())"
+)
 
 
 @pytest.fixture
@@ -66,10 +73,8 @@ def test_postgres_started_elsewhere_is_reused(postgres: EmbeddedPostgres) -> Non
     pid = postmaster_pid(postgres)
     assert postgres.start() == dsn
 
-    code = "import sys; from pathlib import Path; from storage.embedded import EmbeddedPostgres; "
-    code += "print(EmbeddedPostgres(Path(sys.argv[1])).start())"
     other = subprocess.run(
-        [sys.executable, "-c", code, str(postgres.data_dir)],
+        [sys.executable, "-c", START_ELSEWHERE, str(postgres.data_dir)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -112,3 +117,29 @@ async def test_redis_round_trip_and_restart(redis_server: EmbeddedRedis) -> None
     client = aioredis.from_url(url)
     assert await client.get("greeting") == b"hello"  # saved on shutdown
     await client.aclose()
+
+
+def test_an_outage_keeps_postgres_down_until_it_ends(postgres: EmbeddedPostgres) -> None:
+    dsn = postgres.start()
+
+    def reachable() -> bool:
+        async def connect() -> None:
+            conn = await asyncpg.connect(dsn, timeout=5)
+            await conn.close()
+
+        try:
+            asyncio.run(connect())
+        except ConnectionRefusedError:
+            return False
+        return True
+
+    starter = [sys.executable, "-c", START_ELSEWHERE, str(postgres.data_dir)]
+    with postgres.outage():
+        assert not reachable()
+        # another process trying to start it waits for the outage to end
+        elsewhere = subprocess.Popen(starter, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        with pytest.raises(subprocess.TimeoutExpired):
+            elsewhere.wait(timeout=1.5)
+        assert not reachable()
+    assert elsewhere.communicate(timeout=60)[0].strip() == dsn
+    assert reachable()
