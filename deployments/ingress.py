@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable
 from typing import TypeVar
+from uuid import UUID
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -18,6 +20,7 @@ from modelship.workflow import Workflow
 from storage.services import Services
 
 T = TypeVar("T")
+logger = logging.getLogger("modelship.ingress")
 
 _READY_TIMEOUT_S = 2.0
 
@@ -39,6 +42,7 @@ class Ingress:
         configs: the configured models, in configuration order.
         settings: limits, timeouts and storage.
         runner: the JobRunner (bound here so it is part of the application).
+        exporter: the Exporter, which writes exports in the background.
     """
 
     def __init__(
@@ -48,13 +52,18 @@ class Ingress:
         configs: list[ModelConfig],
         settings: Settings,
         runner: DeploymentHandle | None = None,
+        exporter: DeploymentHandle | None = None,
     ) -> None:
         self._configs = configs
         self._preprocessor = preprocessor
         self._models = models
         self._settings = settings
         self._runner = runner
-        self._workflow = Workflow(Services.from_settings(settings), configs, settings)
+        self._exporter = exporter
+        self._background: set[asyncio.Task[None]] = set()
+        self._workflow = Workflow(
+            Services.from_settings(settings), configs, settings, launch_export=self._export
+        )
 
     @property
     def configs(self) -> list[ModelConfig]:
@@ -62,6 +71,20 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         return create_api(self, self._settings, behind_serve_proxy=True, workflow=self._workflow)
+
+    def _export(self, export_id: UUID) -> None:
+        """Hand an export to the Exporter and let it run; its status is in PostgreSQL."""
+        assert self._exporter is not None
+        task = asyncio.create_task(self._await_export(export_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _await_export(self, export_id: UUID) -> None:
+        assert self._exporter is not None
+        try:
+            await self._exporter.run.remote(export_id)
+        except Exception:  # the Exporter resumes unfinished exports when it restarts
+            logger.exception("export %s was interrupted", export_id)
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         try:

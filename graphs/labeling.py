@@ -1,8 +1,9 @@
 """The labeling application: Ingress → Preprocessor → one ModelReplica per model, and a
-JobRunner driving durable jobs through the same Preprocessor and replicas."""
+JobRunner driving durable jobs through the same Preprocessor and replicas, and an Exporter."""
 
 from ray.serve import Application
 
+from deployments.exporter import Exporter
 from deployments.ingress import Ingress
 from deployments.job_runner import JobRunnerDeployment
 from deployments.model import ModelReplica
@@ -31,4 +32,5 @@ def build_app(args: LabelingAppArgs) -> Application:
     }
     preprocessor = Preprocessor.bind(args.models, args.settings)
     runner = JobRunnerDeployment.bind(preprocessor, models, args.settings)
-    return Ingress.bind(preprocessor, models, args.models, args.settings, runner)
+    exporter = Exporter.bind(args.settings)
+    return Ingress.bind(preprocessor, models, args.models, args.settings, runner, exporter)

@@ -1,20 +1,31 @@
-"""HTTP routes for projects, uploads and jobs: parse, validate, call the ``Workflow``."""
+"""HTTP routes for projects, uploads, jobs and exports: parse, validate, call the ``Workflow``."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from pathlib import PurePosixPath
 from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from modelship.errors import InvalidInput, PayloadTooLarge, ServiceUnavailable, UnsupportedMediaType
+from modelship.errors import (
+    Conflict,
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
 from modelship.inputs import check_texts, parse_model, parse_text_file
 from modelship.middleware import request_id
 from modelship.schemas import (
     IMAGE_TASKS,
+    Export,
+    ExportCreate,
     Inbound,
     ItemsPage,
     Job,
@@ -140,6 +151,44 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
     @router.post("/jobs/{job_id}/cancel", response_model=Job, tags=["jobs"])
     async def cancel_job(job_id: UUID) -> Job:
         return await flow().jobs.cancel(tenant, job_id, _ACTOR)
+
+    @router.post(
+        "/projects/{project_id}/exports", status_code=202, response_model=Export, tags=["exports"]
+    )
+    async def create_export(project_id: UUID, request: ExportCreate, response: Response) -> Export:
+        export = await flow().create_export(tenant, project_id, request, _ACTOR)
+        response.headers["Location"] = f"/api/v1/exports/{export.id}"
+        return export
+
+    @router.get("/exports/{export_id}", response_model=Export, tags=["exports"])
+    async def get_export(export_id: UUID) -> Export:
+        export, _ = await flow().exports.get(tenant, export_id)
+        return export
+
+    @router.get(
+        "/exports/{export_id}/download",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"application/octet-stream": {}}}},
+        tags=["exports"],
+    )
+    async def download_export(export_id: UUID) -> StreamingResponse:
+        export, key = await flow().exports.get(tenant, export_id)
+        if key is None:
+            raise Conflict(f"export {export_id} is {export.status}", "export_not_ready")
+        chunks = flow().services.objects.read_chunks(key)
+        first = await anext(chunks, b"")  # a missing object fails here, before the headers
+
+        async def body() -> AsyncIterator[bytes]:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+
+        name = f"export-{export.id}{PurePosixPath(key).suffix}"
+        headers = {
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Content-Length": str(export.bytes),
+        }
+        return StreamingResponse(body(), media_type=export.media_type, headers=headers)
 
     return router
 

@@ -543,6 +543,53 @@ class ProjectStats(BaseModel):
     labels: list[LabelStats]
 
 
+# --- exports ---------------------------------------------------------------------------
+
+
+class ExportFormat(StrEnum):
+    csv = "csv"
+    json = "json"
+    jsonl = "jsonl"
+    coco = "coco"
+    yolo = "yolo"
+    voc = "voc"
+    hf = "hf"
+
+
+class ExportSelection(StrEnum):
+    approved = "approved"  # auto-approved, approved or corrected
+    all = "all"  # every item, unlabeled and rejected ones included
+    min_score = "min_score"  # approved by a person, or scored at least min_score
+
+
+class ExportCreate(Inbound):
+    format: ExportFormat
+    selection: ExportSelection = ExportSelection.approved
+    min_score: Threshold | None = Field(None, description="With selection=min_score.")
+    include_images: bool = Field(False, description="coco, yolo, voc, hf of image projects.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if (self.selection is ExportSelection.min_score) != (self.min_score is not None):
+            raise ValueError("min_score goes with selection=min_score, and only with it")
+        return self
+
+
+class Export(BaseModel):
+    id: UUID
+    project_id: UUID
+    format: ExportFormat
+    selection: dict[str, Any]
+    status: Literal["queued", "running", "succeeded", "failed"]
+    rows: int | None = Field(None, description="Items written.")
+    bytes: int | None
+    media_type: str | None
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    download_url: str | None
+
+
 # --- messages between deployments -----------------------------------------------------
 
 

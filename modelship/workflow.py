@@ -12,16 +12,20 @@ import asyncio
 import hashlib
 import logging
 import mimetypes
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
 from modelship.errors import Conflict, InvalidInput, ModelShipError
+from modelship.exporter import run_export
+from modelship.exports import check
 from modelship.inputs import read_image_header
 from modelship.runner import job_options
 from modelship.schemas import (
     IMAGE_TASKS,
     Duplicate,
+    Export,
+    ExportCreate,
     Item,
     Job,
     JobCreate,
@@ -33,6 +37,7 @@ from modelship.schemas import (
 )
 from modelship.settings import Settings
 from storage.catalog import Catalog, NewItem
+from storage.exports import EXPORT_TASKS, ExportStore
 from storage.jobs import JobStore
 from storage.reviews import ReviewStore
 from storage.services import Services
@@ -73,14 +78,23 @@ class Workflow:
         services: PostgreSQL, Redis and object storage.
         configs: the configured models (a project must name one doing its task).
         settings: limits.
+        launch_export: starts writing an export in the background (under Serve: a call to
+            the Exporter); by default, a task in this process.
     """
 
     def __init__(
-        self, services: Services, configs: Sequence[ModelConfig], settings: Settings
+        self,
+        services: Services,
+        configs: Sequence[ModelConfig],
+        settings: Settings,
+        launch_export: Callable[[UUID], None] | None = None,
     ) -> None:
         self.catalog = Catalog(services.db)
+        self.exports = ExportStore(services.db)
+        self._launch_export = launch_export or self._export_here
         self.jobs = JobStore(services.db)
         self.reviews = ReviewStore(services.db)
+        self._background: set[asyncio.Task[None]] = set()
         self.services = services
         self._configs = {config.name: config for config in configs}
         self._settings = settings
@@ -205,3 +219,18 @@ class Workflow:
         if created:
             await self.services.cache.notify_jobs()
         return job, created
+
+    async def create_export(
+        self, tenant: str, project_id: UUID, request: ExportCreate, actor: str
+    ) -> Export:
+        """Record the export (``202``) and start writing it in the background."""
+        project = await self.catalog.project(tenant, project_id)
+        check(request.format, EXPORT_TASKS[project.task], request.include_images)
+        export = await self.exports.create(tenant, project, request, actor)
+        self._launch_export(export.id)
+        return export
+
+    def _export_here(self, export_id: UUID) -> None:
+        task = asyncio.create_task(run_export(self.services, export_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -45,6 +45,7 @@ __all__ = [
     "Span",
     "UnsupportedExport",
     "Writer",
+    "check",
     "open_writer",
 ]
 
@@ -71,18 +72,27 @@ def open_writer(spec: ExportSpec, path: Path) -> Writer:
     ``writer.media_type`` for what it produces.
 
     Raises:
+        UnsupportedExport: see ``check``.
+    """
+    check(spec.format, spec.task, spec.include_images)
+    return _WRITERS[spec.format](spec, path)
+
+
+def check(format: ExportFormat, task: ExportTask, include_images: bool) -> None:
+    """Refuse, before any work, an export that cannot be made.
+
+    Raises:
         UnsupportedExport: the format does not fit the task, or images were asked for where
             they cannot go (csv/json/jsonl, or a text task).
     """
-    tasks = _TASKS.get(spec.format)
-    if tasks is not None and spec.task not in tasks:
+    tasks = _TASKS.get(format)
+    if tasks is not None and task not in tasks:
         allowed = ", ".join(sorted(tasks))
         raise UnsupportedExport(
-            f"a {spec.format} export cannot hold {spec.task} annotations; it takes {allowed}"
+            f"a {format} export cannot hold {task} annotations; it takes {allowed}"
         )
-    if spec.include_images and (spec.format not in _EMBED_IMAGES or not spec.task.on_images):
+    if include_images and (format not in _EMBED_IMAGES or not task.on_images):
         raise UnsupportedExport(
-            f"a {spec.format} export of {spec.task} items cannot include images; "
+            f"a {format} export of {task} items cannot include images; "
             "coco, yolo, voc and hf exports of image tasks can"
         )
-    return _WRITERS[spec.format](spec, path)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from modelship.errors import InvalidInput
+from modelship.schemas import ExportFormat
 
 _ITEM_ID = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -21,16 +22,6 @@ class UnsupportedExport(InvalidInput, ValueError):
     requested where there are none, or a category list with duplicates (HTTP 422)."""
 
     code = "unsupported_export"
-
-
-class ExportFormat(StrEnum):
-    csv = "csv"
-    json = "json"
-    jsonl = "jsonl"
-    coco = "coco"
-    yolo = "yolo"
-    voc = "voc"
-    hf = "hf"
 
 
 class ExportTask(StrEnum):

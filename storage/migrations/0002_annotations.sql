@@ -19,3 +19,7 @@ CREATE INDEX annotations_queue ON annotations (project_id, status, uncertainty D
 ALTER TABLE reviews ADD COLUMN item_id uuid REFERENCES items (id);
 ALTER TABLE reviews ADD COLUMN project_id uuid REFERENCES projects (id);
 CREATE INDEX reviews_item ON reviews (item_id, id);
+
+ALTER TABLE exports ADD COLUMN byte_size bigint;
+ALTER TABLE exports ADD COLUMN media_type text;
+CREATE INDEX exports_unfinished ON exports (created_at) WHERE status IN ('queued', 'running');

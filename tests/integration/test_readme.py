@@ -40,7 +40,7 @@ def test_readme_walkthrough_runs_as_one_script(base_url: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     outputs = _json_values(done.stdout)
-    upload, photos_job, photos_results, _, reviews_results = outputs
+    upload, photos_job, photos_results, _, reviews_results, queue = outputs
     assert len(upload["items"]) == len(list(DATA.glob("*.jpg")))
     assert photos_job["status"] == "succeeded"
     assert photos_job["counts"]["failed"] == 1  # truncated.jpg
@@ -48,6 +48,8 @@ def test_readme_walkthrough_runs_as_one_script(base_url: str) -> None:
     assert len(photos_results["results"]) == 2 and photos_results["next_cursor"]
     labels = [r["output"][0]["label"] for r in reviews_results["results"]]
     assert len(labels) == 4 and set(labels) <= {"positive", "negative", "neutral"}
+    assert len(queue["entries"]) <= 2
+    assert f"{len(upload['items'])} images exported" in done.stdout
 
 
 def _json_values(text: str) -> list[dict[str, object]]:

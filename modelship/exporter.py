@@ -1,0 +1,60 @@
+"""Writing one export, without Ray: rows stream out of PostgreSQL page by page into a
+format writer (one local file, flat memory), and the file goes to object storage.
+
+The Serve ``Exporter`` deployment runs this; tests run it in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+from uuid import UUID
+
+from modelship.errors import ModelShipError
+from modelship.exports import ExportSpec, open_writer
+from storage.exports import EXPORT_TASKS, ExportStore
+from storage.services import Services
+
+logger = logging.getLogger("modelship.exports")
+
+PAGE_ROWS = 500
+
+
+async def run_export(services: Services, export_id: UUID, work_dir: Path | None = None) -> None:
+    """Write export ``export_id``; it ends ``succeeded`` or ``failed`` with a reason."""
+    store = ExportStore(services.db)
+    job = await store.start(export_id)
+    if job is None:
+        return
+    spec = ExportSpec(
+        format=job.request.format,
+        task=EXPORT_TASKS[job.project.task],
+        categories=await store.categories(job.project),
+        include_images=job.request.include_images,
+        name=job.project.name,
+    )
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix="export-") as folder:
+        path = Path(folder) / "export"
+        try:
+            writer = open_writer(spec, path)
+            with contextlib.closing(writer):
+                after = None
+                while page := await store.rows(job, after, PAGE_ROWS):
+                    for row, key in page:
+                        image = None
+                        if spec.include_images and key is not None:
+                            image = await services.objects.get(key)
+                        writer.add(row, image)
+                    after = UUID(page[-1][0].item_id)
+            key = services.objects.new_key(job.tenant, str(job.project.id), writer.extension)
+            await services.objects.put_file(key, path)
+            size = path.stat().st_size
+            await store.finish(export_id, key, writer.rows, size, writer.media_type)
+            logger.info("export %s: %d rows, %d bytes", export_id, writer.rows, size)
+        except ModelShipError as exc:
+            await store.fail(export_id, f"{exc.code}: {exc.message}")
+        except Exception:
+            logger.exception("export %s failed", export_id)
+            await store.fail(export_id, "internal error")

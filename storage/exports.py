@@ -1,0 +1,201 @@
+"""Export records, and the rows an export streams out of PostgreSQL page by page."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from modelship.errors import NotFound
+from modelship.exports import Box, ExportRow, ExportTask, Label, Span
+from modelship.schemas import Export, ExportCreate, ExportSelection, Project, Task
+from storage.catalog import Catalog, audit
+from storage.postgres import Database
+
+EXPORT_TASKS = {
+    Task.image_classification: ExportTask.image_classification,
+    Task.zero_shot_text_classification: ExportTask.text_classification,
+    Task.text_classification: ExportTask.text_classification,
+    Task.object_detection: ExportTask.object_detection,
+    Task.token_classification: ExportTask.token_classification,
+}
+_SELECTIONS = {
+    ExportSelection.approved: "a.status IN ('auto_approved', 'approved', 'corrected')",
+    ExportSelection.all: "TRUE",
+    ExportSelection.min_score: "(a.status IN ('approved', 'corrected')"
+    " OR (a.status IN ('pending', 'auto_approved') AND a.score >= $4))",
+}
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """What the exporter needs to write one export."""
+
+    id: UUID
+    tenant: str
+    project: Project
+    request: ExportCreate
+
+
+def _export(row: asyncpg.Record) -> Export:
+    done = row["status"] == "succeeded"
+    return Export(
+        id=row["id"],
+        project_id=row["project_id"],
+        format=row["format"],
+        selection=json.loads(row["selection"]),
+        status=row["status"],
+        rows=row["row_count"],
+        bytes=row["byte_size"],
+        media_type=row["media_type"],
+        error=row["error"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        download_url=f"/api/v1/exports/{row['id']}/download" if done else None,
+    )
+
+
+class ExportStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(
+        self, tenant: str, project: Project, request: ExportCreate, actor: str
+    ) -> Export:
+        export_id = uuid4()
+        async with self._db.transaction() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO exports (id, project_id, format, selection, status)"
+                " VALUES ($1, $2, $3, $4, 'queued') RETURNING *",
+                export_id,
+                project.id,
+                request.format.value,
+                request.model_dump_json(exclude={"format"}),
+            )
+            await audit(conn, tenant, actor, "export.create", f"export:{export_id}")
+        return _export(row)
+
+    async def get(self, tenant: str, export_id: UUID) -> tuple[Export, str | None]:
+        """The export and its object key (None until it succeeded)."""
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT e.* FROM exports e JOIN projects p ON p.id = e.project_id"
+                " WHERE e.id = $1 AND p.tenant = $2",
+                export_id,
+                tenant,
+            )
+        if row is None:
+            raise NotFound(f"no export {export_id}", "unknown_export")
+        return _export(row), row["object_key"]
+
+    async def unfinished(self) -> list[UUID]:
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT id FROM exports WHERE status IN ('queued', 'running') ORDER BY created_at"
+            )
+        return [row["id"] for row in rows]
+
+    async def start(self, export_id: UUID) -> ExportJob | None:
+        """Mark the export running; None if it is gone or already finished."""
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(
+                "UPDATE exports e SET status = 'running' FROM projects p"
+                " WHERE e.id = $1 AND p.id = e.project_id AND e.status IN ('queued', 'running')"
+                " RETURNING e.format, e.selection, p.tenant, p.id AS project_id",
+                export_id,
+            )
+        if row is None:
+            return None
+        project = await Catalog(self._db).project(row["tenant"], row["project_id"])
+        request = ExportCreate.model_validate(
+            {"format": row["format"], **json.loads(row["selection"])}
+        )
+        return ExportJob(export_id, row["tenant"], project, request)
+
+    async def finish(
+        self, export_id: UUID, object_key: str, rows: int, size: int, media_type: str
+    ) -> None:
+        async with self._db.connection() as conn:
+            await conn.execute(
+                "UPDATE exports SET status = 'succeeded', object_key = $2, row_count = $3,"
+                " byte_size = $4, media_type = $5, finished_at = now() WHERE id = $1",
+                export_id,
+                object_key,
+                rows,
+                size,
+                media_type,
+            )
+
+    async def fail(self, export_id: UUID, error: str) -> None:
+        async with self._db.connection() as conn:
+            await conn.execute(
+                "UPDATE exports SET status = 'failed', error = $2, finished_at = now()"
+                " WHERE id = $1",
+                export_id,
+                error,
+            )
+
+    async def categories(self, project: Project) -> list[str]:
+        """The label schema's names in order; without a schema, every label used, sorted."""
+        names = [label.name for label in project.labels or []]
+        async with self._db.connection() as conn:
+            used = await conn.fetch(
+                "SELECT DISTINCT e->>'label' AS label FROM annotations a,"
+                " jsonb_array_elements(a.value) e WHERE a.project_id = $1",
+                project.id,
+            )
+        return names + sorted({r["label"] for r in used if r["label"]} - set(names))
+
+    async def rows(
+        self, job: ExportJob, after: UUID | None, limit: int
+    ) -> list[tuple[ExportRow, str | None]]:
+        """One page of the selection, by item id: (row, the item's object key)."""
+        selection = job.request.selection
+        async with self._db.connection() as conn:
+            records = await conn.fetch(
+                "SELECT i.id, i.filename, i.media_type, i.width, i.height, i.text, i.object_key,"
+                " coalesce(a.status, 'unlabeled') AS status, a.value, p.model, p.model_version"
+                " FROM items i LEFT JOIN annotations a ON a.item_id = i.id"
+                " LEFT JOIN predictions p ON p.id = a.prediction_id"
+                " WHERE i.project_id = $1 AND ($2::uuid IS NULL OR i.id > $2)"
+                f" AND {_SELECTIONS[selection]} ORDER BY i.id LIMIT $3",
+                job.project.id,
+                after,
+                limit,
+                *([job.request.min_score] if selection is ExportSelection.min_score else []),
+            )
+        task = EXPORT_TASKS[job.project.task]
+        return [(_row(record, task), record["object_key"]) for record in records]
+
+
+def _row(record: asyncpg.Record, task: ExportTask) -> ExportRow:
+    value: list[dict[str, Any]] = json.loads(record["value"]) if record["value"] else []
+    labels, boxes, entities = [], [], []
+    for entry in value:
+        if task is ExportTask.object_detection:
+            boxes.append(Box(entry["label"], entry.get("score"), *entry["box"]))
+        elif task is ExportTask.token_classification:
+            entities.append(
+                Span(
+                    entry["label"], entry["start"], entry["end"], entry["text"], entry.get("score")
+                )
+            )
+        else:
+            labels.append(Label(entry["label"], entry.get("score")))
+    return ExportRow(
+        item_id=str(record["id"]),
+        filename=record["filename"],
+        media_type=record["media_type"],
+        width=record["width"],
+        height=record["height"],
+        text=record["text"],
+        status=record["status"],
+        labels=labels,
+        boxes=boxes,
+        entities=entities,
+        model=record["model"],
+        model_version=record["model_version"],
+    )

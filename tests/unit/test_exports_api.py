@@ -1,0 +1,186 @@
+"""Exports through the API, loaded back with the tools users load them with."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import xml.etree.ElementTree as ET
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from pycocotools.coco import COCO
+
+from modelship.runner import JobRunner
+from tests.conftest import payload
+from tests.unit.flow import LABELS, assert_error, drain, make_project, png, upload_texts
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+FACES = [{"name": "FACE_FEMALE"}, {"name": "FACE_MALE"}]
+
+
+async def _export(client: httpx.AsyncClient, project: dict[str, Any], **body: Any) -> bytes:
+    response = await client.post(f"/api/v1/projects/{project['id']}/exports", json=body)
+    assert response.status_code == 202, response.text
+    export = response.json()
+    for _ in range(200):
+        export = (await client.get(f"/api/v1/exports/{export['id']}")).json()
+        if export["status"] in ("succeeded", "failed"):
+            break
+        await asyncio.sleep(0.05)
+    assert export["status"] == "succeeded", export
+    download = await client.get(export["download_url"])
+    assert download.status_code == 200
+    assert download.headers["content-type"].startswith(export["media_type"])
+    assert len(download.content) == export["bytes"]
+    return download.content
+
+
+async def _detection_project(
+    client: httpx.AsyncClient, runner: JobRunner
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    project = await make_project(
+        client, task="object-detection", model="nudenet", labels=FACES, confidence_threshold=0.3
+    )
+    files = [
+        ("file", ("astronaut.jpg", payload("astronaut.jpg"))),
+        ("file", ("blank.png", png(7, (640, 480)))),  # nothing to find: still exported
+        ("file", ("small.png", png(8, (37, 91)))),
+    ]
+    upload = await client.post(f"/api/v1/projects/{project['id']}/items", files=files)
+    items = {item["filename"]: item for item in upload.json()["items"]}
+    await client.post(f"/api/v1/projects/{project['id']}/jobs")
+    await drain(runner)
+    for item in items.values():
+        detail = await client.get(f"/api/v1/projects/{project['id']}/items/{item['id']}")
+        item["boxes"] = detail.json()["annotation"]["value"]
+    assert items["astronaut.jpg"]["boxes"], "the model should find the astronaut's face"
+    return project, items
+
+
+async def test_coco_yolo_and_voc_hold_every_image_with_its_real_size(
+    client: httpx.AsyncClient, runner: JobRunner, tmp_path: Path
+) -> None:
+    project, items = await _detection_project(client, runner)
+
+    coco_path = tmp_path / "coco.json"
+    coco_path.write_bytes(await _export(client, project, format="coco", selection="all"))
+    coco = COCO(str(coco_path))
+    assert len(coco.getImgIds()) == 3
+    by_item = {image["modelship_item_id"]: image for image in coco.loadImgs(coco.getImgIds())}
+    categories = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+    assert list(categories.values())[:2] == ["FACE_FEMALE", "FACE_MALE"]
+    for item in items.values():
+        image = by_item[item["id"]]
+        assert (image["width"], image["height"]) == (item["width"], item["height"])
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]]))
+        got = sorted((categories[a["category_id"]], a["bbox"]) for a in annotations)
+        expected = sorted((b["label"], b["box"]) for b in item["boxes"])
+        assert [label for label, _ in got] == [label for label, _ in expected]
+        for (_, bbox), (_, box) in zip(got, expected, strict=True):
+            assert bbox == pytest.approx(box)
+
+    archive = zipfile.ZipFile(
+        io.BytesIO(await _export(client, project, format="yolo", selection="all"))
+    )
+    names = yaml.safe_load(archive.read("data.yaml"))["names"]
+    for item in items.values():
+        lines = archive.read(f"labels/{item['id']}.txt").decode().split()
+        rows = [lines[i : i + 5] for i in range(0, len(lines), 5)]
+        assert len(rows) == len(item["boxes"])  # an empty file for an image without boxes
+        for row, box in zip(
+            sorted(rows), sorted(item["boxes"], key=lambda b: b["label"]), strict=False
+        ):
+            cx, _, w, h = (float(v) for v in row[1:])
+            x, y, bw, bh = box["box"]
+            assert names[int(row[0])] == box["label"]
+            assert (cx - w / 2) * item["width"] == pytest.approx(max(x, 0), abs=0.01)
+            assert w * item["width"] == pytest.approx(min(bw, item["width"] - x), abs=0.01)
+            assert h * item["height"] == pytest.approx(min(bh, item["height"] - y), abs=0.01)
+
+    voc = zipfile.ZipFile(io.BytesIO(await _export(client, project, format="voc", selection="all")))
+    for item in items.values():
+        root = ET.fromstring(voc.read(f"Annotations/{item['id']}.xml"))
+        assert int(root.findtext("size/width") or 0) == item["width"]
+        assert len(root.findall("object")) == len(item["boxes"])
+
+
+async def test_reviewed_text_labels_export_to_csv_jsonl_and_a_hugging_face_dataset(
+    client: httpx.AsyncClient, runner: JobRunner, tmp_path: Path
+) -> None:
+    project = await make_project(
+        client,
+        task="zero-shot-text-classification",
+        model="minilm",
+        labels=LABELS,
+        auto_approve_threshold=1.0,  # every prediction waits for a person
+    )
+    texts = ["we won the final", '=HYPERLINK("http://x")', "stir the sauce", "@SUM(A1) goal"]
+    ids = dict(zip(texts, await upload_texts(client, project, texts), strict=True))
+    await client.post(f"/api/v1/projects/{project['id']}/jobs")
+    await drain(runner)
+    (late,) = await upload_texts(client, project, ["uploaded after the job"])
+    base = f"/api/v1/projects/{project['id']}/items"
+    await client.post(f"{base}/{ids['we won the final']}/review", json={"action": "approve"})
+    corrected = ids['=HYPERLINK("http://x")']
+    await client.post(
+        f"{base}/{corrected}/review", json={"action": "correct", "labels": ["cooking"]}
+    )
+    await client.post(f"{base}/{ids['stir the sauce']}/review", json={"action": "reject"})
+
+    approved = list(
+        csv.DictReader(io.StringIO((await _export(client, project, format="csv")).decode()))
+    )
+    assert {row["item_id"] for row in approved} == {ids["we won the final"], corrected}
+    cells = {row["item_id"]: row for row in approved}
+    assert cells[corrected]["label"] == "cooking" and cells[corrected]["status"] == "corrected"
+    assert cells[corrected]["text"].startswith("'=")  # inert in a spreadsheet
+
+    everything = [
+        json.loads(line)
+        for line in (await _export(client, project, format="jsonl", selection="all")).splitlines()
+    ]
+    assert len(everything) == 5
+    statuses = {row["item_id"]: row["status"] for row in everything}
+    assert statuses[late] == "unlabeled" and statuses[ids["stir the sauce"]] == "rejected"
+
+    import datasets
+
+    path = tmp_path / "labels.parquet"
+    path.write_bytes(await _export(client, project, format="hf", selection="all"))
+    dataset = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    assert dataset.num_rows == 5
+    assert dataset.features["label"].names == ["sport", "cooking"]
+    decoded = {
+        row["item_id"]: dataset.features["label"].int2str(row["label"])
+        if row["label"] >= 0
+        else None
+        for row in dataset
+    }
+    assert decoded[corrected] == "cooking" and decoded[late] is None
+
+
+async def test_bad_export_requests(client: httpx.AsyncClient) -> None:
+    project = await make_project(
+        client, task="zero-shot-text-classification", model="minilm", labels=LABELS
+    )
+    url = f"/api/v1/projects/{project['id']}/exports"
+    assert_error(await client.post(url, json={"format": "yolo"}), 422, "unsupported_export")
+    assert_error(
+        await client.post(url, json={"format": "hf", "include_images": True}),
+        422,
+        "unsupported_export",
+    )
+    assert_error(await client.post(url, json={"format": "tiff"}), 422, "invalid_request")
+    assert_error(
+        await client.post(url, json={"format": "csv", "min_score": 0.5}), 422, "invalid_request"
+    )
+    missing = "/api/v1/exports/00000000-0000-0000-0000-000000000000"
+    assert_error(await client.get(missing), 404, "unknown_export")
+    assert_error(await client.get(f"{missing}/download"), 404, "unknown_export")
