@@ -1,4 +1,4 @@
-"""COCO: one ``.json`` document, or a ``.zip`` of ``annotations.json`` and ``images/``.
+"""COCO: one ``.json`` document, or a ``.tar.gz`` of ``annotations.json`` and ``images/``.
 
 ``images`` lists every image, with or without annotations: ``id`` 1..n in the order added,
 ``file_name`` ``<item_id><ext>`` (see ``rows.file_name``), the real ``width``/``height``, and
@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from modelship.exports.archive import Archive
+from modelship.exports.archive import EXTENSION, MEDIA_TYPE, Archive
 from modelship.exports.rows import (
     ExportRow,
     ExportSpec,
@@ -44,7 +44,7 @@ class CocoWriter(WriterBase):
         if self._archive is None:
             self.media_type, self.extension = "application/json", ".json"
         else:
-            self.media_type, self.extension = "application/zip", ".zip"
+            self.media_type, self.extension = MEDIA_TYPE, EXTENSION
         self._images = _spool(path)
         self._annotations = _spool(path)
         self._annotation_id = 0

@@ -1,4 +1,4 @@
-"""Pascal VOC detection: a ``.zip`` of ``Annotations/<item_id>.xml`` per image and, with
+"""Pascal VOC detection: a ``.tar.gz`` of ``Annotations/<item_id>.xml`` per image and, with
 images, ``JPEGImages/<item_id><ext>`` (the real extension, PNG included).
 
 Coordinates follow VOC's 1-based, inclusive pixel convention: a box ``[x, y, w, h]`` in
@@ -15,7 +15,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from modelship.exports.archive import Archive
+from modelship.exports.archive import EXTENSION, MEDIA_TYPE, Archive
 from modelship.exports.rows import (
     ExportRow,
     ExportSpec,
@@ -27,8 +27,8 @@ from modelship.exports.rows import (
 
 
 class VocWriter(WriterBase):
-    media_type = "application/zip"
-    extension = ".zip"
+    media_type = MEDIA_TYPE
+    extension = EXTENSION
 
     def __init__(self, spec: ExportSpec, path: Path) -> None:
         super().__init__(spec, path)

@@ -1,4 +1,4 @@
-"""YOLO (Ultralytics) detection: a ``.zip`` of ``data.yaml``, ``labels/<item_id>.txt`` and,
+"""YOLO (Ultralytics) detection: a ``.tar.gz`` of ``data.yaml``, ``labels/<item_id>.txt`` and,
 with images, ``images/<item_id><ext>``.
 
 Each label file has a line ``class cx cy w h`` per box: class ids 0..n-1 in category order,
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from modelship.exports.archive import Archive
+from modelship.exports.archive import EXTENSION, MEDIA_TYPE, Archive
 from modelship.exports.rows import (
     ExportRow,
     ExportSpec,
@@ -30,8 +30,8 @@ from modelship.exports.rows import (
 
 
 class YoloWriter(WriterBase):
-    media_type = "application/zip"
-    extension = ".zip"
+    media_type = MEDIA_TYPE
+    extension = EXTENSION
 
     def __init__(self, spec: ExportSpec, path: Path) -> None:
         super().__init__(spec, path)

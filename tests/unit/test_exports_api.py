@@ -7,7 +7,6 @@ import csv
 import io
 import json
 import xml.etree.ElementTree as ET
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from pycocotools.coco import COCO
 
 from modelship.runner import JobRunner
 from tests.conftest import payload
+from tests.unit.exports.samples import ArchiveReader
 from tests.unit.flow import LABELS, assert_error, drain, make_project, png, upload_texts
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -86,9 +86,7 @@ async def test_coco_yolo_and_voc_hold_every_image_with_its_real_size(
         for (_, bbox), (_, box) in zip(got, expected, strict=True):
             assert bbox == pytest.approx(box)
 
-    archive = zipfile.ZipFile(
-        io.BytesIO(await _export(client, project, format="yolo", selection="all"))
-    )
+    archive = ArchiveReader(await _export(client, project, format="yolo", selection="all"))
     names = yaml.safe_load(archive.read("data.yaml"))["names"]
     for item in items.values():
         lines = archive.read(f"labels/{item['id']}.txt").decode().split()
@@ -104,7 +102,7 @@ async def test_coco_yolo_and_voc_hold_every_image_with_its_real_size(
             assert w * item["width"] == pytest.approx(min(bw, item["width"] - x), abs=0.01)
             assert h * item["height"] == pytest.approx(min(bh, item["height"] - y), abs=0.01)
 
-    voc = zipfile.ZipFile(io.BytesIO(await _export(client, project, format="voc", selection="all")))
+    voc = ArchiveReader(await _export(client, project, format="voc", selection="all"))
     for item in items.values():
         root = ET.fromstring(voc.read(f"Annotations/{item['id']}.xml"))
         assert int(root.findtext("size/width") or 0) == item["width"]

@@ -4,6 +4,7 @@ several, texts, unlabeled and pending items, labels set by a person (score None)
 from __future__ import annotations
 
 import io
+import tarfile
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -154,3 +155,29 @@ def write(
             sized = include_images and row.width and row.height
             writer.add(row, png((row.width or 0, row.height or 0)) if sized else None)
     return path, writer
+
+
+class ArchiveReader:
+    """Reads an export's ``.tar.gz`` (from a path or bytes) through a small zip-like API."""
+
+    def __init__(self, source: Path | bytes) -> None:
+        self._stream = io.BytesIO(source) if isinstance(source, bytes) else source.open("rb")
+        self._tar = tarfile.open(fileobj=self._stream, mode="r:gz")  # noqa: SIM115  # closed in __exit__
+
+    def namelist(self) -> list[str]:
+        return self._tar.getnames()
+
+    def read(self, name: str) -> bytes:
+        member = self._tar.extractfile(name)
+        assert member is not None, name
+        return member.read()
+
+    def extractall(self, path: Path) -> None:
+        self._tar.extractall(path, filter="data")
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tar.close()
+        self._stream.close()

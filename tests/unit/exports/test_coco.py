@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from pycocotools.coco import COCO
 from modelship.exports import ExportFormat, ExportRow, ExportTask
 from tests.unit.exports.samples import (
     CATEGORIES,
+    ArchiveReader,
     classification_rows,
     detection_rows,
     png,
@@ -79,8 +79,8 @@ def test_zip_with_images(tmp_path: Path) -> None:
     path, writer = write(
         tmp_path, ExportFormat.coco, ExportTask.object_detection, rows, include_images=True
     )
-    assert (writer.extension, writer.media_type) == (".zip", "application/zip")
-    with zipfile.ZipFile(path) as archive:
+    assert (writer.extension, writer.media_type) == (".tar.gz", "application/gzip")
+    with ArchiveReader(path) as archive:
         archive.extractall(tmp_path / "out")
         document = json.loads(archive.read("annotations.json"))
     coco = load(tmp_path / "out" / "annotations.json")

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-import zipfile
 from pathlib import Path
 
 from modelship.exports import Box, ExportFormat, ExportTask
-from tests.unit.exports.samples import detection_rows, image_row, png, write
+from tests.unit.exports.samples import ArchiveReader, detection_rows, image_row, png, write
 
 
 def annotations(path: Path) -> dict[str, ET.Element]:
-    with zipfile.ZipFile(path) as archive:
+    with ArchiveReader(path) as archive:
         return {
             name.removeprefix("Annotations/").removesuffix(".xml"): ET.fromstring(
                 archive.read(name)
@@ -24,7 +23,7 @@ def annotations(path: Path) -> dict[str, ET.Element]:
 def test_xml_per_image_with_documented_corners(tmp_path: Path) -> None:
     rows = detection_rows()
     path, writer = write(tmp_path, ExportFormat.voc, ExportTask.object_detection, rows)
-    assert (writer.extension, writer.rows) == (".zip", 6)
+    assert (writer.extension, writer.rows) == (".tar.gz", 6)
     documents = annotations(path)
     assert sorted(documents) == sorted(row.item_id for row in rows)
     for row in rows:
@@ -81,5 +80,5 @@ def test_images_go_in_jpegimages(tmp_path: Path) -> None:
     path, _ = write(
         tmp_path, ExportFormat.voc, ExportTask.object_detection, rows, include_images=True
     )
-    with zipfile.ZipFile(path) as archive:
+    with ArchiveReader(path) as archive:
         assert archive.read(f"JPEGImages/{rows[2].item_id}.png") == png((37, 91))

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 from modelship.exports import Box, ExportFormat, ExportTask
-from tests.unit.exports.samples import CATEGORIES, detection_rows, image_row, png, write
+from tests.unit.exports.samples import (
+    CATEGORIES,
+    ArchiveReader,
+    detection_rows,
+    image_row,
+    png,
+    write,
+)
 
 
-def label_lines(archive: zipfile.ZipFile, item_id: str) -> list[list[float]]:
+def label_lines(archive: ArchiveReader, item_id: str) -> list[list[float]]:
     text = archive.read(f"labels/{item_id}.txt").decode()
     return [[float(v) for v in line.split()] for line in text.splitlines()]
 
@@ -20,8 +26,8 @@ def label_lines(archive: zipfile.ZipFile, item_id: str) -> list[list[float]]:
 def test_boxes_denormalise_to_the_rows_pixels(tmp_path: Path) -> None:
     rows = detection_rows()
     path, writer = write(tmp_path, ExportFormat.yolo, ExportTask.object_detection, rows)
-    assert (writer.extension, writer.media_type, writer.rows) == (".zip", "application/zip", 6)
-    with zipfile.ZipFile(path) as archive:
+    assert (writer.extension, writer.media_type, writer.rows) == (".tar.gz", "application/gzip", 6)
+    with ArchiveReader(path) as archive:
         assert sorted(n for n in archive.namelist() if n.startswith("labels/")) == sorted(
             f"labels/{row.item_id}.txt" for row in rows
         )
@@ -50,7 +56,7 @@ def test_boxes_are_cut_to_the_image(tmp_path: Path) -> None:
         boxes=[Box("cat", 0.9, -10.0, 40.0, 30.0, 20.0), Box("dog", 0.9, 120.0, 0.0, 5.0, 5.0)],
     )
     path, _ = write(tmp_path, ExportFormat.yolo, ExportTask.object_detection, [row])
-    with zipfile.ZipFile(path) as archive:
+    with ArchiveReader(path) as archive:
         # x 0..20, y 40..50; the dog box lies outside the image and is dropped
         assert label_lines(archive, row.item_id) == [[0, 0.1, 0.9, 0.2, 0.2]]
 
@@ -60,6 +66,6 @@ def test_images_are_included_under_their_item_id(tmp_path: Path) -> None:
     path, _ = write(
         tmp_path, ExportFormat.yolo, ExportTask.object_detection, rows, include_images=True
     )
-    with zipfile.ZipFile(path) as archive:
+    with ArchiveReader(path) as archive:
         assert archive.read(f"images/{rows[0].item_id}.jpg") == png((640, 480))
         assert archive.read(f"images/{rows[2].item_id}.png") == png((37, 91))
