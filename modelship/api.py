@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -23,7 +24,12 @@ from modelship.api_review import review_routes
 from modelship.errors import InvalidInput, ModelShipError, NotFound, UnsupportedMediaType
 from modelship.http_errors import error_response
 from modelship.inputs import check_texts, parse_model
-from modelship.middleware import BodyLimitMiddleware, RequestIdMiddleware, request_id
+from modelship.middleware import (
+    BodyLimitMiddleware,
+    RequestIdMiddleware,
+    SecurityHeadersMiddleware,
+    request_id,
+)
 from modelship.schemas import (
     ClassifyImageResponse,
     ClassifyImagesResponse,
@@ -180,6 +186,16 @@ def create_api(
         upload_max_bytes=settings.max_upload_bytes,
     )
     app.add_middleware(RequestIdMiddleware, set_header=not behind_serve_proxy)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH"],
+            allow_headers=["content-type", "idempotency-key", "x-request-id", "authorization"],
+            expose_headers=["x-request-id", "location", "retry-after"],
+            max_age=600,
+        )
+    app.add_middleware(SecurityHeadersMiddleware)
     for exc_class in (Exception, ModelShipError, RequestValidationError, HTTPException):
         app.add_exception_handler(exc_class, _error_handler)
 

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     model_call_timeout_s: float = Field(
         30.0, gt=0, description="How long the ingress waits for a model before 503."
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins browsers may call the API from (exact matches; none by default).",
+    )
     tenant: str = Field(
         "default", description="Tenant of every request until API keys carry their own."
     )

@@ -20,6 +20,10 @@ def test_ready_only_when_every_model_is_loaded(http: httpx.Client) -> None:
         "redis": "ready",
         "object_storage": "ready",
     }
+    # security headers come through Serve's proxy, exactly once each
+    for name in ("content-security-policy", "x-frame-options", "strict-transport-security"):
+        assert len(ready.headers.get_list(name)) == 1, name
+    assert ready.headers["cache-control"] == "no-store"
     assert http.get("/health/live").json() == {"status": "ok", "checks": {}}
 
 

@@ -287,3 +287,62 @@ async def test_entities_route_returns_character_offsets(
     )
     assert none.status_code == 404
     assert none.json()["error"]["code"] == "no_model"
+
+
+SECURITY = {
+    "strict-transport-security",
+    "x-content-type-options",
+    "x-frame-options",
+    "referrer-policy",
+    "permissions-policy",
+    "cross-origin-opener-policy",
+    "cross-origin-resource-policy",
+    "content-security-policy",
+}
+
+
+async def test_security_headers_on_every_response(client: httpx.AsyncClient) -> None:
+    responses = [
+        await client.get("/health/live"),
+        await client.get("/api/v1/models"),
+        await client.get("/api/v1/nope"),
+        await client.post("/api/v1/classify/text", json={"text": ""}),
+        await client.post("/api/v1/classify/text", content=b"x" * 3_000_000),
+    ]
+    assert [r.status_code for r in responses] == [200, 200, 404, 422, 413]
+    for response in responses:
+        assert SECURITY <= set(response.headers), response.url
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert "default-src 'none'" in response.headers["content-security-policy"]
+        assert response.headers["cache-control"] == "no-store"
+    docs = await client.get("/api/v1/docs")
+    assert docs.status_code == 200
+    assert "https://cdn.jsdelivr.net" in docs.headers["content-security-policy"]
+
+
+async def test_cors_answers_only_allowlisted_origins(backend: LocalBackend) -> None:
+    app = create_api(backend, Settings(cors_origins=["https://labels.example"]))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        preflight = {"access-control-request-method": "POST"}
+        allowed = await http.options(
+            "/api/v1/classify/text", headers={"origin": "https://labels.example", **preflight}
+        )
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://labels.example"
+        other = await http.options(
+            "/api/v1/classify/text", headers={"origin": "https://evil.example", **preflight}
+        )
+        assert other.status_code == 400
+        assert "access-control-allow-origin" not in other.headers
+        plain = await http.get("/api/v1/models", headers={"origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in plain.headers
+    # no allowlist: no CORS at all
+    none = await client_without_cors(backend)
+    assert "access-control-allow-origin" not in none.headers
+
+
+async def client_without_cors(backend: LocalBackend) -> httpx.Response:
+    transport = httpx.ASGITransport(app=create_api(backend, Settings()))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        return await http.get("/api/v1/models", headers={"origin": "https://labels.example"})
