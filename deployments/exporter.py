@@ -9,6 +9,7 @@ from uuid import UUID
 from ray import serve
 
 from modelship.exporter import run_export
+from modelship.metrics import ServeMetrics
 from modelship.settings import Settings
 from storage.exports import ExportStore
 from storage.services import Services
@@ -28,16 +29,17 @@ class Exporter:
 
     async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]  # Serve awaits it
         self._services = Services.from_settings(settings)
+        self._metrics = ServeMetrics()
         self._resuming = asyncio.create_task(self._resume())
 
     async def run(self, export_id: UUID) -> None:
-        await run_export(self._services, export_id)
+        await run_export(self._services, export_id, metrics=self._metrics)
 
     async def _resume(self) -> None:
         try:
             for export_id in await ExportStore(self._services.db).unfinished():
                 logger.info("resuming export %s", export_id)
-                await run_export(self._services, export_id)
+                await run_export(self._services, export_id, metrics=self._metrics)
         except Exception:
             logger.exception("could not resume unfinished exports")
 

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 
 from modelship.api import create_api
 from modelship.http_errors import translate
+from modelship.metrics import ServeMetrics
 from modelship.schemas import ItemOptions, ItemResult, ModelConfig, ModelInfo
 from modelship.settings import Settings
 from modelship.workflow import Workflow
@@ -70,7 +71,13 @@ class Ingress:
         return self._configs
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
-        return create_api(self, self._settings, behind_serve_proxy=True, workflow=self._workflow)
+        return create_api(
+            self,
+            self._settings,
+            behind_serve_proxy=True,
+            workflow=self._workflow,
+            metrics=ServeMetrics(),
+        )
 
     def _export(self, export_id: UUID) -> None:
         """Hand an export to the Exporter and let it run; its status is in PostgreSQL."""

@@ -12,6 +12,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from modelship.errors import ModelNotReady, ModelShipError
+from modelship.metrics import ServeMetrics
 from modelship.runner import JobRunner
 from modelship.schemas import ItemOptions, ItemResult, ModelInfo
 from modelship.settings import Settings
@@ -78,7 +79,13 @@ class JobRunnerDeployment:
         owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._jobs = JobStore(self._services.db)
         self._runner = JobRunner(
-            self._jobs, self._services.objects, self._services.cache, labeler, settings, owner
+            self._jobs,
+            self._services.objects,
+            self._services.cache,
+            labeler,
+            settings,
+            owner,
+            ServeMetrics(),
         )
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self._runner.run_forever(self._stop))

@@ -16,6 +16,7 @@ from ray import serve
 
 from modelship.errors import ModelShipError
 from modelship.local import image_info
+from modelship.metrics import ServeMetrics
 from modelship.predictors import ModelStore, Predictor, build_predictor
 from modelship.schemas import (
     BatchingConfig,
@@ -60,6 +61,8 @@ class ModelReplica:
         self._batches = self._items = 0
         self._failures = 0
         self._last_success = time.monotonic()
+        self._metrics = ServeMetrics()
+        self._metrics.model_loaded(config.name, time.perf_counter() - started)
         logger.info(
             "loaded model %s (%s) on %s in %.1fs",
             config.name,
@@ -89,6 +92,7 @@ class ModelReplica:
         self._batches += 1
         self._items += len(batch)
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         try:
             outputs = await loop.run_in_executor(self._executor, self._predictor.predict, batch)
         except ModelShipError:
@@ -96,6 +100,9 @@ class ModelReplica:
         except Exception:
             self._failures += 1
             raise
+        self._metrics.batch(
+            self._config.name, self._config.task, len(batch), time.perf_counter() - started
+        )
         self._failures = 0
         self._last_success = time.monotonic()
         return outputs

@@ -24,8 +24,10 @@ from modelship.api_review import review_routes
 from modelship.errors import InvalidInput, ModelShipError, NotFound, UnsupportedMediaType
 from modelship.http_errors import error_response
 from modelship.inputs import check_texts, parse_model
+from modelship.metrics import NO_METRICS, Metrics
 from modelship.middleware import (
     BodyLimitMiddleware,
+    MetricsMiddleware,
     RequestIdMiddleware,
     SecurityHeadersMiddleware,
     request_id,
@@ -169,6 +171,7 @@ def create_api(
     settings: Settings,
     behind_serve_proxy: bool = False,
     workflow: Workflow | None = None,
+    metrics: Metrics = NO_METRICS,
 ) -> FastAPI:
     """Build the ASGI app for one ingress replica (project routes need a ``workflow``)."""
     app = FastAPI(
@@ -196,6 +199,7 @@ def create_api(
             max_age=600,
         )
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     for exc_class in (Exception, ModelShipError, RequestValidationError, HTTPException):
         app.add_exception_handler(exc_class, _error_handler)
 

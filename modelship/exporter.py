@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import time
 from pathlib import Path
 from uuid import UUID
 
 from modelship.errors import ModelShipError
 from modelship.exports import ExportSpec, open_writer
+from modelship.metrics import NO_METRICS, Metrics
 from storage.exports import EXPORT_TASKS, ExportStore
 from storage.services import Services
 
@@ -22,12 +24,19 @@ logger = logging.getLogger("modelship.exports")
 PAGE_ROWS = 500
 
 
-async def run_export(services: Services, export_id: UUID, work_dir: Path | None = None) -> None:
+async def run_export(
+    services: Services,
+    export_id: UUID,
+    work_dir: Path | None = None,
+    metrics: Metrics = NO_METRICS,
+) -> None:
     """Write export ``export_id``; it ends ``succeeded`` or ``failed`` with a reason."""
     store = ExportStore(services.db)
     job = await store.start(export_id)
     if job is None:
         return
+    started = time.perf_counter()
+    status = "failed"
     spec = ExportSpec(
         format=job.request.format,
         task=EXPORT_TASKS[job.project.task],
@@ -53,8 +62,11 @@ async def run_export(services: Services, export_id: UUID, work_dir: Path | None 
             size = path.stat().st_size
             await store.finish(export_id, key, writer.rows, size, writer.media_type)
             logger.info("export %s: %d rows, %d bytes", export_id, writer.rows, size)
+            status = "succeeded"
         except ModelShipError as exc:
             await store.fail(export_id, f"{exc.code}: {exc.message}")
         except Exception:
             logger.exception("export %s failed", export_id)
             await store.fail(export_id, "internal error")
+        finally:
+            metrics.export(job.request.format, status, time.perf_counter() - started)

@@ -16,6 +16,7 @@ import time
 from typing import Any, Protocol
 
 from modelship.errors import ModelShipError
+from modelship.metrics import NO_METRICS, Metrics
 from modelship.schemas import ItemOptions, ItemResult, LabelSpec
 from modelship.settings import Settings
 from storage.jobs import Claim, ClaimedItem, Failure, JobStore, Success
@@ -78,6 +79,7 @@ class JobRunner:
         labeler: runs the models.
         settings: batch size, lease, attempts, poll interval.
         owner: this runner's lease owner name, unique per process.
+        metrics: where predictions' review decisions and the queue depth are recorded.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class JobRunner:
         labeler: Labeler,
         settings: Settings,
         owner: str,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self._jobs = jobs
         self._objects = objects
@@ -95,6 +98,7 @@ class JobRunner:
         self._labeler = labeler
         self._settings = settings
         self.owner = owner
+        self._metrics = metrics
         self._versions: dict[str, tuple[str, float]] = {}
         self._last_reap = 0.0
         self.items_done = 0
@@ -121,6 +125,7 @@ class JobRunner:
         if time.monotonic() - self._last_reap > _REAP_EVERY_S:
             self._last_reap = time.monotonic()
             await self._jobs.reap(settings.job_max_attempts)
+            self._metrics.queue_depth(await self._jobs.open_items())
         claim = await self._jobs.claim(
             self.owner, settings.job_batch_size, settings.job_lease_s, settings.job_max_attempts
         )
@@ -136,7 +141,12 @@ class JobRunner:
         finally:
             renewing.cancel()
         counted = await self._jobs.complete(
-            self.owner, claim, successes, failures, settings.job_max_attempts
+            self.owner,
+            claim,
+            successes,
+            failures,
+            settings.job_max_attempts,
+            on_decision=lambda decision: self._metrics.decision(claim.task, decision),
         )
         self.items_done += counted
         return max(counted, 1)

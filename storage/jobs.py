@@ -11,6 +11,7 @@ terminal state, and a prediction is stored once per (item, model version, parame
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -306,9 +307,12 @@ class JobStore:
         successes: list[Success],
         failures: list[Failure],
         max_attempts: int,
+        on_decision: Callable[[str], None] | None = None,
     ) -> int:
-        """Record outcomes of rows still leased to ``owner``; returns how many counted."""
+        """Record outcomes of rows still leased to ``owner``; returns how many counted.
+        ``on_decision`` hears each new prediction's review status (after commit)."""
         counted = 0
+        decisions: list[str] = []
         async with self._db.transaction() as conn:
             for success in successes:
                 owned = await _release(conn, owner, claim.job_id, success.item_id, "succeeded")
@@ -342,7 +346,7 @@ class JobStore:
                     success.item_id,
                     prediction_id,
                 )
-                await annotate(conn, claim, success, prediction_id)
+                decisions.append(await annotate(conn, claim, success, prediction_id))
                 counted += 1
             for failure in failures:
                 state = "failed" if failure.attempts >= max_attempts else "queued"
@@ -350,7 +354,18 @@ class JobStore:
                     conn, owner, claim.job_id, failure.item_id, state, failure.error
                 )
             await _finish_if_done(conn, claim.job_id)
+        if on_decision is not None:
+            for decision in decisions:
+                on_decision(decision)
         return counted
+
+    async def open_items(self) -> int:
+        """Job items queued or leased, across every job: the queue's depth."""
+        async with self._db.connection() as conn:
+            depth: int = await conn.fetchval(
+                "SELECT count(*) FROM job_items WHERE state IN ('queued', 'leased')"
+            )
+        return depth
 
     async def reap(self, max_attempts: int) -> int:
         """Fail items whose every attempt ended in an expired lease (their runner died),

@@ -45,9 +45,9 @@ _STRATEGIES = {
 
 async def annotate(
     conn: asyncpg.Connection, claim: Claim, success: Success, prediction_id: int
-) -> None:
+) -> str:
     """The item's label from a new prediction: auto-approved at or above the project's
-    threshold, else pending. A person's decision is never overwritten by a model."""
+    threshold, else pending (returned). A person's decision is never overwritten by a model."""
     assessment = assess(claim.task, success.output)
     status = (
         "auto_approved" if auto_approved(assessment, claim.auto_approve_threshold) else "pending"
@@ -69,6 +69,7 @@ async def annotate(
         assessment.score,
         assessment.uncertainty,
     )
+    return status
 
 
 def _annotation(row: asyncpg.Record) -> Annotation:

@@ -106,6 +106,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def metrics_url(serve_cluster: int) -> str:
+    """Where Ray's metrics agent serves Prometheus text for the session cluster."""
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    return f"http://127.0.0.1:{port}/metrics"
+
+
+@pytest.fixture(scope="session")
 def s3_options() -> Iterator[dict[str, Any]]:
     """A real S3-compatible server (moto) in its own process, with the bucket ``labels``."""
     import s3fs
@@ -151,6 +160,8 @@ def serve_cluster() -> Iterator[int]:
         log_to_driver=False,
         object_store_memory=512 * 1024**2,
         _temp_dir=temp_dir,
+        _metrics_export_port=_free_port(),
+        _system_config={"metrics_report_interval_ms": 1000},  # metrics visible within ~1 s
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
     )
     port = _free_port()
