@@ -11,6 +11,7 @@ import json
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 import ray
 from ray import serve
@@ -18,6 +19,7 @@ from ray import serve
 from bench.workloads import LABELS
 from graphs.labeling import build_app
 from modelship.schemas import BatchingConfig, LabelingAppArgs, LabelSpec, ModelConfig, Task
+from modelship.settings import Settings
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
@@ -66,7 +68,10 @@ def main() -> None:
             http_options={"host": "127.0.0.1", "port": args.port},
             logging_config={"enable_access_log": False, "log_level": "WARNING"},
         )
-        serve.run(build_app(LabelingAppArgs(models=[config])), name="modelship", route_prefix="/")
+        # The limit is what is measured: no rate limit; embedded services in a temp folder.
+        settings = Settings(data_dir=Path(temp_dir) / "data", rate_limit_per_minute=0)
+        app = build_app(LabelingAppArgs(models=[config], settings=settings))
+        serve.run(app, name="modelship", route_prefix="/")
         handle = serve.get_deployment_handle(config.deployment_name, app_name="modelship")
         print("READY", flush=True)
         for line in sys.stdin:

@@ -12,7 +12,7 @@ import binascii
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -57,6 +57,7 @@ from modelship.schemas import (
 )
 from modelship.settings import Settings
 from modelship.workflow import Workflow
+from storage.ratelimit import RateLimiter
 
 
 class LabelingBackend(Protocol):
@@ -162,7 +163,7 @@ def _image_body(schema_ref: str) -> dict[str, Any]:
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (404, 409, 413, 415, 422, 503)
+    status: {"model": ErrorResponse} for status in (404, 409, 413, 415, 422, 429, 503)
 }
 
 
@@ -172,8 +173,17 @@ def create_api(
     behind_serve_proxy: bool = False,
     workflow: Workflow | None = None,
     metrics: Metrics = NO_METRICS,
+    limiter: RateLimiter | None = None,
 ) -> FastAPI:
-    """Build the ASGI app for one ingress replica (project routes need a ``workflow``)."""
+    """Build the ASGI app for one ingress replica (project routes need a ``workflow``;
+    ``limiter`` rate-limits every route under ``/api``, per client and route)."""
+
+    async def rate_limit(request: Request) -> None:
+        route = getattr(request.scope.get("route"), "path", request.url.path)
+        if limiter is not None and route.startswith("/api/"):
+            client = request.client.host if request.client else "unknown"
+            await limiter.check(client, f"{request.method} {route}")
+
     app = FastAPI(
         title="ModelShip",
         version="0.1.0",
@@ -182,6 +192,7 @@ def create_api(
         redoc_url=None,
         responses=_ERRORS,
         separate_input_output_schemas=False,
+        dependencies=[Depends(rate_limit)],
     )
     app.add_middleware(
         BodyLimitMiddleware,

@@ -40,6 +40,26 @@ def models(config_path: Path) -> int:
     return 0
 
 
+def preflight(config_path: Path, as_json: bool) -> int:
+    """Check settings, services, disk and models; non-zero exit if anything fails."""
+    import asyncio
+    from dataclasses import asdict
+
+    from pydantic import ValidationError
+
+    from modelship.preflight import run_checks, table
+    from modelship.schemas import LabelingAppArgs
+
+    try:
+        args = LabelingAppArgs.model_validate(_app_args(config_path))
+    except ValidationError as exc:
+        print(f"settings: FAILED\n{exc}", file=sys.stderr)
+        return 2
+    checks = asyncio.run(run_checks(args))
+    print(json.dumps([asdict(c) for c in checks], indent=2) if as_json else table(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def openapi() -> int:
     """Print the OpenAPI document (no Ray, no models needed)."""
     from modelship.api import create_api
@@ -57,15 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in (
         ("serve", "serve ModelShip on a local Ray cluster"),
         ("models", "resolve configured models and print their versions"),
+        ("preflight", "check settings, PostgreSQL, Redis, object storage, disk and models"),
     ):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+        if name == "preflight":
+            command.add_argument("--json", action="store_true", help="JSON instead of a table")
     sub.add_parser("openapi", help="print the OpenAPI document")
     ns = parser.parse_args(argv)
     if ns.command == "serve":
         return serve(ns.config)
     if ns.command == "models":
         return models(ns.config)
+    if ns.command == "preflight":
+        return preflight(ns.config, ns.json)
     return openapi()
 
 

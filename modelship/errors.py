@@ -75,6 +75,20 @@ class Overloaded(ModelShipError):
         self.retry_after_s = retry_after_s
 
 
+class RateLimited(ModelShipError):
+    """Too many requests from this client on this route; retry after ``retry_after_s``."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(
+        self, message: str = "rate limited", code: str | None = None, retry_after_s: int = 1
+    ) -> None:
+        super().__init__(message, code)
+        self.args = (message, code, retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
 class ConfigurationError(ModelShipError):
     """Settings or model configuration that cannot work; raised at start, not per request."""
 

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Origins browsers may call the API from (exact matches; none by default).",
     )
+    rate_limit_per_minute: int = Field(
+        60, ge=0, description="Requests per minute per client and route under /api; 0: off."
+    )
+    rate_limit_burst: int = Field(20, ge=1, description="Requests a client may make at once.")
+    rate_limit_fail_open: bool = Field(
+        True, description="When Redis is unreachable: serve (true) or refuse with 503 (false)."
+    )
     tenant: str = Field(
         "default", description="Tenant of every request until API keys carry their own."
     )

@@ -47,6 +47,7 @@ class Services:
     db: Database
     cache: Cache
     objects: ObjectStore
+    urls: ServiceUrls
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -55,6 +56,7 @@ class Services:
             db=Database(urls.database),
             cache=Cache(urls.redis, settings.redis_prefix),
             objects=ObjectStore(urls.objects, settings.object_store_options),
+            urls=urls,
         )
 
     async def check(self, timeout_s: float = 2.0) -> dict[str, tuple[bool, float]]:

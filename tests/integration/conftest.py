@@ -44,7 +44,13 @@ def live_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
     They are stopped at the end (only these: found by their data dir).
     """
     settings = Settings(
-        data_dir=tmp_path_factory.mktemp("live"), job_batch_size=8, job_lease_s=5, job_poll_s=0.5
+        data_dir=tmp_path_factory.mktemp("live"),
+        job_batch_size=8,
+        job_lease_s=5,
+        job_poll_s=0.5,
+        # the limiter runs (through Redis) but the tests' polling and load stay under it
+        rate_limit_per_minute=60_000,
+        rate_limit_burst=1_000,
     )
     yield settings
     services = settings.data_dir / "services"
@@ -60,7 +66,15 @@ def serve_config(live_settings: Settings) -> dict[str, Any]:
     args["settings"] = {
         **args.get("settings", {}),
         **live_settings.model_dump(
-            mode="json", include={"data_dir", "job_batch_size", "job_lease_s", "job_poll_s"}
+            mode="json",
+            include={
+                "data_dir",
+                "job_batch_size",
+                "job_lease_s",
+                "job_poll_s",
+                "rate_limit_per_minute",
+                "rate_limit_burst",
+            },
         ),
     }
     return config

@@ -36,5 +36,7 @@ def peak(tmp_path: Path, format: ExportFormat, count: int) -> int:
 @pytest.mark.parametrize("format", [ExportFormat.coco, ExportFormat.hf])
 def test_peak_memory_does_not_grow_with_rows(tmp_path: Path, format: ExportFormat) -> None:
     small, large = peak(tmp_path, format, 3_000), peak(tmp_path, format, 30_000)
-    assert large < 2 * small
-    assert large < 10_000_000  # 30k rows held in memory would take more than this
+    # 27,000 more rows held would add well over 10 MB; other threads of the test process
+    # (a Ray driver, in a full run) add some noise to what tracemalloc sees, hence a margin
+    assert large - small < 4_000_000
+    assert large < 10_000_000

@@ -1,0 +1,84 @@
+"""Rate limits kept in Redis, so they hold across every ingress replica.
+
+A token bucket per (client, route): ``burst`` tokens, refilled at ``per_minute``; one
+atomic Lua script takes a token or says how long until the next one. When Redis cannot be
+reached, the configured policy decides: fail open (serve) or closed (refuse with 503).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from redis import asyncio as aioredis
+
+from modelship.errors import RateLimited, ServiceUnavailable
+from storage.redis import REDIS_ERRORS
+
+logger = logging.getLogger("modelship.ratelimit")
+
+# KEYS[1]: the bucket. ARGV: tokens per second, burst, now (s). Returns {allowed, wait_s}.
+_TAKE = """
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local allowed, wait = 0, 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return {allowed, tostring(wait)}
+"""
+
+
+class RateLimiter:
+    """Args:
+    url: Redis URL.
+    per_minute: sustained requests per minute per client and route.
+    burst: requests allowed at once.
+    fail_open: serve (True) or refuse (False) when Redis is unreachable.
+    prefix: of the Redis keys.
+    """
+
+    def __init__(
+        self, url: str, per_minute: int, burst: int, fail_open: bool, prefix: str = "modelship"
+    ) -> None:
+        self._client = aioredis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        self._take = self._client.register_script(_TAKE)
+        self._rate = per_minute / 60.0
+        self._burst = burst
+        self._fail_open = fail_open
+        self._prefix = prefix
+
+    async def check(self, client: str, route: str) -> None:
+        """Take a token for ``client`` on ``route``.
+
+        Raises:
+            RateLimited: none left (429 with ``Retry-After``).
+            ServiceUnavailable: Redis is unreachable and the policy is to fail closed.
+        """
+        key = f"{self._prefix}:rl:{client}:{route}"
+        try:
+            allowed, wait = await self._take(
+                keys=[key], args=[self._rate, self._burst, time.time()]
+            )
+        except REDIS_ERRORS as exc:
+            if self._fail_open:
+                logger.warning("rate limiter unavailable, serving anyway: %r", exc)
+                return
+            raise ServiceUnavailable(
+                "the rate limiter is unavailable; retry later", "rate_limiter_unavailable"
+            ) from exc
+        if not int(allowed):
+            retry = max(1, math.ceil(float(wait)))
+            raise RateLimited(f"rate limit exceeded; retry in {retry}s", retry_after_s=retry)
+
+    async def close(self) -> None:
+        await self._client.aclose()
