@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from modelship.api_projects import project_routes
 from modelship.api_review import review_routes
+from modelship.auth import Authenticator, route_of
 from modelship.errors import InvalidInput, ModelShipError, NotFound, UnsupportedMediaType
 from modelship.http_errors import error_response
 from modelship.inputs import check_texts, parse_model
@@ -57,6 +58,7 @@ from modelship.schemas import (
 )
 from modelship.settings import Settings
 from modelship.workflow import Workflow
+from storage.keys import KeyStore
 from storage.ratelimit import RateLimiter
 
 
@@ -163,7 +165,7 @@ def _image_body(schema_ref: str) -> dict[str, Any]:
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (404, 409, 413, 415, 422, 429, 503)
+    status: {"model": ErrorResponse} for status in (401, 403, 404, 409, 413, 415, 422, 429, 503)
 }
 
 
@@ -178,11 +180,20 @@ def create_api(
     """Build the ASGI app for one ingress replica (project routes need a ``workflow``;
     ``limiter`` rate-limits every route under ``/api``, per client and route)."""
 
-    async def rate_limit(request: Request) -> None:
-        route = getattr(request.scope.get("route"), "path", request.url.path)
+    keys = (
+        KeyStore(workflow.services.db, settings.secret_key.get_secret_value()) if workflow else None
+    )
+    authenticate = Authenticator(keys, settings)
+
+    async def guard(request: Request) -> None:
+        """Every route: the API key and its scope, then the rate limit (per key, or per
+        address when auth is off)."""
+        principal = await authenticate(request)
+        route = route_of(request)
         if limiter is not None and route.startswith("/api/"):
             client = request.client.host if request.client else "unknown"
-            await limiter.check(client, f"{request.method} {route}")
+            who = f"key:{principal.key_id}" if principal else f"ip:{client}"
+            await limiter.check(who, f"{request.method} {route}")
 
     app = FastAPI(
         title="ModelShip",
@@ -192,8 +203,9 @@ def create_api(
         redoc_url=None,
         responses=_ERRORS,
         separate_input_output_schemas=False,
-        dependencies=[Depends(rate_limit)],
+        dependencies=[Depends(guard)],
     )
+    app.state.settings = settings
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -347,7 +359,7 @@ def create_api(
         )
 
     app.include_router(project_routes(workflow, settings))
-    app.include_router(review_routes(workflow, settings))
+    app.include_router(review_routes(workflow))
     _register_schemas(app, [ImageRequest, ImagesRequest])
     return app
 

@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from modelship.auth import Tenant
 from modelship.errors import (
     Conflict,
     InvalidInput,
@@ -66,7 +67,6 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
     """The ``/api/v1/projects`` and ``/api/v1/jobs`` routes."""
     router = APIRouter(prefix="/api/v1")
-    tenant = settings.tenant
 
     def flow() -> Workflow:
         if workflow is None:
@@ -74,23 +74,23 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
         return workflow
 
     @router.post("/projects", status_code=201, response_model=Project, tags=["projects"])
-    async def create_project(spec: ProjectCreate) -> Project:
+    async def create_project(tenant: Tenant, spec: ProjectCreate) -> Project:
         return await flow().create_project(tenant, spec, _ACTOR)
 
     @router.get("/projects", response_model=ProjectsResponse, tags=["projects"])
-    async def list_projects(include_archived: bool = False) -> ProjectsResponse:
+    async def list_projects(tenant: Tenant, include_archived: bool = False) -> ProjectsResponse:
         return ProjectsResponse(projects=await flow().catalog.projects(tenant, include_archived))
 
     @router.get("/projects/{project_id}", response_model=Project, tags=["projects"])
-    async def get_project(project_id: UUID) -> Project:
+    async def get_project(tenant: Tenant, project_id: UUID) -> Project:
         return await flow().catalog.project(tenant, project_id)
 
     @router.patch("/projects/{project_id}", response_model=Project, tags=["projects"])
-    async def update_project(project_id: UUID, change: ProjectUpdate) -> Project:
+    async def update_project(tenant: Tenant, project_id: UUID, change: ProjectUpdate) -> Project:
         return await flow().update_project(tenant, project_id, change, _ACTOR)
 
     @router.post("/projects/{project_id}/archive", response_model=Project, tags=["projects"])
-    async def archive_project(project_id: UUID) -> Project:
+    async def archive_project(tenant: Tenant, project_id: UUID) -> Project:
         return await flow().catalog.archive_project(tenant, project_id, _ACTOR)
 
     @router.post(
@@ -100,14 +100,16 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
         openapi_extra=_upload_body(),
         tags=["projects"],
     )
-    async def upload_items(project_id: UUID, request: Request) -> UploadResponse:
+    async def upload_items(tenant: Tenant, project_id: UUID, request: Request) -> UploadResponse:
         project = await flow().catalog.project(tenant, project_id)
         uploads = await _read_uploads(request, settings, images=project.task in IMAGE_TASKS)
         created, duplicates = await flow().upload(tenant, project_id, uploads, _ACTOR)
         return UploadResponse(request_id=request_id(request), items=created, duplicates=duplicates)
 
     @router.get("/projects/{project_id}/items", response_model=ItemsPage, tags=["projects"])
-    async def list_items(project_id: UUID, cursor: Cursor = None, limit: Limit = 100) -> ItemsPage:
+    async def list_items(
+        tenant: Tenant, project_id: UUID, cursor: Cursor = None, limit: Limit = 100
+    ) -> ItemsPage:
         await flow().catalog.project(tenant, project_id)
         items, after = await flow().catalog.items(project_id, _cursor(cursor), limit)
         return ItemsPage(items=items, next_cursor=str(after) if after else None)
@@ -120,6 +122,7 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
         tags=["jobs"],
     )
     async def submit_job(
+        tenant: Tenant,
         project_id: UUID,
         response: Response,
         body: Annotated[JobCreate | None, Body()] = None,
@@ -138,30 +141,32 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
         return job
 
     @router.get("/jobs/{job_id}", response_model=Job, tags=["jobs"])
-    async def get_job(job_id: UUID) -> Job:
+    async def get_job(tenant: Tenant, job_id: UUID) -> Job:
         return await flow().jobs.job(tenant, job_id)
 
     @router.get("/jobs/{job_id}/results", response_model=JobResultsPage, tags=["jobs"])
     async def job_results(
-        job_id: UUID, cursor: Cursor = None, limit: Limit = 100
+        tenant: Tenant, job_id: UUID, cursor: Cursor = None, limit: Limit = 100
     ) -> JobResultsPage:
         results, after = await flow().jobs.results(tenant, job_id, _cursor(cursor), limit)
         return JobResultsPage(results=results, next_cursor=str(after) if after else None)
 
     @router.post("/jobs/{job_id}/cancel", response_model=Job, tags=["jobs"])
-    async def cancel_job(job_id: UUID) -> Job:
+    async def cancel_job(tenant: Tenant, job_id: UUID) -> Job:
         return await flow().jobs.cancel(tenant, job_id, _ACTOR)
 
     @router.post(
         "/projects/{project_id}/exports", status_code=202, response_model=Export, tags=["exports"]
     )
-    async def create_export(project_id: UUID, request: ExportCreate, response: Response) -> Export:
+    async def create_export(
+        tenant: Tenant, project_id: UUID, request: ExportCreate, response: Response
+    ) -> Export:
         export = await flow().create_export(tenant, project_id, request, _ACTOR)
         response.headers["Location"] = f"/api/v1/exports/{export.id}"
         return export
 
     @router.get("/exports/{export_id}", response_model=Export, tags=["exports"])
-    async def get_export(export_id: UUID) -> Export:
+    async def get_export(tenant: Tenant, export_id: UUID) -> Export:
         export, _ = await flow().exports.get(tenant, export_id)
         return export
 
@@ -171,7 +176,7 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
         responses={200: {"content": {"application/octet-stream": {}}}},
         tags=["exports"],
     )
-    async def download_export(export_id: UUID) -> StreamingResponse:
+    async def download_export(tenant: Tenant, export_id: UUID) -> StreamingResponse:
         export, key = await flow().exports.get(tenant, export_id)
         if key is None:
             raise Conflict(f"export {export_id} is {export.status}", "export_not_ready")

@@ -8,6 +8,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query
 
+from modelship.auth import Tenant
 from modelship.errors import ServiceUnavailable
 from modelship.schemas import (
     BulkApproveRequest,
@@ -18,16 +19,14 @@ from modelship.schemas import (
     ReviewQueue,
     ReviewRequest,
 )
-from modelship.settings import Settings
 from modelship.workflow import Workflow
 
 Strategy = Literal["uncertainty", "random", "label"]
 
 
-def review_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
+def review_routes(workflow: Workflow | None) -> APIRouter:
     """The ``/api/v1/projects/{id}/review...``, item detail and stats routes."""
     router = APIRouter(prefix="/api/v1/projects/{project_id}", tags=["review"])
-    tenant = settings.tenant
 
     def flow() -> Workflow:
         if workflow is None:
@@ -36,6 +35,7 @@ def review_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
 
     @router.get("/review-queue", response_model=ReviewQueue)
     async def review_queue(
+        tenant: Tenant,
         project_id: UUID,
         strategy: Strategy = "uncertainty",
         label: Annotated[LabelName | None, Query(description="strategy=label: this label")] = None,
@@ -55,24 +55,28 @@ def review_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
         return ReviewQueue(strategy=strategy, entries=entries)
 
     @router.get("/items/{item_id}", response_model=ItemDetail)
-    async def item_detail(project_id: UUID, item_id: UUID) -> ItemDetail:
+    async def item_detail(tenant: Tenant, project_id: UUID, item_id: UUID) -> ItemDetail:
         await flow().catalog.project(tenant, project_id)
         return await flow().reviews.detail(project_id, item_id)
 
     @router.post("/items/{item_id}/review", response_model=ItemDetail)
-    async def review_item(project_id: UUID, item_id: UUID, request: ReviewRequest) -> ItemDetail:
+    async def review_item(
+        tenant: Tenant, project_id: UUID, item_id: UUID, request: ReviewRequest
+    ) -> ItemDetail:
         project = await flow().catalog.project(tenant, project_id)
         return await flow().reviews.review(tenant, project, item_id, request)
 
     @router.post("/review/approve", response_model=BulkApproveResponse)
-    async def bulk_approve(project_id: UUID, request: BulkApproveRequest) -> BulkApproveResponse:
+    async def bulk_approve(
+        tenant: Tenant, project_id: UUID, request: BulkApproveRequest
+    ) -> BulkApproveResponse:
         project = await flow().catalog.project(tenant, project_id)
         return BulkApproveResponse(
             approved=await flow().reviews.bulk_approve(tenant, project, request)
         )
 
     @router.get("/stats", response_model=ProjectStats)
-    async def stats(project_id: UUID) -> ProjectStats:
+    async def stats(tenant: Tenant, project_id: UUID) -> ProjectStats:
         project = await flow().catalog.project(tenant, project_id)
         return await flow().reviews.stats(project)
 

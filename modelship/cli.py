@@ -60,6 +60,39 @@ def preflight(config_path: Path, as_json: bool) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
+def keys(ns: argparse.Namespace) -> int:
+    """Create a key (printed once, stored hashed) or revoke one."""
+    import asyncio
+    import uuid
+
+    from modelship.settings import Settings
+    from storage.keys import KeyStore
+    from storage.services import Services
+
+    settings = Settings()
+
+    async def run() -> int:
+        services = Services.from_settings(settings)
+        store = KeyStore(services.db, settings.secret_key.get_secret_value())
+        try:
+            if ns.action == "create":
+                key, principal = await store.create(ns.tenant, ns.scope, ns.name)
+                print(key)
+                print(
+                    f"key {principal.key_id} for tenant {principal.tenant}, scopes"
+                    f" {', '.join(sorted(principal.scopes))}: shown once, stored hashed",
+                    file=sys.stderr,
+                )
+            else:
+                await store.revoke(uuid.UUID(ns.key_id))
+                print(f"revoked {ns.key_id}", file=sys.stderr)
+        finally:
+            await services.close()
+        return 0
+
+    return asyncio.run(run())
+
+
 def openapi() -> int:
     """Print the OpenAPI document (no Ray, no models needed)."""
     from modelship.api import create_api
@@ -84,6 +117,20 @@ def main(argv: list[str] | None = None) -> int:
         if name == "preflight":
             command.add_argument("--json", action="store_true", help="JSON instead of a table")
     sub.add_parser("openapi", help="print the OpenAPI document")
+    key_parser = sub.add_parser("keys", help="create or revoke API keys")
+    key_actions = key_parser.add_subparsers(dest="action", required=True)
+    create = key_actions.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("--tenant", default="default")
+    create.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=["read", "label", "review", "export", "admin"],
+        help="repeat for several; admin allows everything",
+    )
+    create.add_argument("--name", default="", help="what the key is for")
+    revoke = key_actions.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
     ns = parser.parse_args(argv)
     if ns.command == "serve":
         return serve(ns.config)
@@ -91,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         return models(ns.config)
     if ns.command == "preflight":
         return preflight(ns.config, ns.json)
+    if ns.command == "keys":
+        return keys(ns)
     return openapi()
 
 

@@ -44,6 +44,16 @@ class NotFound(ModelShipError):
     code = "not_found"
 
 
+class Unauthorized(ModelShipError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ModelShipError):
+    status = 403
+    code = "forbidden"
+
+
 class Conflict(ModelShipError):
     status = 409
     code = "conflict"

@@ -22,6 +22,7 @@ from modelship.errors import (
     Overloaded,
     RateLimited,
     ServiceUnavailable,
+    Unauthorized,
 )
 from modelship.schemas import ErrorBody, ErrorResponse
 
@@ -72,4 +73,6 @@ def error_response(exc: BaseException, request_id: str) -> JSONResponse:
         headers["Retry-After"] = str(error.retry_after_s)
     elif isinstance(error, (ModelNotReady, ServiceUnavailable)):
         headers["Retry-After"] = "5"
+    elif isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="modelship"'
     return JSONResponse(body.model_dump(), status_code=error.status, headers=headers)

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Origins browsers may call the API from (exact matches; none by default).",
     )
+    auth_required: bool | None = Field(
+        None,
+        description="API keys on /api routes; unset: required outside the dev profile.",
+    )
     rate_limit_per_minute: int = Field(
         60, ge=0, description="Requests per minute per client and route under /api; 0: off."
     )
@@ -115,6 +119,10 @@ class Settings(BaseSettings):
     )
 
     @property
+    def auth_enabled(self) -> bool:
+        return self.auth_required if self.auth_required is not None else self.profile != "dev"
+
+    @property
     def models_dir(self) -> Path:
         return self.model_cache_dir or self.data_dir / "models"
 
@@ -132,4 +140,6 @@ class Settings(BaseSettings):
                 )
             if self.object_store_url is None:
                 raise ValueError("MODELSHIP_OBJECT_STORE_URL must be set in production")
+            if self.auth_required is False:
+                raise ValueError("the production profile refuses MODELSHIP_AUTH_REQUIRED=false")
         return self

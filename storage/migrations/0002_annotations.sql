@@ -23,3 +23,7 @@ CREATE INDEX reviews_item ON reviews (item_id, id);
 ALTER TABLE exports ADD COLUMN byte_size bigint;
 ALTER TABLE exports ADD COLUMN media_type text;
 CREATE INDEX exports_unfinished ON exports (created_at) WHERE status IN ('queued', 'running');
+
+-- API keys are named and shown by their prefix (the secret part is only ever hashed).
+ALTER TABLE api_keys ADD COLUMN name text NOT NULL DEFAULT '';
+ALTER TABLE api_keys ADD COLUMN prefix text NOT NULL DEFAULT '';

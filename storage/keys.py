@@ -1,0 +1,99 @@
+"""API keys: created once and shown once, stored as an HMAC of the key, looked up by it."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from uuid import UUID, uuid4
+
+from modelship.errors import NotFound
+from storage.catalog import audit
+from storage.postgres import Database
+
+SCOPES = ("read", "label", "review", "export", "admin")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts as: a key's tenant, scopes and (optionally) projects."""
+
+    key_id: UUID
+    name: str
+    tenant: str
+    scopes: frozenset[str]
+    project_ids: frozenset[UUID] | None  # None: every project of the tenant
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+    def sees(self, project_id: UUID) -> bool:
+        return self.project_ids is None or project_id in self.project_ids
+
+
+class KeyStore:
+    """Args:
+    db: PostgreSQL.
+    pepper: the service's secret key; a stolen table of hashes is useless without it.
+    """
+
+    def __init__(self, db: Database, pepper: str) -> None:
+        self._db = db
+        self._pepper = pepper.encode()
+
+    def _hash(self, key: str) -> str:
+        return hmac.new(self._pepper, key.encode(), hashlib.sha256).hexdigest()
+
+    async def create(
+        self,
+        tenant: str,
+        scopes: list[str],
+        name: str = "",
+        project_ids: list[UUID] | None = None,
+        actor: str = "cli",
+    ) -> tuple[str, Principal]:
+        """A new key: returns it in clear (shown once) and what it may do."""
+        unknown = set(scopes) - set(SCOPES)
+        if unknown or not scopes:
+            raise ValueError(f"scopes must be among {', '.join(SCOPES)}; got {scopes}")
+        prefix = secrets.token_hex(4)
+        key = f"ms_{prefix}_{secrets.token_urlsafe(32)}"
+        key_id = uuid4()
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO api_keys (id, tenant, key_hash, scopes, project_ids, name, prefix)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                key_id,
+                tenant,
+                self._hash(key),
+                sorted(set(scopes)),
+                project_ids,
+                name,
+                prefix,
+            )
+            await audit(conn, tenant, actor, "key.create", f"key:{key_id}", {"scopes": scopes})
+        ids = frozenset(project_ids) if project_ids is not None else None
+        return key, Principal(key_id, name, tenant, frozenset(scopes), ids)
+
+    async def authenticate(self, key: str) -> Principal | None:
+        """The key's principal, or None for an unknown or revoked key."""
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT id, name, tenant, scopes, project_ids FROM api_keys"
+                " WHERE key_hash = $1 AND revoked_at IS NULL",
+                self._hash(key),
+            )
+        if row is None:
+            return None
+        ids = frozenset(row["project_ids"]) if row["project_ids"] is not None else None
+        return Principal(row["id"], row["name"], row["tenant"], frozenset(row["scopes"]), ids)
+
+    async def revoke(self, key_id: UUID) -> None:
+        async with self._db.connection() as conn:
+            status = await conn.execute(
+                "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+                key_id,
+            )
+        if status.endswith(" 0"):
+            raise NotFound(f"no active key {key_id}", "unknown_key")

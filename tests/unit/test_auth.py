@@ -1,0 +1,170 @@
+"""API keys: 401 without, 403 with the wrong scope, and one tenant never sees another's data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelship.api import create_api
+from modelship.auth import SCOPES
+from modelship.local import LocalBackend
+from modelship.runner import JobRunner
+from modelship.settings import Settings
+from modelship.workflow import Workflow
+from storage.keys import KeyStore
+from storage.services import Services
+from tests.conftest import PACKAGED_MODELS
+from tests.unit.flow import LABELS, assert_error, drain
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def auth_settings(job_settings: Settings) -> Settings:
+    return job_settings.model_copy(update={"auth_required": True})
+
+
+@pytest.fixture(scope="module")
+async def secured(
+    backend: LocalBackend, services: Services, auth_settings: Settings
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_api(
+        backend, auth_settings, workflow=Workflow(services, PACKAGED_MODELS, auth_settings)
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def keys(services: Services, auth_settings: Settings) -> KeyStore:
+    return KeyStore(services.db, auth_settings.secret_key.get_secret_value())
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+async def test_every_api_route_names_its_scope(secured: httpx.AsyncClient) -> None:
+    schema = (await secured.get("/api/v1/openapi.json")).json()
+    routes = {
+        (method.upper(), path)
+        for path, operations in schema["paths"].items()
+        if path.startswith("/api/")
+        for method in operations
+    }
+    assert routes == set(SCOPES)
+
+
+async def test_keys_scopes_and_probes(secured: httpx.AsyncClient, keys: KeyStore) -> None:
+    assert_error(await secured.get("/api/v1/models"), 401, "unauthorized")
+    response = await secured.get("/api/v1/models", headers=bearer("ms_nope_nope"))
+    assert_error(response, 401, "unauthorized")
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert (await secured.get("/health/live")).status_code == 200
+    assert (await secured.get("/api/v1/openapi.json")).status_code == 200
+
+    reader, _ = await keys.create("tenant-a", ["read"], "reader")
+    assert (await secured.get("/api/v1/models", headers=bearer(reader))).status_code == 200
+    body = {"text": "hello", "model": "minilm"}
+    response = await secured.post("/api/v1/classify/text", json=body, headers=bearer(reader))
+    assert_error(response, 403, "insufficient_scope")
+    labeler, principal = await keys.create("tenant-a", ["label"], "labeler")
+    response = await secured.post("/api/v1/classify/text", json=body, headers=bearer(labeler))
+    assert response.status_code == 200
+    spec = {
+        "name": "x",
+        "task": "zero-shot-text-classification",
+        "model": "minilm",
+        "labels": LABELS,
+    }
+    response = await secured.post("/api/v1/projects", json=spec, headers=bearer(labeler))
+    assert_error(response, 403, "insufficient_scope")
+
+    await keys.revoke(principal.key_id)
+    response = await secured.post("/api/v1/classify/text", json=body, headers=bearer(labeler))
+    assert_error(response, 401, "unauthorized")
+
+
+async def test_a_tenant_never_sees_another_tenants_data(
+    secured: httpx.AsyncClient, keys: KeyStore, runner: JobRunner
+) -> None:
+    owner, _ = await keys.create("tenant-b", ["admin"], "owner")
+    stranger, _ = await keys.create("tenant-c", ["admin"], "stranger")
+    mine, theirs = bearer(owner), bearer(stranger)
+    spec = {
+        "name": "private",
+        "task": "zero-shot-text-classification",
+        "model": "minilm",
+        "labels": LABELS,
+    }
+    project = (await secured.post("/api/v1/projects", json=spec, headers=mine)).json()
+    base = f"/api/v1/projects/{project['id']}"
+    upload = await secured.post(f"{base}/items", json={"texts": ["a goal"]}, headers=mine)
+    item = upload.json()["items"][0]["id"]
+    job = (await secured.post(f"{base}/jobs", headers=mine)).json()
+    await drain(runner)
+    export = (await secured.post(f"{base}/exports", json={"format": "csv"}, headers=mine)).json()
+
+    for url in (
+        base,
+        f"{base}/items",
+        f"{base}/items/{item}",
+        f"{base}/stats",
+        f"{base}/review-queue",
+        f"/api/v1/jobs/{job['id']}",
+        f"/api/v1/jobs/{job['id']}/results",
+        f"/api/v1/exports/{export['id']}",
+        f"/api/v1/exports/{export['id']}/download",
+    ):
+        assert (await secured.get(url, headers=mine)).status_code in (200, 409), url
+        assert (await secured.get(url, headers=theirs)).status_code == 404, url
+    assert project["id"] not in {
+        p["id"] for p in (await secured.get("/api/v1/projects", headers=theirs)).json()["projects"]
+    }
+    response = await secured.post(f"{base}/items", json={"texts": ["x"]}, headers=theirs)
+    assert_error(response, 404, "unknown_project")
+    response = await secured.post(f"/api/v1/jobs/{job['id']}/cancel", headers=theirs)
+    assert_error(response, 404, "unknown_job")
+
+
+def test_the_cli_creates_a_key_that_works_once_shown(
+    auth_settings: Settings, tmp_path: Path
+) -> None:
+    assert auth_settings.database_url is not None and auth_settings.redis_url is not None
+    env = {
+        **os.environ,
+        "MODELSHIP_DATA_DIR": str(tmp_path),
+        "MODELSHIP_DATABASE_URL": auth_settings.database_url.get_secret_value(),
+        "MODELSHIP_REDIS_URL": auth_settings.redis_url.get_secret_value(),
+    }
+    command = [sys.executable, "-m", "modelship.cli", "keys", "create", "--scope", "read"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip()
+    assert key.startswith("ms_") and "stored hashed" in done.stderr
+
+    import asyncio
+
+    async def check() -> None:
+        services = Services.from_settings(auth_settings)
+        try:
+            store = KeyStore(services.db, auth_settings.secret_key.get_secret_value())
+            principal = await store.authenticate(key)
+            assert principal is not None and principal.scopes == {"read"}
+            async with services.db.connection() as conn:
+                stored = await conn.fetchval(
+                    "SELECT count(*) FROM api_keys WHERE key_hash = $1", key
+                )
+            assert stored == 0  # never the key itself
+        finally:
+            await services.close()
+
+    asyncio.run(check())
