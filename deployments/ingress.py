@@ -18,6 +18,7 @@ from modelship.metrics import ServeMetrics
 from modelship.schemas import ItemOptions, ItemResult, ModelConfig, ModelInfo
 from modelship.settings import Settings
 from modelship.workflow import Workflow
+from storage.ratelimit import RateLimiter
 from storage.services import Services
 
 T = TypeVar("T")
@@ -62,8 +63,18 @@ class Ingress:
         self._runner = runner
         self._exporter = exporter
         self._background: set[asyncio.Task[None]] = set()
-        self._workflow = Workflow(
-            Services.from_settings(settings), configs, settings, launch_export=self._export
+        services = Services.from_settings(settings)
+        self._workflow = Workflow(services, configs, settings, launch_export=self._export)
+        self._limiter = (
+            RateLimiter(
+                services.urls.redis,
+                settings.rate_limit_per_minute,
+                settings.rate_limit_burst,
+                settings.rate_limit_fail_open,
+                settings.redis_prefix,
+            )
+            if settings.rate_limit_per_minute
+            else None
         )
 
     @property
@@ -77,6 +88,7 @@ class Ingress:
             behind_serve_proxy=True,
             workflow=self._workflow,
             metrics=ServeMetrics(),
+            limiter=self._limiter,
         )
 
     def _export(self, export_id: UUID) -> None:

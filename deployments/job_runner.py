@@ -92,7 +92,12 @@ class JobRunnerDeployment:
         logger.info("job runner %s started", owner)
 
     async def stats(self) -> dict[str, Any]:
-        return {"owner": self._runner.owner, "pid": os.getpid(), "items": self._runner.items_done}
+        return {
+            "owner": self._runner.owner,
+            "pid": os.getpid(),
+            "replica": serve.get_replica_context().replica_tag,
+            "items": self._runner.items_done,
+        }
 
     async def check_health(self) -> None:
         if self._task.done():

@@ -23,6 +23,7 @@ from modelship.api_projects import project_routes
 from modelship.api_review import review_routes
 from modelship.auth import Authenticator, route_of
 from modelship.errors import InvalidInput, ModelShipError, NotFound, UnsupportedMediaType
+from modelship.health import HealthMonitor, RequestWindow, system_resources
 from modelship.http_errors import error_response
 from modelship.inputs import check_texts, parse_model
 from modelship.metrics import NO_METRICS, Metrics
@@ -222,7 +223,9 @@ def create_api(
             max_age=600,
         )
     app.add_middleware(SecurityHeadersMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    window = RequestWindow()
+    monitor = HealthMonitor(backend, workflow.services if workflow else None)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, window=window)
     for exc_class in (Exception, ModelShipError, RequestValidationError, HTTPException):
         app.add_exception_handler(exc_class, _error_handler)
 
@@ -277,6 +280,39 @@ def create_api(
         ok = all(check == "ready" for check in checks.values())
         body = HealthResponse(status="ready" if ok else "not_ready", checks=checks)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+    @app.get("/health", tags=["health"])
+    async def health() -> JSONResponse:
+        """Each check's status; 503 only when a service is down (a model loading: degraded)."""
+        report = await monitor.check()
+        body = {"status": report.status, "checks": {c.name: c.status for c in report.checks}}
+        return JSONResponse(body, status_code=503 if report.status == "unhealthy" else 200)
+
+    @app.get("/health/detailed", tags=["health"])
+    async def health_detailed() -> JSONResponse:
+        """Every check with its latency, and the machine's resources."""
+        report = await monitor.check()
+        body = {
+            **report.model_dump(mode="json"),
+            "uptime_s": monitor.uptime_s(),
+            "system": await system_resources(str(settings.data_dir.anchor or "/")),
+        }
+        return JSONResponse(body, status_code=503 if report.status == "unhealthy" else 200)
+
+    @app.get("/health/metrics", tags=["health"])
+    async def health_metrics() -> dict[str, Any]:
+        """This replica's recent requests (statuses, latency percentiles) and resources;
+        Prometheus has the full picture."""
+        return {
+            "uptime_s": monitor.uptime_s(),
+            "requests": window.summary(),
+            "system": await system_resources(str(settings.data_dir.anchor or "/")),
+        }
+
+    @app.get("/health/history", tags=["health"])
+    async def health_history() -> dict[str, Any]:
+        """The latest checks this replica ran, oldest first."""
+        return {"reports": [report.model_dump(mode="json") for report in monitor.history]}
 
     @app.get("/api/v1/models", response_model=ModelsResponse, tags=["models"])
     async def models() -> ModelsResponse:

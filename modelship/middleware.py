@@ -10,6 +10,7 @@ from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelship.health import RequestWindow
 from modelship.metrics import Metrics
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
@@ -149,9 +150,10 @@ class MetricsMiddleware:
     """Counts requests by route template (``/api/v1/jobs/{job_id}``, never raw paths: they
     would make one time series per id), method and status, and times them."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, window: RequestWindow | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.window = window
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -170,4 +172,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_with_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.request(route, scope["method"], status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.request(route, scope["method"], status, seconds)
+            if self.window is not None and not route.startswith("/health"):
+                self.window.add(status, seconds)

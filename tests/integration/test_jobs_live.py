@@ -61,9 +61,9 @@ def _wait(client: httpx.Client, job_id: str, until: Any, timeout_s: float = 240)
     )
 
 
-def _replica_actor(deployment: str) -> Any:
+def _replica_actor(deployment: str, replica: str = "") -> Any:
     for actor in ray.util.list_named_actors(all_namespaces=True):
-        if actor["name"].startswith(f"SERVE_REPLICA::{APP}#{deployment}#"):
+        if actor["name"].startswith(f"SERVE_REPLICA::{APP}#{deployment}#{replica}"):
             return ray.get_actor(actor["name"], namespace=actor["namespace"])
     raise AssertionError(f"no replica of {deployment}")
 
@@ -74,6 +74,29 @@ async def _rows(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         return list(await conn.fetch(sql, *args))
     finally:
         await conn.close()
+
+
+def _kill_runner_holding_leases(dsn: str, tries: int = 5) -> set[Any]:
+    """Kill the JobRunner replica at a moment it holds leases; the items it held then.
+
+    A batch is leased for only tens of milliseconds here, so a kill can land between two;
+    the leases left once the process is gone are the ones to check, and a kill that left
+    none is tried again on the replacement replica.
+    """
+    sql = "SELECT item_id FROM job_items WHERE lease_owner = $1 AND state = 'leased'"
+    for _ in range(tries):
+        handle = serve.get_deployment_handle("JobRunner", app_name=APP)
+        stats = handle.stats.remote().result(timeout_s=60)
+        owner, replica = stats["owner"], stats["replica"]
+        deadline = time.monotonic() + 20
+        while not asyncio.run(_rows(dsn, sql, owner)) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        ray.kill(_replica_actor("JobRunner", replica), no_restart=True)
+        time.sleep(1.0)  # the process is gone: whatever it still leases, it never finishes
+        orphaned = {row["item_id"] for row in asyncio.run(_rows(dsn, sql, owner))}
+        if orphaned:
+            return orphaned
+    raise AssertionError(f"no kill in {tries} left a lease behind")
 
 
 def _item_states(dsn: str, job_id: str) -> list[asyncpg.Record]:
@@ -102,13 +125,7 @@ def test_a_job_survives_killing_the_model_replica_and_the_runner(
         if r["state"] == "succeeded"
     }
     # The runner first, while it holds leases; then the model its replacement needs.
-    owner = serve.get_deployment_handle("JobRunner", app_name=APP).stats.remote().result()["owner"]
-    leased_sql = "SELECT item_id FROM job_items WHERE lease_owner = $1 AND state = 'leased'"
-    deadline = time.monotonic() + 20
-    while not asyncio.run(_rows(dsn, leased_sql, owner)) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    ray.kill(_replica_actor("JobRunner"), no_restart=True)
-    orphaned = {r["item_id"] for r in asyncio.run(_rows(dsn, leased_sql, owner))}
+    orphaned = _kill_runner_holding_leases(dsn)
     ray.kill(_replica_actor(f"Model-{MODEL}"), no_restart=True)
 
     job = _wait(client, job["id"], lambda j: j["status"] not in ("queued", "running"))

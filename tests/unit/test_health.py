@@ -1,0 +1,74 @@
+"""/health, /health/detailed, /health/metrics and /health/history on real services."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from modelship.api import create_api
+from modelship.local import LocalBackend
+from modelship.settings import Settings
+from modelship.workflow import Workflow
+from storage.services import Services
+from tests.conftest import PACKAGED_MODELS
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+SERVICES = {"database", "redis", "object_storage"}
+
+
+async def test_health_and_details(client: httpx.AsyncClient) -> None:
+    health = await client.get("/health")
+    assert health.status_code == 200
+    body = health.json()
+    assert body["status"] == "healthy"
+    assert SERVICES | {"model:minilm", "model:efficientnet-lite0"} <= set(body["checks"])
+    assert set(body["checks"].values()) == {"ok"}
+
+    detailed = (await client.get("/health/detailed")).json()
+    assert detailed["status"] == "healthy" and detailed["uptime_s"] >= 0
+    checks = {c["name"]: c for c in detailed["checks"]}
+    assert all(checks[name]["latency_ms"] >= 0 for name in SERVICES)
+    assert checks["model:minilm"]["detail"].startswith("sha256:")
+    system = detailed["system"]
+    assert system["cpu_count"] >= 1 and 0 < system["memory"]["percent"] <= 100
+    assert system["disk"]["free"] > 0 and system["process_rss"] > 0
+    assert detailed["checked_at"].endswith("Z") or "+00:00" in detailed["checked_at"]
+
+
+async def test_request_summary_and_history(client: httpx.AsyncClient) -> None:
+    before = (await client.get("/health/metrics")).json()["requests"]["total"]
+    for _ in range(3):
+        assert (await client.get("/api/v1/models")).status_code == 200
+    assert (await client.get("/api/v1/nope")).status_code == 404
+    summary = (await client.get("/health/metrics")).json()
+    requests = summary["requests"]
+    assert requests["total"] == before + 4  # health routes are not counted
+    assert requests["by_status"]["2xx"] >= 3 and requests["by_status"]["4xx"] >= 1
+    assert requests["latency_ms"]["p50"] > 0
+    assert summary["system"]["cpu_count"] >= 1
+
+    count = len((await client.get("/health/history")).json()["reports"])
+    await client.get("/health")
+    reports = (await client.get("/health/history")).json()["reports"]
+    assert len(reports) == count + 1 and reports[-1]["status"] == "healthy"
+
+
+async def test_a_service_down_is_unhealthy(backend: LocalBackend, job_settings: Settings) -> None:
+    down = job_settings.model_copy(
+        update={"database_url": SecretStr("postgresql://postgres@127.0.0.1:1/none")}
+    )
+    services = Services.from_settings(down)
+    app = create_api(backend, down, workflow=Workflow(services, PACKAGED_MODELS, down))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as http:
+        health = await http.get("/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "unhealthy"
+        assert health.json()["checks"]["database"] == "failed"
+        assert health.json()["checks"]["redis"] == "ok"
+        history = (await http.get("/health/history")).json()["reports"]
+        assert history[-1]["status"] == "unhealthy"
+        assert (await http.get("/health/live")).status_code == 200
+    await services.close()
