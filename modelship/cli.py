@@ -93,6 +93,21 @@ def keys(ns: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def smoke(ns: argparse.Namespace) -> int:
+    """Check a running deployment from outside; non-zero exit on any failure."""
+    from dataclasses import asdict
+
+    from modelship.smoke import Smoke, table
+
+    checker = Smoke(ns.url, ns.api_key)
+    try:
+        results = checker.run(ns.samples, ns.rate_limit)
+    finally:
+        checker.close()
+    print(json.dumps([asdict(r) for r in results], indent=2) if ns.json else table(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
 def openapi() -> int:
     """Print the OpenAPI document (no Ray, no models needed)."""
     from modelship.api import create_api
@@ -117,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         if name == "preflight":
             command.add_argument("--json", action="store_true", help="JSON instead of a table")
     sub.add_parser("openapi", help="print the OpenAPI document")
+    smoke_parser = sub.add_parser("smoke", help="check a running deployment from outside")
+    smoke_parser.add_argument("--url", required=True)
+    smoke_parser.add_argument("--api-key", default=os.environ.get("MODELSHIP_API_KEY"))
+    smoke_parser.add_argument("--samples", type=int, default=20, help="latency samples")
+    smoke_parser.add_argument(
+        "--rate-limit", type=int, help="the burst configured: expect a 429 right after it"
+    )
+    smoke_parser.add_argument("--json", action="store_true")
     key_parser = sub.add_parser("keys", help="create or revoke API keys")
     key_actions = key_parser.add_subparsers(dest="action", required=True)
     create = key_actions.add_parser("create", help="create a key and print it (once)")
@@ -140,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         return preflight(ns.config, ns.json)
     if ns.command == "keys":
         return keys(ns)
+    if ns.command == "smoke":
+        return smoke(ns)
     return openapi()
 
 

@@ -1,9 +1,14 @@
-"""Our Prometheus metrics, scraped from Ray's metrics agent and parsed as Prometheus does."""
+"""Our Prometheus metrics, scraped from Ray's metrics agent and parsed as Prometheus does;
+and the smoke command run against the live graph."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -114,3 +119,12 @@ def test_job_decisions_queue_depth_and_exports_are_exported(
     assert "ray_modelship_job_queue_items" in families
     exports = families["ray_modelship_exports"]
     assert _total(exports, "ray_modelship_exports_total", format="csv", status="succeeded") >= 1
+
+
+def test_the_smoke_command_passes_against_the_live_graph(base_url: str) -> None:
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "modelship.cli", "smoke", "--url", base_url, "--json"]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=180)
+    results = {r["name"]: r for r in json.loads(done.stdout)}
+    assert done.returncode == 0, results
+    assert {"health", "security_headers", "label_text", "label_image", "latency"} <= set(results)
