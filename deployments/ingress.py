@@ -33,10 +33,10 @@ _READY_TIMEOUT_S = 2.0
 class Ingress:
     """Routes labeling requests: Preprocessor → ModelReplica, without a round trip here.
 
-    Project, upload and job routes go to storage; the JobRunner does the labeling.
-
     The Preprocessor's response is passed straight into the model call, so prepared
-    tensors travel between those two deployments and only results come back.
+    tensors travel between those two deployments and only results come back. Project,
+    upload, job, review and export routes go to storage; the JobRunner does the job
+    labeling and the Exporter writes exports.
 
     Args:
         preprocessor: handle to the Preprocessor deployment.
