@@ -9,6 +9,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
+from modelship.context import current_request_id
 from modelship.errors import Conflict, NotFound
 from modelship.schemas import Item, LabelSpec, Project, ProjectCreate, ProjectUpdate
 from storage.postgres import Database
@@ -236,13 +237,14 @@ async def audit(
     subject: str,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """Record who did what, in the caller's transaction."""
+    """Record who did what, in the caller's transaction, with the request's id."""
     await conn.execute(
-        "INSERT INTO audit_events (tenant, actor, action, subject, details)"
-        " VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO audit_events (tenant, actor, action, subject, details, request_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
         tenant,
         actor,
         action,
         subject,
         json.dumps(details or {}, default=str),
+        current_request_id.get(),
     )

@@ -69,9 +69,10 @@ async def test_project_lifecycle(client: httpx.AsyncClient, services: Services) 
     assert_error(await client.patch(url, json={"name": "x"}), 409, "project_archived")
     async with services.db.connection() as conn:
         actions = await conn.fetch(
-            "SELECT action, details FROM audit_events WHERE subject = $1 ORDER BY id",
+            "SELECT action, details, request_id FROM audit_events WHERE subject = $1 ORDER BY id",
             f"project:{project['id']}",
         )
+    assert actions[-1]["request_id"] == archived.headers["x-request-id"]
     assert [a["action"] for a in actions] == [
         "project.create",
         "project.update",
