@@ -9,6 +9,7 @@ from uuid import UUID
 from ray import serve
 
 from modelship.exporter import run_export
+from modelship.logs import to_serve_logs
 from modelship.metrics import ServeMetrics
 from modelship.settings import Settings
 from storage.exports import ExportStore
@@ -28,6 +29,7 @@ class Exporter:
     """
 
     async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]  # Serve awaits it
+        to_serve_logs()
         self._services = Services.from_settings(settings)
         self._metrics = ServeMetrics()
         self._resuming = asyncio.create_task(self._resume())

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp
 
 from modelship.api import create_api
 from modelship.http_errors import translate
+from modelship.logs import to_serve_logs
 from modelship.metrics import ServeMetrics
 from modelship.schemas import ItemOptions, ItemResult, ModelConfig, ModelInfo
 from modelship.settings import Settings
@@ -56,6 +57,7 @@ class Ingress:
         runner: DeploymentHandle | None = None,
         exporter: DeploymentHandle | None = None,
     ) -> None:
+        to_serve_logs()
         self._configs = configs
         self._preprocessor = preprocessor
         self._models = models

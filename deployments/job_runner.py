@@ -12,6 +12,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from modelship.errors import ModelNotReady, ModelShipError
+from modelship.logs import to_serve_logs
 from modelship.metrics import ServeMetrics
 from modelship.runner import JobRunner
 from modelship.schemas import ItemOptions, ItemResult, ModelInfo
@@ -74,6 +75,7 @@ class JobRunnerDeployment:
         models: dict[str, DeploymentHandle],
         settings: Settings,
     ) -> None:
+        to_serve_logs()
         self._services = Services.from_settings(settings)
         labeler = ServeLabeler(preprocessor, models, settings.model_call_timeout_s * 2)
         owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

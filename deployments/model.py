@@ -16,6 +16,7 @@ from ray import serve
 
 from modelship.errors import ModelShipError
 from modelship.local import image_info
+from modelship.logs import to_serve_logs
 from modelship.metrics import ServeMetrics
 from modelship.predictors import ModelStore, Predictor, build_predictor
 from modelship.schemas import (
@@ -48,6 +49,7 @@ class ModelReplica:
     """
 
     def __init__(self, config: ModelConfig, settings: Settings) -> None:
+        to_serve_logs()
         self._config = config
         self._batching = config.batching
         torch.set_num_threads(config.torch_threads or max(1, math.ceil(config.num_cpus)))

@@ -8,6 +8,7 @@ from ray import serve
 
 from modelship.errors import ModelShipError
 from modelship.local import prepare_image, prepare_payload
+from modelship.logs import to_serve_logs
 from modelship.predictors import ModelStore, Predictor, build_predictor
 from modelship.schemas import ItemOptions, ModelConfig, Prepared, PreparedImage, PreparedText
 from modelship.settings import Settings
@@ -29,6 +30,7 @@ class Preprocessor:
     """
 
     def __init__(self, models: list[ModelConfig], settings: Settings) -> None:
+        to_serve_logs()
         self._settings = settings
         store = ModelStore(settings.models_dir)
         self._predictors: dict[str, Predictor[Any, Any]] = {}

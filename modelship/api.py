@@ -225,7 +225,9 @@ def create_api(
     app.add_middleware(SecurityHeadersMiddleware)
     window = RequestWindow()
     monitor = HealthMonitor(backend, workflow.services if workflow else None)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, window=window)
+    app.add_middleware(
+        MetricsMiddleware, metrics=metrics, window=window, slow_s=settings.slow_request_s
+    )
     for exc_class in (Exception, ModelShipError, RequestValidationError, HTTPException):
         app.add_exception_handler(exc_class, _error_handler)
 

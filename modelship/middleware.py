@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -13,6 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modelship.context import current_request_id
 from modelship.health import RequestWindow
 from modelship.metrics import Metrics
+
+logger = logging.getLogger("modelship.http")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
@@ -152,10 +155,17 @@ class MetricsMiddleware:
     """Counts requests by route template (``/api/v1/jobs/{job_id}``, never raw paths: they
     would make one time series per id), method and status, and times them."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, window: RequestWindow | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        window: RequestWindow | None = None,
+        slow_s: float | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.window = window
+        self.slow_s = slow_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -178,3 +188,13 @@ class MetricsMiddleware:
             self.metrics.request(route, scope["method"], status, seconds)
             if self.window is not None and not route.startswith("/health"):
                 self.window.add(status, seconds)
+            if self.slow_s is not None and seconds >= self.slow_s:
+                logger.warning(
+                    "slow request",
+                    extra={
+                        "route": route,
+                        "method": scope["method"],
+                        "status_code": status,
+                        "latency_ms": round(seconds * 1000, 1),
+                    },
+                )

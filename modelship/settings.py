@@ -74,6 +74,9 @@ class Settings(BaseSettings):
         None,
         description="API keys on /api routes; unset: required outside the dev profile.",
     )
+    slow_request_s: float = Field(
+        2.0, ge=0, description="Requests slower than this are logged as slow (a warning)."
+    )
     rate_limit_per_minute: int = Field(
         60, ge=0, description="Requests per minute per client and route under /api; 0: off."
     )

@@ -51,6 +51,7 @@ def live_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
         # the limiter runs (through Redis) but the tests' polling and load stay under it
         rate_limit_per_minute=60_000,
         rate_limit_burst=1_000,
+        slow_request_s=0.0,  # every request is "slow": the log test finds its own
     )
     yield settings
     services = settings.data_dir / "services"
@@ -74,6 +75,7 @@ def serve_config(live_settings: Settings) -> dict[str, Any]:
                 "job_poll_s",
                 "rate_limit_per_minute",
                 "rate_limit_burst",
+                "slow_request_s",
             },
         ),
     }
