@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from modelship.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from modelship.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"}
@@ -59,27 +61,13 @@ def sniff_image_type(data: bytes) -> str:
 
 def decode_image(data: bytes, settings: Settings) -> DecodedImage:
     """Decode an image upright in RGB, refusing oversize, bombs and corrupt files."""
-    if not data:
-        raise InvalidInput("the image is empty", "empty_image")
-    if len(data) > settings.max_image_bytes:
-        raise PayloadTooLarge(
-            f"image of {len(data)} bytes exceeds the limit of {settings.max_image_bytes}"
-        )
-    media_type = sniff_image_type(data)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            _check_dimensions(image.width, image.height, settings)
-            image.load()
-            upright = ImageOps.exif_transpose(image)
-            rgb = upright.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidInput(
-            "the image has too many pixels (decompression-bomb guard)", "decompression_bomb"
-        ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidInput(f"the image could not be decoded: {exc}", "corrupt_image") from None
+
+    def decode(image: Image.Image) -> Image.Image:
+        _check_dimensions(image.width, image.height, settings)
+        image.load()
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+    media_type, rgb = _open_guarded(data, settings, decode)
     return DecodedImage(rgb, media_type)
 
 
@@ -98,6 +86,22 @@ def read_image_header(data: bytes, settings: Settings) -> ImageHeader:
 
     Uploads use it: a file that passes here but fails to decode later fails its job item.
     """
+
+    def size(image: Image.Image) -> tuple[int, int, int | None]:
+        return image.width, image.height, image.getexif().get(0x0112)
+
+    media_type, (width, height, orientation) = _open_guarded(data, settings, size)
+    _check_dimensions(width, height, settings)
+    if orientation in _ROTATED:
+        width, height = height, width
+    return ImageHeader(media_type, width, height)
+
+
+def _open_guarded(
+    data: bytes, settings: Settings, read: Callable[[Image.Image], T]
+) -> tuple[str, T]:
+    """The sniffed type and ``read(image)``, with the size, type and bomb guards; every
+    decoder failure becomes a 4xx."""
     if not data:
         raise InvalidInput("the image is empty", "empty_image")
     if len(data) > settings.max_image_bytes:
@@ -108,19 +112,13 @@ def read_image_header(data: bytes, settings: Settings) -> ImageHeader:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            orientation = image.getexif().get(0x0112)
+            return media_type, read(Image.open(io.BytesIO(data)))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidInput(
             "the image has too many pixels (decompression-bomb guard)", "decompression_bomb"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InvalidInput(f"the image header could not be read: {exc}", "corrupt_image") from None
-    _check_dimensions(width, height, settings)
-    if orientation in _ROTATED:
-        width, height = height, width
-    return ImageHeader(media_type, width, height)
+        raise InvalidInput(f"the image could not be decoded: {exc}", "corrupt_image") from None
 
 
 def _check_dimensions(width: int, height: int, settings: Settings) -> None:
