@@ -71,32 +71,29 @@ class ModelNotReady(ModelShipError):
     code = "model_not_ready"
 
 
-class Overloaded(ModelShipError):
-    """The service sheds load; the client should retry after ``retry_after_s``."""
+class RetryLater(ModelShipError):
+    """An error the client should retry after ``retry_after_s`` (sent as ``Retry-After``)."""
+
+    def __init__(
+        self, message: str = "retry later", code: str | None = None, retry_after_s: int = 1
+    ) -> None:
+        super().__init__(message, code)
+        self.args = (message, code, retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+class Overloaded(RetryLater):
+    """The service sheds load."""
 
     status = 503
     code = "overloaded"
 
-    def __init__(
-        self, message: str = "overloaded", code: str | None = None, retry_after_s: int = 1
-    ) -> None:
-        super().__init__(message, code)
-        self.args = (message, code, retry_after_s)
-        self.retry_after_s = retry_after_s
 
-
-class RateLimited(ModelShipError):
-    """Too many requests from this client on this route; retry after ``retry_after_s``."""
+class RateLimited(RetryLater):
+    """Too many requests from this client on this route."""
 
     status = 429
     code = "rate_limited"
-
-    def __init__(
-        self, message: str = "rate limited", code: str | None = None, retry_after_s: int = 1
-    ) -> None:
-        super().__init__(message, code)
-        self.args = (message, code, retry_after_s)
-        self.retry_after_s = retry_after_s
 
 
 class ConfigurationError(ModelShipError):

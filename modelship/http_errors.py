@@ -20,7 +20,7 @@ from modelship.errors import (
     ModelNotReady,
     ModelShipError,
     Overloaded,
-    RateLimited,
+    RetryLater,
     ServiceUnavailable,
     Unauthorized,
 )
@@ -69,7 +69,7 @@ def error_response(exc: BaseException, request_id: str) -> JSONResponse:
         message = "internal error"
     body = ErrorResponse(error=ErrorBody(code=error.code, message=message, request_id=request_id))
     headers: dict[str, str] = {}
-    if isinstance(error, (Overloaded, RateLimited)):
+    if isinstance(error, RetryLater):
         headers["Retry-After"] = str(error.retry_after_s)
     elif isinstance(error, (ModelNotReady, ServiceUnavailable)):
         headers["Retry-After"] = "5"
