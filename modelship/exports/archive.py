@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TextIO
 
+from modelship.exports.rows import ExportSpec, WriterBase
+
 MEDIA_TYPE = "application/gzip"
 EXTENSION = ".tar.gz"
 
@@ -60,3 +62,17 @@ class Archive:
         self._out.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
         shutil.copyfileobj(data, self._out)
         self._out.write(b"\0" * (-size % tarfile.BLOCKSIZE))
+
+
+class ArchiveWriter(WriterBase):
+    """A writer whose file is a streamed ``.tar.gz`` (YOLO, VOC)."""
+
+    media_type = MEDIA_TYPE
+    extension = EXTENSION
+
+    def __init__(self, spec: ExportSpec, path: Path) -> None:
+        super().__init__(spec, path)
+        self._archive = Archive(path)
+
+    def _close(self) -> None:
+        self._archive.close()

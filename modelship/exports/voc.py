@@ -13,27 +13,17 @@ has its file, with no ``<object>`` when it has no boxes.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
-from modelship.exports.archive import EXTENSION, MEDIA_TYPE, Archive
+from modelship.exports.archive import ArchiveWriter
 from modelship.exports.rows import (
     ExportRow,
-    ExportSpec,
-    WriterBase,
     clip_box,
     file_name,
     image_size,
 )
 
 
-class VocWriter(WriterBase):
-    media_type = MEDIA_TYPE
-    extension = EXTENSION
-
-    def __init__(self, spec: ExportSpec, path: Path) -> None:
-        super().__init__(spec, path)
-        self._archive = Archive(path)
-
+class VocWriter(ArchiveWriter):
     def _add(self, row: ExportRow, image: bytes | None) -> None:
         width, height = image_size(row)
         name = file_name(row)
@@ -62,9 +52,6 @@ class VocWriter(WriterBase):
         self._archive.text(f"Annotations/{row.item_id}.xml", ET.tostring(root, encoding="unicode"))
         if image is not None:
             self._archive.image(f"JPEGImages/{name}", image)
-
-    def _close(self) -> None:
-        self._archive.close()
 
 
 def _child(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:

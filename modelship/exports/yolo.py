@@ -14,29 +14,18 @@ dataset yourself).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 
-from modelship.exports.archive import EXTENSION, MEDIA_TYPE, Archive
+from modelship.exports.archive import ArchiveWriter
 from modelship.exports.rows import (
     ExportRow,
-    ExportSpec,
-    WriterBase,
     clip_box,
     file_name,
     image_size,
 )
 
 
-class YoloWriter(WriterBase):
-    media_type = MEDIA_TYPE
-    extension = EXTENSION
-
-    def __init__(self, spec: ExportSpec, path: Path) -> None:
-        super().__init__(spec, path)
-        self._archive = Archive(path)
-
+class YoloWriter(ArchiveWriter):
     def _add(self, row: ExportRow, image: bytes | None) -> None:
         width, height = image_size(row)
         lines = []
@@ -58,4 +47,4 @@ class YoloWriter(WriterBase):
         name = " ".join(self.spec.name.split())  # one line: it goes in a comment
         header = f"# {name}: YOLO detection dataset exported by ModelShip\n"
         self._archive.text("data.yaml", header + yaml.safe_dump(data, sort_keys=False))
-        self._archive.close()
+        super()._close()
