@@ -61,8 +61,8 @@ async def fill(services: Services, items: int) -> Any:
                 f"img{index}.jpg",
             )
         )
-        prediction_rows.append((index + 1, item_id, "bench", "v1", "p", json.dumps(boxes)))
-        annotation_rows.append((item_id, project.id, index + 1, json.dumps(boxes)))
+        prediction_rows.append((index + 1, item_id, "bench", "v1", "p", boxes))
+        annotation_rows.append((item_id, project.id, index + 1, boxes))
     async with services.db.transaction() as conn:
         offset = await conn.fetchval("SELECT coalesce(max(id), 0) FROM predictions")
         await conn.copy_records_to_table(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
@@ -25,7 +24,7 @@ _PROJECT_FROM = """
 
 
 def _project(row: asyncpg.Record) -> Project:
-    labels = json.loads(row["labels"])
+    labels = row["labels"]
     return Project(
         id=row["id"],
         name=row["name"],
@@ -41,8 +40,8 @@ def _project(row: asyncpg.Record) -> Project:
     )
 
 
-def _labels_json(labels: list[LabelSpec] | None) -> str:
-    return json.dumps([label.model_dump() for label in labels] if labels else None)
+def _labels_value(labels: list[LabelSpec] | None) -> list[dict[str, Any]]:
+    return [label.model_dump() for label in labels or []]
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ class Catalog:
                 await conn.execute(
                     "INSERT INTO label_schemas (project_id, version, labels) VALUES ($1, 1, $2)",
                     project_id,
-                    _labels_json(spec.labels),
+                    _labels_value(spec.labels),
                 )
                 await audit(conn, tenant, actor, "project.create", f"project:{project_id}")
         except asyncpg.UniqueViolationError:
@@ -137,7 +136,7 @@ class Catalog:
                         " VALUES ($1, $2, $3)",
                         project_id,
                         version,
-                        _labels_json(change.labels),
+                        _labels_value(change.labels),
                     )
                 assignments = ", ".join(f"{name} = ${i + 2}" for i, name in enumerate(fields))
                 await conn.execute(
@@ -245,6 +244,6 @@ async def audit(
         actor,
         action,
         subject,
-        json.dumps(details or {}, default=str),
+        details or {},
         current_request_id.get(),
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
@@ -46,7 +45,7 @@ def _export(row: asyncpg.Record) -> Export:
         id=row["id"],
         project_id=row["project_id"],
         format=row["format"],
-        selection=json.loads(row["selection"]),
+        selection=row["selection"],
         status=row["status"],
         rows=row["row_count"],
         bytes=row["byte_size"],
@@ -73,7 +72,7 @@ class ExportStore:
                 export_id,
                 project.id,
                 request.format.value,
-                request.model_dump_json(exclude={"format"}),
+                request.model_dump(mode="json", exclude={"format"}),
             )
             await audit(conn, tenant, actor, "export.create", f"export:{export_id}")
         return _export(row)
@@ -110,9 +109,7 @@ class ExportStore:
         if row is None:
             return None
         project = await Catalog(self._db).project(row["tenant"], row["project_id"])
-        request = ExportCreate.model_validate(
-            {"format": row["format"], **json.loads(row["selection"])}
-        )
+        request = ExportCreate.model_validate({"format": row["format"], **row["selection"]})
         return ExportJob(export_id, row["tenant"], project, request)
 
     async def finish(
@@ -172,7 +169,7 @@ class ExportStore:
 
 
 def _row(record: asyncpg.Record, task: ExportTask) -> ExportRow:
-    value: list[dict[str, Any]] = json.loads(record["value"]) if record["value"] else []
+    value: list[dict[str, Any]] = record["value"] or []
     labels, boxes, entities = [], [], []
     for entry in value:
         if task is ExportTask.object_detection:

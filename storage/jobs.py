@@ -10,7 +10,6 @@ terminal state, and a prediction is stored once per (item, model version, parame
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -120,7 +119,7 @@ class JobStore:
                 project.id,
                 project.model,
                 project.label_schema_version,
-                json.dumps(options),
+                options,
                 idempotency_key,
                 request_hash,
             )
@@ -208,7 +207,7 @@ class JobStore:
                 error=r["error"],
                 model=r["model"],
                 model_version=r["model_version"],
-                output=json.loads(r["output"]) if r["output"] is not None else None,
+                output=r["output"],
             )
             for r in rows[:limit]
         ]
@@ -272,7 +271,7 @@ class JobStore:
             model=job["model"],
             task=Task(job["task"]),
             auto_approve_threshold=job["auto_approve_threshold"],
-            options=json.loads(job["options"]),
+            options=job["options"],
             items=[
                 ClaimedItem(
                     item_id=i["id"],
@@ -328,7 +327,7 @@ class JobStore:
                     claim.model,
                     success.model_version,
                     success.params_hash,
-                    json.dumps(output),
+                    output,
                     top.get("label") if top else None,
                     top.get("score") if top else None,
                 )

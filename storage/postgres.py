@@ -10,6 +10,7 @@ model of the schema for nothing; twenty lines below do the same job.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -73,6 +74,7 @@ class Database:
                         max_size=self._max_size,
                         timeout=5,
                         command_timeout=30,
+                        init=_json_codec,
                     )
                     if self._migrate:
                         try:
@@ -108,6 +110,18 @@ class Database:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+async def _json_codec(conn: asyncpg.Connection) -> None:
+    """jsonb columns in and out as Python values (no json.dumps/loads at every query)."""
+    await conn.set_type_codec(
+        "jsonb",
+        # jsonb's binary format is a version byte (1) and the JSON text; binary also serves COPY
+        encoder=lambda value: b"\x01" + json.dumps(value, default=str).encode(),
+        decoder=lambda data: json.loads(data[1:]),
+        schema="pg_catalog",
+        format="binary",
+    )
 
 
 async def migrate(conn: asyncpg.Connection) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -64,7 +63,7 @@ async def annotate(
         claim.project_id,
         prediction_id,
         status,
-        json.dumps(assessment.value),
+        assessment.value,
         assessment.top_label,
         assessment.score,
         assessment.uncertainty,
@@ -76,13 +75,13 @@ def _annotation(row: asyncpg.Record) -> Annotation:
     return Annotation(
         item_id=row["item_id"],
         status=row["status"],
-        value=json.loads(row["value"]),
+        value=row["value"],
         top_label=row["top_label"],
         score=row["score"],
         uncertainty=row["uncertainty"],
         model=row["model"],
         model_version=row["model_version"],
-        prediction=json.loads(row["prediction"]),
+        prediction=row["prediction"],
         updated_by=row["updated_by"],
         updated_at=row["updated_at"],
     )
@@ -147,8 +146,8 @@ class ReviewStore:
                     id=r["id"],
                     action=r["action"],
                     reviewer=r["reviewer"],
-                    before=json.loads(r["before"]) if r["before"] else None,
-                    after=json.loads(r["after"]) if r["after"] else None,
+                    before=r["before"],
+                    after=r["after"],
                     created_at=r["created_at"],
                 )
                 for r in reviews
@@ -169,7 +168,7 @@ class ReviewStore:
             )
             if row is None:
                 raise NotFound(f"no item {item_id} in this project", "unknown_item")
-            current = json.loads(row["value"]) if row["value"] is not None else None
+            current = row["value"]
             status, value = decide(
                 project, request, current, row["width"], row["height"], row["text"]
             )
@@ -192,7 +191,7 @@ class ReviewStore:
             )
             single = ReviewRequest(action=ReviewAction.approve, reviewer=request.reviewer)
             for row in rows:
-                value = json.loads(row["value"])
+                value = row["value"]
                 await _apply(conn, project.id, row["item_id"], row, "approved", value, single)
             await audit(
                 conn,
@@ -248,7 +247,7 @@ async def _apply(
         " updated_at = now() WHERE item_id = $1",
         item_id,
         status,
-        json.dumps(value),
+        value,
         top,
         request.reviewer,
     )
@@ -260,8 +259,8 @@ async def _apply(
         project_id,
         request.action.value,
         request.reviewer,
-        json.dumps({"status": before["status"], "value": json.loads(before["value"])}),
-        json.dumps({"status": status, "value": value}),
+        {"status": before["status"], "value": before["value"]},
+        {"status": status, "value": value},
     )
 
 

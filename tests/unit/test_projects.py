@@ -79,7 +79,7 @@ async def test_project_lifecycle(client: httpx.AsyncClient, services: Services) 
         "project.update",
         "project.archive",
     ]
-    assert json.loads(actions[1]["details"])["label_schema_version"] == 2
+    assert actions[1]["details"]["label_schema_version"] == 2
     # an archived project's name is free again
     again = await client.post("/api/v1/projects", json={**_spec(project), "name": project["name"]})
     assert again.status_code == 201, again.text
