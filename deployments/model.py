@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from ray import serve
 
+from modelship import tracing
 from modelship.errors import ModelShipError
 from modelship.local import image_info
 from modelship.logs import to_serve_logs
@@ -96,7 +97,10 @@ class ModelReplica:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._predictor.predict, batch)
+            # Serve runs a batch in the context of its first request, so the span joins that
+            # request's trace.
+            with tracing.span("predict", model=self._config.name, batch_size=len(batch)):
+                outputs = await loop.run_in_executor(self._executor, self._predictor.predict, batch)
         except ModelShipError:
             raise
         except Exception:

@@ -6,6 +6,7 @@ from typing import Any
 
 from ray import serve
 
+from modelship import tracing
 from modelship.errors import ModelShipError
 from modelship.local import prepare_image, prepare_payload
 from modelship.logs import to_serve_logs
@@ -42,19 +43,22 @@ class Preprocessor:
     def images(self, model: str, images: list[bytes], options: ItemOptions) -> list[PreparedImage]:
         """Images decoded and transformed for ``model``; the first bad one fails the call."""
         predictor = self._predictors[model]
-        return [
-            prepare_image(predictor, data, options, self._settings, index)
-            for index, data in enumerate(images)
-        ]
+        with tracing.span("preprocess", model=model, items=len(images)):
+            return [
+                prepare_image(predictor, data, options, self._settings, index)
+                for index, data in enumerate(images)
+            ]
 
     def texts(self, model: str, texts: list[str], options: ItemOptions) -> list[PreparedText]:
         """Texts tokenised for ``model``, unpadded."""
         predictor = self._predictors[model]
-        return [predictor.preprocess(text, options) for text in texts]
+        with tracing.span("preprocess", model=model, items=len(texts)):
+            return [predictor.preprocess(text, options) for text in texts]
 
     def prepare_each(
         self, model: str, payloads: list[bytes | str], options: ItemOptions
     ) -> list[Prepared | ModelShipError]:
         """Job items (image bytes or texts) prepared one by one; a bad one gets its error."""
         predictor = self._predictors[model]
-        return [prepare_payload(predictor, p, options, self._settings) for p in payloads]
+        with tracing.span("preprocess", model=model, items=len(payloads)):
+            return [prepare_payload(predictor, p, options, self._settings) for p in payloads]

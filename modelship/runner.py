@@ -15,10 +15,13 @@ import logging
 import time
 from typing import Any, Protocol
 
+from modelship import tracing
+from modelship.context import request_scope
 from modelship.errors import ModelShipError
 from modelship.metrics import NO_METRICS, Metrics
 from modelship.schemas import ItemOptions, ItemResult, LabelSpec
 from modelship.settings import Settings
+from modelship.tracing import SpanKind
 from storage.jobs import Claim, ClaimedItem, Failure, JobStore, Success
 from storage.objects import ObjectNotFound, ObjectStore
 from storage.redis import Cache
@@ -131,6 +134,23 @@ class JobRunner:
         )
         if claim is None:
             return 0
+        # One trace per batch, and the submitting request's id on every call and log line.
+        with (
+            request_scope(claim.request_id),
+            tracing.span(
+                "job batch",
+                SpanKind.CONSUMER,
+                job_id=str(claim.job_id),
+                request_id=claim.request_id,
+                model=claim.model,
+                items=len(claim.items),
+            ),
+        ):
+            return await self._settle(claim)
+
+    async def _settle(self, claim: Claim) -> int:
+        settings = self._settings
+        started = time.perf_counter()
         renewing = asyncio.create_task(self._renew(claim))
         try:
             successes, failures = await self._label(claim)
@@ -149,6 +169,16 @@ class JobRunner:
             on_decision=lambda decision: self._metrics.decision(claim.task, decision),
         )
         self.items_done += counted
+        logger.info(
+            "job batch settled",
+            extra={
+                "job_id": str(claim.job_id),
+                "model": claim.model,
+                "items": len(claim.items),
+                "failed": len(failures),
+                "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
         return max(counted, 1)
 
     async def _renew(self, claim: Claim) -> None:

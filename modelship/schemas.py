@@ -399,6 +399,9 @@ class Job(BaseModel):
     items_per_s: float | None = Field(None, description="Since the job started.")
     eta_s: float | None = None
     errors: list[ErrorCount] = Field(default_factory=list, description="Most common first.")
+    request_id: str | None = Field(
+        None, description="X-Request-ID of the submission; the runner's and models' logs carry it."
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

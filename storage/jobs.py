@@ -18,6 +18,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
+from modelship.context import current_request_id
 from modelship.errors import Conflict, InvalidInput, NotFound
 from modelship.schemas import (
     ErrorCount,
@@ -57,6 +58,7 @@ class Claim:
     auto_approve_threshold: float
     options: dict[str, Any]
     items: list[ClaimedItem]
+    request_id: str | None = None  # of the request that submitted the job
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,8 @@ class JobStore:
             job_id = uuid4()
             inserted = await conn.fetchval(
                 "INSERT INTO jobs (id, project_id, status, model, label_schema_version, options,"
-                " total_items, idempotency_key, request_hash)"
-                " VALUES ($1, $2, 'queued', $3, $4, $5, 0, $6, $7)"
+                " total_items, idempotency_key, request_hash, request_id)"
+                " VALUES ($1, $2, 'queued', $3, $4, $5, 0, $6, $7, $8)"
                 " ON CONFLICT (project_id, idempotency_key) DO NOTHING RETURNING id",
                 job_id,
                 project.id,
@@ -122,6 +124,7 @@ class JobStore:
                 options,
                 idempotency_key,
                 request_hash,
+                current_request_id.get(),
             )
             if inserted is None:  # a concurrent retry with the same key won
                 assert idempotency_key is not None
@@ -253,7 +256,7 @@ class JobStore:
                 job_id,
             )
             job = await conn.fetchrow(
-                "SELECT j.project_id, j.model, j.options, p.tenant, p.task,"
+                "SELECT j.project_id, j.model, j.options, j.request_id, p.tenant, p.task,"
                 " p.auto_approve_threshold FROM jobs j"
                 " JOIN projects p ON p.id = j.project_id WHERE j.id = $1",
                 job_id,
@@ -272,6 +275,7 @@ class JobStore:
             task=Task(job["task"]),
             auto_approve_threshold=job["auto_approve_threshold"],
             options=job["options"],
+            request_id=job["request_id"],
             items=[
                 ClaimedItem(
                     item_id=i["id"],
@@ -486,6 +490,7 @@ def _job(row: asyncpg.Record, counts: dict[ItemState, int], errors: list[ErrorCo
         items_per_s=rate,
         eta_s=eta,
         errors=errors,
+        request_id=row["request_id"],
         created_at=row["created_at"],
         started_at=started,
         finished_at=row["finished_at"],

@@ -12,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 
 import asyncpg
 
+from modelship import tracing
 from modelship.errors import ServiceUnavailable
 
 logger = logging.getLogger("modelship.storage")
 
+_OPERATION = re.compile(r"^(?:\s|--[^\n]*\n)*([A-Za-z]+)")  # the first keyword, past comments
 _MIGRATION_LOCK = 0x6D6F64656C  # pg_advisory_lock key shared by every ModelShip process
 
 # What PostgreSQL being down, restarting or unreachable looks like to asyncpg.
@@ -74,7 +77,7 @@ class Database:
                         max_size=self._max_size,
                         timeout=5,
                         command_timeout=30,
-                        init=_json_codec,
+                        init=_setup_connection,
                     )
                     if self._migrate:
                         try:
@@ -112,8 +115,11 @@ class Database:
             self._pool = None
 
 
-async def _json_codec(conn: asyncpg.Connection) -> None:
-    """jsonb columns in and out as Python values (no json.dumps/loads at every query)."""
+async def _setup_connection(conn: asyncpg.Connection) -> None:
+    """jsonb columns in and out as Python values (no json.dumps/loads at every query), and
+    a span per statement when tracing is on."""
+    if tracing.enabled():
+        conn.add_query_logger(_trace_query)
     await conn.set_type_codec(
         "jsonb",
         # jsonb's binary format is a version byte (1) and the JSON text; binary also serves COPY
@@ -121,6 +127,21 @@ async def _json_codec(conn: asyncpg.Connection) -> None:
         decoder=lambda data: json.loads(data[1:]),
         schema="pg_catalog",
         format="binary",
+    )
+
+
+def _trace_query(record: asyncpg.connection.LoggedQuery) -> None:
+    # asyncpg calls loggers with call_soon, in a copy of the querying task's context, so
+    # the span's parent is the span that ran the query. The statement's text has only
+    # placeholders; the arguments (user data) are not recorded.
+    if not tracing.recording():
+        return  # a statement outside any traced request or job batch (idle polls)
+    operation = _OPERATION.search(record.query)
+    tracing.finished_span(
+        f"postgres {operation.group(1).upper() if operation else 'QUERY'}",
+        record.elapsed,
+        record.exception,
+        **{"db.system.name": "postgresql", "db.query.text": record.query[:2048]},
     )
 
 

@@ -13,7 +13,9 @@ import time
 
 from redis import asyncio as aioredis
 
+from modelship import tracing
 from modelship.errors import RateLimited, ServiceUnavailable
+from modelship.tracing import SpanKind
 from storage.redis import REDIS_ERRORS
 
 logger = logging.getLogger("modelship.ratelimit")
@@ -66,9 +68,10 @@ class RateLimiter:
         """
         key = f"{self._prefix}:rl:{client}:{route}"
         try:
-            allowed, wait = await self._take(
-                keys=[key], args=[self._rate, self._burst, time.time()]
-            )
+            with tracing.span("redis EVALSHA", SpanKind.CLIENT, **{"db.system.name": "redis"}):
+                allowed, wait = await self._take(
+                    keys=[key], args=[self._rate, self._burst, time.time()]
+                )
         except REDIS_ERRORS as exc:
             if self._fail_open:
                 logger.warning("rate limiter unavailable, serving anyway: %r", exc)

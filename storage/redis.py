@@ -17,7 +17,11 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from modelship import tracing
+from modelship.tracing import SpanKind
+
 logger = logging.getLogger("modelship.storage")
+_REDIS_SPAN = {"db.system.name": "redis"}
 
 # Redis being unreachable shows up as these (connection refused is an OSError).
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
@@ -57,7 +61,8 @@ class Cache:
         if not keys:
             return {}
         try:
-            values = await self._client.mget(keys)
+            with tracing.span("redis MGET", SpanKind.CLIENT, **_REDIS_SPAN, keys=len(keys)):
+                values = await self._client.mget(keys)
         except REDIS_ERRORS as exc:
             logger.warning("Redis cache read skipped: %r", exc)
             return {}
@@ -77,7 +82,8 @@ class Cache:
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, value in values.items():
                     pipe.set(key, json.dumps(value), ex=self._ttl_s)
-                await pipe.execute()
+                with tracing.span("redis SET", SpanKind.CLIENT, **_REDIS_SPAN, keys=len(values)):
+                    await pipe.execute()
         except REDIS_ERRORS as exc:
             logger.warning("Redis cache write skipped: %r", exc)
 

@@ -20,10 +20,11 @@ import pytest
 
 from modelship.schemas import LabelSpec, ModelConfig, Task
 from modelship.settings import Settings
+from tests.otlp_receiver import OtlpReceiver
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-pytest_plugins = ["tests.tiny_models", "tests.unit.flow"]
+pytest_plugins = ["tests.tiny_models", "tests.unit.flow", "tests.otlp_receiver"]
 
 DATA = Path(__file__).parent / "data"
 
@@ -144,14 +145,17 @@ def s3_options() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def serve_cluster() -> Iterator[int]:
+def serve_cluster(otlp_receiver: OtlpReceiver) -> Iterator[int]:
     """A real local Ray cluster with Serve's HTTP proxy on a free loopback port.
 
     Started once per session for the composition and integration tiers; only what this
-    fixture started is stopped.
+    fixture started is stopped. Its processes export spans to ``otlp_receiver`` when an
+    application's serve config turns tracing on.
     """
     import ray
     from ray import serve
+
+    os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = otlp_receiver.endpoint
 
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     ray.init(

@@ -63,6 +63,8 @@ def live_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
 def serve_config(live_settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
     config.pop("http_options")  # the session cluster's proxy listens on a free port
+    # every request traced, to the session's OTLP receiver (see serve_cluster)
+    config["tracing_config"].update(enabled=True, sampling_ratio=1.0)
     args = config["applications"][0]["args"]
     args["settings"] = {
         **args.get("settings", {}),

@@ -52,3 +52,15 @@ def test_serve_build_accepts_the_default_app(tmp_path: Path) -> None:
     built = ServeDeploySchema.model_validate(yaml.safe_load(out.read_text()))
     names = {d.name for d in built.applications[0].deployments}
     assert {"Preprocessor", "Model-efficientnet-lite0", "Model-minilm-zero-shot"} <= names
+
+
+def test_tracing_is_off_by_default_and_its_exporter_loads(config: dict[str, Any]) -> None:
+    from opentelemetry.sdk.trace import SpanProcessor
+    from ray._common.utils import import_attr
+
+    tracing = ServeDeploySchema.model_validate(config).tracing_config
+    assert tracing is not None and tracing.enabled is False
+    processors = import_attr(tracing.exporter_import_path)()
+    assert processors and all(isinstance(p, SpanProcessor) for p in processors)
+    for processor in processors:
+        processor.shutdown()

@@ -342,10 +342,13 @@ async def test_idempotent_submission(client: httpx.AsyncClient) -> None:
     ids = await upload_texts(client, project, ["a match", "a recipe"])
     url = f"/api/v1/projects/{project['id']}/jobs"
     key = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
-    first = await client.post(url, json={"item_ids": ids[:1]}, headers=key)
+    submitted_by = {"X-Request-ID": f"submit-{uuid.uuid4().hex}"}
+    first = await client.post(url, json={"item_ids": ids[:1]}, headers={**key, **submitted_by})
     again = await client.post(url, json={"item_ids": ids[:1]}, headers=key)
     assert first.status_code == again.status_code == 202
     assert first.json()["id"] == again.json()["id"]
+    # the job keeps the id of the request that created it, not of the replay
+    assert again.json()["request_id"] == submitted_by["X-Request-ID"]
     assert again.headers["idempotent-replayed"] == "true"
     assert_error(
         await client.post(url, json={"item_ids": ids}, headers=key), 409, "idempotency_key_reused"

@@ -1,0 +1,123 @@
+"""OpenTelemetry: one trace per request across the deployments and storage, exported over
+OTLP to a receiver; the request id reaches every deployment a request or job touches."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+
+import httpx
+
+from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
+
+MODEL = "replica_handle_request Model-minilm-zero-shot predict"
+REPLICAS = ("replica_handle_request Preprocessor texts", MODEL)
+JOB_REPLICAS = ("replica_handle_request Preprocessor prepare_each", MODEL)
+
+
+def _wait_for(
+    receiver: OtlpReceiver, find: Callable[[], list[ReceivedSpan]], timeout_s: float = 30
+) -> list[ReceivedSpan]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if spans := find():
+            return spans
+        time.sleep(0.3)
+    seen = [(s.name, s.trace_id[:6], s.span_id[:6], s.parent_id[:6]) for s in receiver.spans]
+    raise AssertionError(f"no such spans; received {seen}")
+
+
+def _one(spans: list[ReceivedSpan], prefix: str) -> ReceivedSpan:
+    found = [s for s in spans if s.name.startswith(prefix)]
+    assert found, f"no {prefix!r} span in {sorted(s.name for s in spans)}"
+    return found[0]
+
+
+def _ancestors(span: ReceivedSpan, spans: list[ReceivedSpan]) -> list[str]:
+    by_id = {s.span_id: s for s in spans}
+    names = []
+    while span.parent_id in by_id:
+        span = by_id[span.parent_id]
+        names.append(span.name)
+    return names
+
+
+def test_a_request_is_one_trace_from_ingress_to_the_model(
+    http: httpx.Client, otlp_receiver: OtlpReceiver
+) -> None:
+    trace_id, client_span = secrets.token_hex(16), secrets.token_hex(8)
+    request_id = f"trace-{uuid.uuid4().hex}"
+    response = http.post(
+        "/api/v1/classify/text",
+        json={"texts": [f"a tracing test about football {uuid.uuid4().hex}"]},
+        headers={"traceparent": f"00-{trace_id}-{client_span}-01", "x-request-id": request_id},
+    )
+    assert response.status_code == 200
+
+    def complete() -> list[ReceivedSpan]:
+        spans = otlp_receiver.trace(trace_id)  # from several processes, each in its time
+        names = {s.name for s in spans}
+        return spans if {"preprocess", "predict", "redis EVALSHA", *REPLICAS} <= names else []
+
+    spans = _wait_for(otlp_receiver, complete)
+    # FastAPI's span for the route continues the client's trace; Serve's handle calls carry
+    # it to the other deployments' replicas, with the request id.
+    ingress = _one(spans, "POST /api/v1/classify/text")
+    preprocess = _one(spans, "replica_handle_request Preprocessor")
+    model = _one(spans, "replica_handle_request Model-minilm-zero-shot")
+    assert ingress.parent_id == client_span
+    for span in (preprocess, model):
+        assert span.attributes["request_id"] == request_id
+        assert ingress.name in _ancestors(span, spans)
+    assert preprocess.name in _ancestors(_one(spans, "preprocess"), spans)
+    assert model.name in _ancestors(_one(spans, "predict"), spans)
+    limiter = _one(spans, "redis EVALSHA")  # the rate limit's token, taken in Redis
+    assert ingress.name in _ancestors(limiter, spans)
+    assert limiter.attributes["db.system.name"] == "redis"
+
+
+def test_a_job_batch_is_traced_and_carries_the_submitting_request_id(
+    http: httpx.Client, otlp_receiver: OtlpReceiver
+) -> None:
+    body = {"name": f"trace-{uuid.uuid4().hex}", "task": "zero-shot-text-classification"}
+    project = http.post("/api/v1/projects", json={**body, "model": "minilm-zero-shot"}).json()
+    texts = [f"traced text {n} {uuid.uuid4().hex}" for n in range(3)]  # never cached before
+    http.post(f"/api/v1/projects/{project['id']}/items", json={"texts": texts})
+    request_id = f"job-{uuid.uuid4().hex}"
+    submitted = http.post(
+        f"/api/v1/projects/{project['id']}/jobs", headers={"x-request-id": request_id}
+    )
+    assert submitted.status_code == 202
+    job_id = submitted.json()["id"]
+    deadline = time.monotonic() + 120
+    while (job := http.get(f"/api/v1/jobs/{job_id}").json())["status"] != "succeeded":
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["request_id"] == request_id
+
+    def batches() -> list[ReceivedSpan]:
+        return [
+            s
+            for s in otlp_receiver.spans
+            if s.name == "job batch" and s.attributes.get("job_id") == job_id
+        ]
+
+    batch = _wait_for(otlp_receiver, batches)[0]
+    assert batch.attributes["request_id"] == request_id
+
+    def whole_trace() -> list[ReceivedSpan]:
+        spans = otlp_receiver.trace(batch.trace_id)
+        names = {s.name for s in spans}
+        return spans if {"predict", *JOB_REPLICAS} <= names else []
+
+    spans = _wait_for(otlp_receiver, whole_trace)
+    for deployment in ("Preprocessor", "Model-minilm-zero-shot"):
+        span = _one(spans, f"replica_handle_request {deployment}")
+        assert span.attributes["request_id"] == request_id
+        assert "job batch" in _ancestors(span, spans)
+    statements = [s for s in spans if s.name.startswith("postgres ")]
+    assert {"postgres INSERT", "postgres UPDATE"} <= {s.name for s in statements}
+    assert all(s.attributes["db.system.name"] == "postgresql" for s in statements)
+    assert "redis MGET" in {s.name for s in spans}  # the prediction cache was asked first
