@@ -55,13 +55,22 @@ class ServeLabeler:
         return [p if isinstance(p, ModelShipError) else next(outputs) for p in prepared]
 
 
-@serve.deployment(name="JobRunner", ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=8)
+_DRAIN_S = 30  # a stopping replica finishes its batches this long, then gives leases back
+
+
+@serve.deployment(
+    name="JobRunner",
+    ray_actor_options={"num_cpus": 0.1},
+    max_ongoing_requests=8,
+    graceful_shutdown_timeout_s=_DRAIN_S + 15,
+)
 class JobRunnerDeployment:
     """Claims leased batches from the PostgreSQL queue in the background.
 
     Every replica runs ``settings.job_concurrency`` claim loops; more replicas share the
-    queue safely (``SKIP LOCKED``). On a clean shutdown the replica gives its leases back;
-    when killed, its leases expire and other loops take the items again.
+    queue safely (``SKIP LOCKED``). On a clean shutdown (a rolling update, a scale-down) the
+    replica finishes the batches it holds, then gives back any lease left, without
+    spending an attempt; when killed, its leases expire and other loops take the items.
 
     Args:
         preprocessor: handle to the Preprocessor deployment.
@@ -110,7 +119,7 @@ class JobRunnerDeployment:
             return
         self._stop.set()
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), 30)
+            await asyncio.wait_for(asyncio.shield(self._task), _DRAIN_S)
         except Exception:
             logger.exception("job runner %s did not stop cleanly", self._runner.owner)
         try:

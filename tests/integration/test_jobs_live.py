@@ -8,9 +8,11 @@ path. Killing replicas, restarting Redis and stopping PostgreSQL happen mid-job.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from ray import serve
 
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from storage.services import resolve_urls
-from tests.integration.conftest import APP
+from tests.integration.conftest import APP, deploy_config
 
 MODEL = "minilm-zero-shot"
 
@@ -188,3 +190,45 @@ def test_postgres_outage_is_503_and_the_job_resumes(
 
 def _services_dir(settings: Any) -> Path:
     return Path(settings.data_dir) / "services"
+
+
+def test_a_rolling_restart_drains_requests_and_gives_leases_back(
+    client: httpx.Client, base_url: str, live_settings: Any, serve_config: dict[str, Any]
+) -> None:
+    """A new model replica and job runner version: what was in flight finishes, no lease is
+    left to expire and no item spends an attempt (a crash, above, leaves leases behind)."""
+    dsn = resolve_urls(live_settings).database
+    project = _project(client, _texts(400))
+    job = client.post(f"/api/v1/projects/{project['id']}/jobs").json()
+    _wait(client, job["id"], lambda j: j["counts"]["succeeded"] >= 16, timeout_s=120)
+    old = serve.get_deployment_handle("JobRunner", app_name=APP).stats.remote().result()
+
+    def label(n: int) -> int:
+        texts = [f"in flight {n} {i} {uuid.uuid4().hex}" for i in range(32)]
+        with httpx.Client(base_url=base_url, timeout=120) as http:
+            return http.post("/api/v1/classify/text", json={"texts": texts}).status_code
+
+    restarted = copy.deepcopy(serve_config)  # new actor options: new replicas of these two
+    deployments = restarted["applications"][0]["deployments"]
+    for deployment in deployments:
+        if deployment["name"] == f"Model-{MODEL}":
+            deployment["ray_actor_options"] = {"num_cpus": 0.45}
+    deployments.append({"name": "JobRunner", "ray_actor_options": {"num_cpus": 0.11}})
+    with ThreadPoolExecutor(6) as pool:
+        in_flight = [pool.submit(label, n) for n in range(6)]
+        time.sleep(0.3)
+        deploy_config(restarted)
+        deadline = time.monotonic() + 180
+        while _runner_pid() == old["pid"]:
+            assert time.monotonic() < deadline, "the job runner was not replaced"
+            time.sleep(0.5)
+        assert [f.result() for f in in_flight] == [200] * 6
+
+    leased = "SELECT count(*) AS n FROM job_items WHERE lease_owner = $1 AND state = 'leased'"
+    assert asyncio.run(_rows(dsn, leased, old["owner"]))[0]["n"] == 0
+    job = _wait(client, job["id"], lambda j: j["status"] not in ("queued", "running"))
+    assert job["status"] == "succeeded", job
+    rows = _item_states(dsn, job["id"])
+    assert len(rows) == 400 and {r["state"] for r in rows} == {"succeeded"}
+    assert all(r["predictions"] == 1 for r in rows)
+    assert all(r["attempts"] == 1 for r in rows), "a clean stop spent an attempt"
