@@ -184,7 +184,7 @@ def create_api(
     keys = (
         KeyStore(workflow.services.db, settings.secret_key.get_secret_value()) if workflow else None
     )
-    authenticate = Authenticator(keys, settings)
+    authenticate = Authenticator(keys, settings, workflow.catalog if workflow else None)
 
     async def guard(request: Request) -> None:
         """Every route: the API key and its scope, then the rate limit (per key, or per

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from modelship.auth import Tenant
+from modelship.auth import Tenant, visible_to
 from modelship.errors import (
     Conflict,
     InvalidInput,
@@ -78,8 +78,12 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
         return await flow().create_project(tenant, spec, _ACTOR)
 
     @router.get("/projects", response_model=ProjectsResponse, tags=["projects"])
-    async def list_projects(tenant: Tenant, include_archived: bool = False) -> ProjectsResponse:
-        return ProjectsResponse(projects=await flow().catalog.projects(tenant, include_archived))
+    async def list_projects(
+        request: Request, tenant: Tenant, include_archived: bool = False
+    ) -> ProjectsResponse:
+        projects = await flow().catalog.projects(tenant, include_archived)
+        visible = set(visible_to(request, [p.id for p in projects]))
+        return ProjectsResponse(projects=[p for p in projects if p.id in visible])
 
     @router.get("/projects/{project_id}", response_model=Project, tags=["projects"])
     async def get_project(tenant: Tenant, project_id: UUID) -> Project:

@@ -3,17 +3,20 @@
 Every route under ``/api/v1`` is listed in ``SCOPES`` with the scope it needs (a test keeps
 the table complete); ``admin`` allows everything. The key's tenant is the tenant of every
 read and write the request makes, so another tenant's projects, jobs, items and exports
-answer 404. Health probes, the OpenAPI document and the docs need no key.
+answer 404; a key bound to some projects (``keys create --project``) sees only those. Health
+probes, the OpenAPI document and the docs need no key.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
+from uuid import UUID
 
 from fastapi import Depends, Request
 
-from modelship.errors import Forbidden, ServiceUnavailable, Unauthorized
+from modelship.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from modelship.settings import Settings
+from storage.catalog import Catalog
 from storage.keys import KeyStore, Principal
 
 SCOPES: dict[tuple[str, str], str] = {
@@ -52,9 +55,12 @@ def route_of(request: Request) -> str:
 class Authenticator:
     """Resolves the request's principal; ``None`` keys means auth is off (dev profile)."""
 
-    def __init__(self, keys: KeyStore | None, settings: Settings) -> None:
+    def __init__(
+        self, keys: KeyStore | None, settings: Settings, catalog: Catalog | None = None
+    ) -> None:
         self._keys = keys
         self._settings = settings
+        self._catalog = catalog
 
     async def __call__(self, request: Request) -> Principal | None:
         route = route_of(request)
@@ -73,7 +79,38 @@ class Authenticator:
         if not principal.allows(needed):
             raise Forbidden(f"this key lacks the '{needed}' scope", "insufficient_scope")
         request.state.principal = principal
+        if principal.project_ids is not None:
+            await self._check_project(request, principal, route)
         return principal
+
+    async def _check_project(self, request: Request, principal: Principal, route: str) -> None:
+        """A key bound to some projects: anything of another project does not exist for it
+        (404, as for another tenant's), and it cannot create projects."""
+        if (request.method, route) == ("POST", "/api/v1/projects"):
+            raise Forbidden("this key is bound to projects; it cannot create one", "project_bound")
+        for kind in ("project", "job", "export"):  # item routes name their project
+            raw = request.path_params.get(f"{kind}_id")
+            found = _uuid(raw) if raw is not None else None
+            if found is None:
+                continue  # not this kind, or malformed (FastAPI answers 422)
+            if kind != "project" and self._catalog is not None:
+                found = await self._catalog.owning_project(principal.tenant, kind, found)
+            if found is None or not principal.sees(found):
+                raise NotFound(f"no {kind} {raw}", f"unknown_{kind}")
+            return
+
+
+def _uuid(value: str) -> UUID | None:
+    try:
+        return UUID(value)
+    except ValueError:
+        return None  # FastAPI answers 422 for the malformed id
+
+
+def visible_to(request: Request, project_ids: list[UUID]) -> list[UUID]:
+    """The projects among ``project_ids`` the request's key may see."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    return [p for p in project_ids if principal is None or principal.sees(p)]
 
 
 def tenant_of(request: Request) -> str:

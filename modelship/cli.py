@@ -76,11 +76,14 @@ def keys(ns: argparse.Namespace) -> int:
         store = KeyStore(services.db, settings.secret_key.get_secret_value())
         try:
             if ns.action == "create":
-                key, principal = await store.create(ns.tenant, ns.scope, ns.name)
+                projects = [uuid.UUID(p) for p in ns.project] if ns.project else None
+                key, principal = await store.create(ns.tenant, ns.scope, ns.name, projects)
                 print(key)
                 print(
                     f"key {principal.key_id} for tenant {principal.tenant}, scopes"
-                    f" {', '.join(sorted(principal.scopes))}: shown once, stored hashed",
+                    f" {', '.join(sorted(principal.scopes))}"
+                    f"{', projects ' + ', '.join(ns.project) if ns.project else ''}:"
+                    " shown once, stored hashed",
                     file=sys.stderr,
                 )
             else:
@@ -152,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         help="repeat for several; admin allows everything",
     )
     create.add_argument("--name", default="", help="what the key is for")
+    create.add_argument(
+        "--project",
+        action="append",
+        metavar="PROJECT_ID",
+        help="bind the key to this project (repeat for several); default: every project",
+    )
     revoke = key_actions.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
     ns = parser.parse_args(argv)

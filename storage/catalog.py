@@ -105,6 +105,18 @@ class Catalog:
             raise NotFound(f"no project {project_id}", "unknown_project")
         return _project(row)
 
+    async def owning_project(self, tenant: str, kind: str, id_: UUID) -> UUID | None:
+        """The project a job or export belongs to (None: not this tenant's)."""
+        table = {"job": "jobs", "export": "exports"}[kind]
+        async with self._db.connection() as conn:
+            found: UUID | None = await conn.fetchval(
+                f"SELECT t.project_id FROM {table} t JOIN projects p ON p.id = t.project_id"
+                " WHERE t.id = $1 AND p.tenant = $2",
+                id_,
+                tenant,
+            )
+        return found
+
     async def projects(self, tenant: str, include_archived: bool = False) -> list[Project]:
         async with self._db.connection() as conn:
             rows = await conn.fetch(

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
 
 import httpx
 import pytest
@@ -93,27 +95,23 @@ async def test_keys_scopes_and_probes(secured: httpx.AsyncClient, keys: KeyStore
     assert_error(response, 401, "unauthorized")
 
 
-async def test_a_tenant_never_sees_another_tenants_data(
-    secured: httpx.AsyncClient, keys: KeyStore, runner: JobRunner
-) -> None:
-    owner, _ = await keys.create("tenant-b", ["admin"], "owner")
-    stranger, _ = await keys.create("tenant-c", ["admin"], "stranger")
-    mine, theirs = bearer(owner), bearer(stranger)
-    spec = {
-        "name": "private",
-        "task": "zero-shot-text-classification",
-        "model": "minilm",
-        "labels": LABELS,
-    }
-    project = (await secured.post("/api/v1/projects", json=spec, headers=mine)).json()
+async def _project_with_everything(
+    secured: httpx.AsyncClient, runner: JobRunner, headers: dict[str, str], name: str
+) -> tuple[dict[str, Any], list[str]]:
+    """A project with an item, a finished job and an export; every URL that reads them."""
+    spec = {"name": name, "task": "zero-shot-text-classification", "model": "minilm"}
+    project = (
+        await secured.post("/api/v1/projects", json={**spec, "labels": LABELS}, headers=headers)
+    ).json()
     base = f"/api/v1/projects/{project['id']}"
-    upload = await secured.post(f"{base}/items", json={"texts": ["a goal"]}, headers=mine)
+    upload = await secured.post(
+        f"{base}/items", json={"texts": [f"a goal {name}"]}, headers=headers
+    )
     item = upload.json()["items"][0]["id"]
-    job = (await secured.post(f"{base}/jobs", headers=mine)).json()
+    job = (await secured.post(f"{base}/jobs", headers=headers)).json()
     await drain(runner)
-    export = (await secured.post(f"{base}/exports", json={"format": "csv"}, headers=mine)).json()
-
-    for url in (
+    export = (await secured.post(f"{base}/exports", json={"format": "csv"}, headers=headers)).json()
+    return project, [
         base,
         f"{base}/items",
         f"{base}/items/{item}",
@@ -123,7 +121,20 @@ async def test_a_tenant_never_sees_another_tenants_data(
         f"/api/v1/jobs/{job['id']}/results",
         f"/api/v1/exports/{export['id']}",
         f"/api/v1/exports/{export['id']}/download",
-    ):
+    ]
+
+
+async def test_a_tenant_never_sees_another_tenants_data(
+    secured: httpx.AsyncClient, keys: KeyStore, runner: JobRunner
+) -> None:
+    owner, _ = await keys.create("tenant-b", ["admin"], "owner")
+    stranger, _ = await keys.create("tenant-c", ["admin"], "stranger")
+    mine, theirs = bearer(owner), bearer(stranger)
+    project, urls = await _project_with_everything(secured, runner, mine, "private")
+    base = f"/api/v1/projects/{project['id']}"
+    job_url = next(u for u in urls if u.startswith("/api/v1/jobs/"))
+
+    for url in urls:
         assert (await secured.get(url, headers=mine)).status_code in (200, 409), url
         assert (await secured.get(url, headers=theirs)).status_code == 404, url
     assert project["id"] not in {
@@ -131,8 +142,44 @@ async def test_a_tenant_never_sees_another_tenants_data(
     }
     response = await secured.post(f"{base}/items", json={"texts": ["x"]}, headers=theirs)
     assert_error(response, 404, "unknown_project")
-    response = await secured.post(f"/api/v1/jobs/{job['id']}/cancel", headers=theirs)
+    response = await secured.post(f"{job_url}/cancel", headers=theirs)
     assert_error(response, 404, "unknown_job")
+
+
+async def test_a_key_bound_to_a_project_sees_only_that_project(
+    secured: httpx.AsyncClient, keys: KeyStore, runner: JobRunner
+) -> None:
+    owner, _ = await keys.create("tenant-d", ["admin"], "owner")
+    ours, our_urls = await _project_with_everything(secured, runner, bearer(owner), "ours")
+    other, other_urls = await _project_with_everything(secured, runner, bearer(owner), "other")
+    # even an admin key, once bound, sees nothing else and creates no project
+    bound, principal = await keys.create(
+        "tenant-d", ["admin"], "bound", project_ids=[UUID(ours["id"])]
+    )
+    assert principal.project_ids == {UUID(ours["id"])}
+    for url in our_urls:
+        assert (await secured.get(url, headers=bearer(bound))).status_code in (200, 409), url
+    for url in other_urls:
+        response = await secured.get(url, headers=bearer(bound))
+        assert response.status_code == 404, url
+        assert response.json()["error"]["code"].startswith("unknown_")
+    listed = (await secured.get("/api/v1/projects", headers=bearer(bound))).json()["projects"]
+    assert [p["id"] for p in listed] == [ours["id"]]
+    upload = {"texts": ["more"]}
+    other_items = f"/api/v1/projects/{other['id']}/items"
+    assert_error(
+        await secured.post(other_items, json=upload, headers=bearer(bound)), 404, "unknown_project"
+    )
+    our_items = f"/api/v1/projects/{ours['id']}/items"
+    assert (await secured.post(our_items, json=upload, headers=bearer(bound))).status_code == 201
+    spec = {"name": "new", "task": "zero-shot-text-classification", "model": "minilm"}
+    created = await secured.post("/api/v1/projects", json=spec, headers=bearer(bound))
+    assert_error(created, 403, "project_bound")
+    # labeling without a project is not bound
+    labeled = await secured.post(
+        "/api/v1/classify/text", json={"texts": ["a goal"], "labels": LABELS}, headers=bearer(bound)
+    )
+    assert labeled.status_code == 200, labeled.text
 
 
 def test_the_cli_creates_a_key_that_works_once_shown(
@@ -145,7 +192,9 @@ def test_the_cli_creates_a_key_that_works_once_shown(
         "MODELSHIP_DATABASE_URL": auth_settings.database_url.get_secret_value(),
         "MODELSHIP_REDIS_URL": auth_settings.redis_url.get_secret_value(),
     }
+    project = str(uuid4())
     command = [sys.executable, "-m", "modelship.cli", "keys", "create", "--scope", "read"]
+    command += ["--project", project]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     key = done.stdout.strip()
@@ -159,6 +208,7 @@ def test_the_cli_creates_a_key_that_works_once_shown(
             store = KeyStore(services.db, auth_settings.secret_key.get_secret_value())
             principal = await store.authenticate(key)
             assert principal is not None and principal.scopes == {"read"}
+            assert principal.project_ids == {UUID(project)}
             async with services.db.connection() as conn:
                 stored = await conn.fetchval(
                     "SELECT count(*) FROM api_keys WHERE key_hash = $1", key
