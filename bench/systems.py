@@ -50,6 +50,9 @@ class Server:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[str] | None = None
     stops_on_eof: bool = False
+    # Only a server whose stdout is read here may write into a pipe: nobody drains it
+    # otherwise, and a server that logs to stdout blocks once its 64 KiB are full.
+    stdout_read: bool = False
 
     @property
     def base_url(self) -> str:
@@ -63,7 +66,7 @@ class Server:
             cwd=ROOT,
             env=env,
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.PIPE if self.stdout_read else subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             text=True,
         )
@@ -121,6 +124,7 @@ class ModelShip(Server):
             ready_path="/health/ready",
             env=env,
             stops_on_eof=True,
+            stdout_read=True,
         )
 
     def request(self, items: list[bytes | str]) -> Request:

@@ -65,7 +65,8 @@ MAX_LATENCY_MS = int(os.environ.get("BENCH_MAX_LATENCY_MS", "1000"))
 LOG_BATCHES = os.environ.get("BENCH_LOG_BATCHES") == "1"
 
 
-@bentoml.service(workers=1)
+# No access log, as in the plain server: a line per request is work the others don't do.
+@bentoml.service(workers=1, logging={"access": {"enabled": False}})
 class ClassifierService:
     """One worker process holding the workload's predictor (loaded in ``__init__``)."""
 
