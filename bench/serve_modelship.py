@@ -34,6 +34,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
             batching=batching,
             num_cpus=1,
             torch_threads=args.threads,
+            concurrent_batches=args.concurrent_batches,
         )
     return ModelConfig(
         name="efficientnet-lite0",
@@ -42,6 +43,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
         batching=batching,
         num_cpus=1,
         torch_threads=args.threads,
+        concurrent_batches=args.concurrent_batches,
     )
 
 
@@ -51,7 +53,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--wait", type=float, default=0.0)
-    parser.add_argument("--threads", type=int, default=2)
+    # As config/serve_config.yaml ships: two single-threaded batches at once.
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--concurrent-batches", type=int, default=2)
     args = parser.parse_args()
     config = model_config(args)
     temp_dir = tempfile.mkdtemp(prefix="ray-bench-", dir="/tmp")

@@ -41,8 +41,10 @@ class ModelReplica:
     """Loads one model and labels prepared items in dynamic batches.
 
     Batch size and wait come from ``user_config`` and change live in ``reconfigure``.
-    Torch runs on one dedicated thread per replica: called from several threads, its
-    thread pool stops spinning and small batches get markedly slower.
+    Batches run on ``concurrent_batches`` dedicated threads (one by default: called from
+    several threads, torch's intra-op pool stops spinning and small batches get slower;
+    with ``torch_threads: 1`` each batch runs on its own thread instead, which is what
+    holds up when other processes share the cores).
 
     Args:
         config: the model to serve.
@@ -59,9 +61,17 @@ class ModelReplica:
         files = ModelStore(settings.models_dir).resolve(config.source)
         self._predictor: Predictor[Any, Any] = build_predictor(config, files, device)
         self._predictor.load()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.concurrent_batches, thread_name_prefix="torch"
+        )
+        self._infer = serve.batch(
+            max_batch_size=self._batching.max_batch_size,
+            batch_wait_timeout_s=self._batching.batch_wait_timeout_s,
+            max_concurrent_batches=config.concurrent_batches,
+        )(self._run_batch)
         self._batch_sizes: deque[int] = deque(maxlen=10_000)
         self._batches = self._items = 0
+        self._running = self._running_peak = 0  # batches on the executor now, and at most
         self._failures = 0
         self._last_success = time.monotonic()
         self._metrics = ServeMetrics()
@@ -89,11 +99,13 @@ class ModelReplica:
             for output, item in zip(outputs, items, strict=True)
         ]
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def _infer(self, batch: list[Prepared]) -> list[Output]:
+    async def _run_batch(self, batch: list[Prepared]) -> list[Output]:
+        """One dynamic batch (``self._infer`` is this behind Serve's batch queue)."""
         self._batch_sizes.append(len(batch))
         self._batches += 1
         self._items += len(batch)
+        self._running += 1
+        self._running_peak = max(self._running_peak, self._running)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
@@ -106,6 +118,8 @@ class ModelReplica:
         except Exception:
             self._failures += 1
             raise
+        finally:
+            self._running -= 1
         self._metrics.batch(
             self._config.name, self._config.task, len(batch), time.perf_counter() - started
         )
@@ -131,6 +145,7 @@ class ModelReplica:
             "batches": self._batches,
             "items": self._items,
             "batch_sizes": list(self._batch_sizes),
+            "concurrent_batches_peak": self._running_peak,
         }
 
     async def check_health(self) -> None:

@@ -80,6 +80,15 @@ class ModelConfig(Inbound):
     torch_threads: int | None = Field(
         None, ge=1, le=256, description="Intra-op threads; default: the replica's CPUs, rounded up."
     )
+    concurrent_batches: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description=(
+            "Batches a replica runs at once, each on its own thread. On shared CPUs, two"
+            " single-threaded batches beat one batch on two threads (torch_threads: 1)."
+        ),
+    )
     max_queued_requests: int = Field(256, ge=1, description="Beyond this, requests get 503.")
 
     @model_validator(mode="after")

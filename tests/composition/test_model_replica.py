@@ -67,6 +67,29 @@ async def test_one_request_with_many_items_joins_the_batch_queue(
     assert max((await _batch_sizes(replica))[before:]) > 1
 
 
+async def test_batches_run_concurrently_up_to_the_configured_number(
+    replica: DeploymentHandle, settings: Settings
+) -> None:
+    assert (await replica.stats.remote())["concurrent_batches_peak"] == 1  # the default
+    config = MINILM.model_copy(update={"concurrent_batches": 2, "torch_threads": 1})
+    app = ModelReplica.options(
+        name="TwoAtOnce",
+        user_config={"max_batch_size": 2, "batch_wait_timeout_s": 0.0},
+        max_ongoing_requests=64,
+        ray_actor_options={"num_cpus": 0.5},
+    ).bind(config, settings)
+    two = serve.run(app, name="two-batches-at-once", route_prefix=None)
+    try:
+        items = _items(settings, 24)
+        results = await asyncio.gather(*(two.predict.remote([item]) for item in items))
+        assert len(results) == 24
+        stats = await two.stats.remote()
+        assert stats["concurrent_batches_peak"] == 2
+        assert max(stats["batch_sizes"]) <= 2
+    finally:
+        serve.delete("two-batches-at-once")
+
+
 async def test_reconfigure_changes_the_batch_size_live(
     replica: DeploymentHandle, settings: Settings
 ) -> None:
