@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,19 @@ from storage.embedded import EmbeddedPostgres, EmbeddedRedis
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "serve_config.yaml"
 APP = "modelship"
+
+
+def serve_log_records(deployment: str) -> list[dict[str, Any]]:
+    """The JSON records in this cluster's replica logs of ``deployment``."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    records = []
+    for path in logs.glob(f"replica_{APP}_{deployment}_*.log"):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                records.append(json.loads(line))
+    return records
 
 
 def deploy_config(config: dict[str, Any], timeout_s: float = 300) -> None:

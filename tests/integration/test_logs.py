@@ -5,21 +5,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
-from typing import Any
 
 import httpx
-import ray
 
-
-def _records(deployment: str) -> list[dict[str, Any]]:
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
-    records = []
-    for path in logs.glob(f"replica_modelship_{deployment}_*.log"):
-        for line in path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                records.append(json.loads(line))
-    return records
+from tests.integration.conftest import serve_log_records
 
 
 def test_a_request_is_logged_as_json_with_its_id(http: httpx.Client) -> None:
@@ -28,7 +17,7 @@ def test_a_request_is_logged_as_json_with_its_id(http: httpx.Client) -> None:
     assert response.status_code == 200
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        found = [r for r in _records("Ingress") if r.get("request_id") == request_id]
+        found = [r for r in serve_log_records("Ingress") if r.get("request_id") == request_id]
         if any(r.get("message") == "slow request" for r in found):
             break
         time.sleep(0.2)

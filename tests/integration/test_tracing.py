@@ -7,9 +7,11 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
+from tests.integration.conftest import serve_log_records
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 MODEL = "replica_handle_request Model-minilm-zero-shot predict"
@@ -27,6 +29,15 @@ def _wait_for(
         time.sleep(0.3)
     seen = [(s.name, s.trace_id[:6], s.span_id[:6], s.parent_id[:6]) for s in receiver.spans]
     raise AssertionError(f"no such spans; received {seen}")
+
+
+def _wait_for_log(matches: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if found := [r for r in serve_log_records("JobRunner") if matches(r)]:
+            return found[0]
+        time.sleep(0.3)
+    raise AssertionError("no such JobRunner log record")
 
 
 def _one(spans: list[ReceivedSpan], prefix: str) -> ReceivedSpan:
@@ -96,6 +107,10 @@ def test_a_job_batch_is_traced_and_carries_the_submitting_request_id(
         assert time.monotonic() < deadline, job
         time.sleep(0.2)
     assert job["request_id"] == request_id
+    settled = _wait_for_log(
+        lambda r: r.get("message") == "job batch settled" and r.get("job_id") == job_id
+    )
+    assert settled["request_id"] == request_id and settled["deployment"].endswith("JobRunner")
 
     def batches() -> list[ReceivedSpan]:
         return [
