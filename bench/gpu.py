@@ -206,6 +206,8 @@ def serve_child(args: argparse.Namespace) -> None:
 
     from graphs.labeling import build_app
     from modelship.schemas import LabelingAppArgs
+    from modelship.settings import Settings
+    from storage.embedded import stop_embedded
 
     config = ModelConfig(
         name="encoder",
@@ -232,7 +234,10 @@ def serve_child(args: argparse.Namespace) -> None:
             http_options={"host": "127.0.0.1", "port": args.port},
             logging_config={"enable_access_log": False, "log_level": "WARNING"},
         )
-        serve.run(build_app(LabelingAppArgs(models=[config])), name="modelship", route_prefix="/")
+        # Like bench.serve_modelship: no rate limit; embedded services in the temp folder.
+        settings = Settings(data_dir=Path(args.temp_dir) / "data", rate_limit_per_minute=0)
+        app = build_app(LabelingAppArgs(models=[config], settings=settings))
+        serve.run(app, name="modelship", route_prefix="/")
         handle = serve.get_deployment_handle(config.deployment_name, app_name="modelship")
         print("READY", flush=True)
         for line in sys.stdin:
@@ -245,6 +250,7 @@ def serve_child(args: argparse.Namespace) -> None:
         if ray.is_initialized():
             serve.shutdown()
             ray.shutdown()
+        stop_embedded(Path(args.temp_dir) / "data" / "services")
 
 
 def descendants(root: int) -> set[int]:
@@ -276,6 +282,7 @@ class GpuModelShip(ModelShip):
             "/health/ready",
             env={"RAY_ADDRESS": ""},
             stops_on_eof=True,
+            stdout_read=True,
         )
 
 

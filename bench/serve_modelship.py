@@ -20,6 +20,7 @@ from bench.workloads import LABELS
 from graphs.labeling import build_app
 from modelship.schemas import BatchingConfig, LabelingAppArgs, LabelSpec, ModelConfig, Task
 from modelship.settings import Settings
+from storage.embedded import stop_embedded
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
@@ -84,6 +85,7 @@ def main() -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
+        stop_embedded(Path(temp_dir) / "data" / "services")
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -258,6 +258,13 @@ class EmbeddedRedis:
                 return False
 
 
+def stop_embedded(services_dir: Path) -> None:
+    """Stop the embedded PostgreSQL and Redis kept under ``services_dir`` (if running);
+    before deleting their folder, or Redis, unable to save on exit, keeps running."""
+    EmbeddedPostgres(services_dir / "postgres").stop()
+    EmbeddedRedis(services_dir / "redis").stop()
+
+
 @dataclass(frozen=True)
 class _Endpoint:
     """Port and password of a server, saved beside it so its URL survives restarts."""

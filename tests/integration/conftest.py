@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from modelship.settings import Settings
-from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+from storage.embedded import stop_embedded
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "serve_config.yaml"
 APP = "modelship"
@@ -68,9 +68,7 @@ def live_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
         slow_request_s=0.0,  # every request is "slow": the log test finds its own
     )
     yield settings
-    services = settings.data_dir / "services"
-    EmbeddedPostgres(services / "postgres").stop()
-    EmbeddedRedis(services / "redis").stop()
+    stop_embedded(settings.data_dir / "services")
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+from storage.embedded import stop_embedded
 from tests.conftest import _free_port
 from tests.integration.conftest import CONFIG
 
@@ -128,8 +128,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ssl.SS
             process.wait()
         log.close()
         shutil.rmtree(ray_tmp, ignore_errors=True)
-        EmbeddedPostgres(directory / "data" / "services" / "postgres").stop()
-        EmbeddedRedis(directory / "data" / "services" / "redis").stop()
+        stop_embedded(directory / "data" / "services")
 
 
 def test_https_with_the_configured_certificate(edge: tuple[str, ssl.SSLContext]) -> None:
