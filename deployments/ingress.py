@@ -12,7 +12,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
+from modelship import tracing
 from modelship.api import create_api
+from modelship.context import request_scope
 from modelship.http_errors import translate
 from modelship.logs import to_serve_logs
 from modelship.metrics import ServeMetrics
@@ -26,6 +28,11 @@ T = TypeVar("T")
 logger = logging.getLogger("modelship.ingress")
 
 _READY_TIMEOUT_S = 2.0
+# Text requests arriving together share downstream calls: at most this many per call, and
+# this many shared calls at once (more requests wait for one to finish, and join the next).
+# Measured side by side, 16 clients sending 1 text each: 55 → 66 items/s (+21%).
+_COALESCE_MAX_REQUESTS = 16
+_COALESCE_IN_FLIGHT = 8
 
 
 # Serve's default of 5 ongoing requests would cap the whole graph at 5 requests in flight.
@@ -122,8 +129,58 @@ class Ingress:
     async def label_texts(
         self, config: ModelConfig, texts: list[str], options: ItemOptions
     ) -> list[ItemResult]:
-        prepared = self._preprocessor.texts.remote(config.name, texts, options)
-        return await self._call(self._models[config.name].predict.remote(prepared))
+        outcome = await self._coalesced_texts((config.name, options, texts))
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    @serve.batch(
+        max_batch_size=_COALESCE_MAX_REQUESTS,
+        batch_wait_timeout_s=0.0,
+        max_concurrent_batches=_COALESCE_IN_FLIGHT,
+    )
+    async def _coalesced_texts(
+        self, calls: list[tuple[str, ItemOptions, list[str]]]
+    ) -> list[list[ItemResult] | BaseException]:
+        """Text requests waiting here at the same moment share one Preprocessor call and
+        one model call per (model, options): a Serve call costs milliseconds of CPU on
+        each side, more than tokenising or batching a text. Nothing waits for company
+        (no window), so a lone request goes straight through.
+
+        A shared call carries the request id of its first request, and runs in the trace
+        of the batch's first request (as a model batch does); its span lists every
+        request id it serves.
+        """
+        groups: list[tuple[str, ItemOptions, list[int]]] = []  # options hold lists: no dict
+        for index, (model, options, _) in enumerate(calls):
+            group = next((g for g in groups if g[0] == model and g[1] == options), None)
+            if group is None:
+                groups.append((model, options, [index]))
+            else:
+                group[2].append(index)
+        outcomes: list[list[ItemResult] | BaseException] = [[] for _ in calls]
+        ids = [c.request_id for c in serve.context._get_serve_batch_request_context()]
+
+        async def one_group(model: str, options: ItemOptions, members: list[int]) -> None:
+            texts = [text for i in members for text in calls[i][2]]
+            try:
+                with (
+                    request_scope(ids[members[0]] if ids else None),
+                    tracing.span("coalesce", requests=len(members), request_ids=ids),
+                ):
+                    prepared = self._preprocessor.texts.remote(model, texts, options)
+                    results = await self._call(self._models[model].predict.remote(prepared))
+            except Exception as exc:
+                for i in members:
+                    outcomes[i] = exc
+                return
+            start = 0
+            for i in members:
+                outcomes[i] = results[start : start + len(calls[i][2])]
+                start += len(calls[i][2])
+
+        await asyncio.gather(*(one_group(*group) for group in groups))
+        return outcomes
 
     async def model_infos(self) -> list[ModelInfo]:
         return list(await asyncio.gather(*(self._info(config) for config in self._configs)))

@@ -172,7 +172,7 @@ class JobRunner:
         logger.info(
             "job batch settled",
             extra={
-                "job_id": str(claim.job_id),
+                "job": str(claim.job_id),  # Serve's formatter drops "job_id" (Ray's own)
                 "model": claim.model,
                 "items": len(claim.items),
                 "failed": len(failures),

@@ -108,7 +108,7 @@ def test_a_job_batch_is_traced_and_carries_the_submitting_request_id(
         time.sleep(0.2)
     assert job["request_id"] == request_id
     settled = _wait_for_log(
-        lambda r: r.get("message") == "job batch settled" and r.get("job_id") == job_id
+        lambda r: r.get("message") == "job batch settled" and r.get("job") == job_id
     )
     assert settled["request_id"] == request_id and settled["deployment"].endswith("JobRunner")
 
