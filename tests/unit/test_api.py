@@ -14,6 +14,7 @@ from modelship.local import LocalBackend
 from modelship.schemas import ModelConfig, Task
 from modelship.settings import Settings
 from tests.conftest import PACKAGED_MODELS, payload
+from tests.unit.flow import assert_error
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -29,13 +30,6 @@ async def client(backend: LocalBackend) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         yield http
-
-
-def _assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code
-    assert error["request_id"] == response.headers["x-request-id"]
 
 
 async def test_classify_image_multipart(client: httpx.AsyncClient) -> None:
@@ -84,16 +78,16 @@ async def test_classify_many_images_in_one_request(client: httpx.AsyncClient) ->
 async def test_one_bad_image_fails_the_batch_and_is_named(client: httpx.AsyncClient) -> None:
     files = [("file", ("a", payload("cat.jpg"))), ("file", ("b", payload("truncated.jpg")))]
     response = await client.post("/api/v1/classify/images", files=files)
-    _assert_error(response, 422, "corrupt_image")
+    assert_error(response, 422, "corrupt_image")
     assert response.json()["error"]["message"].startswith("image 1:")
     too_many = [base64.b64encode(payload("cat_small.png")).decode()] * 33
     response = await client.post("/api/v1/classify/images", json={"images_base64": too_many})
-    _assert_error(response, 422, "too_many_images")
+    assert_error(response, 422, "too_many_images")
     many_files = [("file", ("a", payload("cat_small.png")))] * 33
     response = await client.post("/api/v1/classify/images", files=many_files)
-    _assert_error(response, 422, "too_many_images")
+    assert_error(response, 422, "too_many_images")
     single = await client.post("/api/v1/classify/image", files=many_files[:2])
-    _assert_error(single, 422, "too_many_images")
+    assert_error(single, 422, "too_many_images")
     broken = await client.post(
         "/api/v1/classify/image",
         content=b"--xyz\r\nnot a part",
@@ -184,13 +178,13 @@ async def test_openapi_is_generated_from_the_schemas(client: httpx.AsyncClient) 
 async def test_bad_images(client: httpx.AsyncClient, name: str, status: int, code: str) -> None:
     for route in ("/api/v1/classify/image", "/api/v1/detect"):
         response = await client.post(route, files={"file": (name, payload(name))})
-        _assert_error(response, status, code)
+        assert_error(response, status, code)
 
 
 async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
     big = b"\xff\xd8\xff" + b"\x00" * 2_100_000
     response = await client.post("/api/v1/classify/image", files={"file": ("big.jpg", big)})
-    _assert_error(response, 413, "payload_too_large")
+    assert_error(response, 413, "payload_too_large")
 
 
 @pytest.mark.parametrize(
@@ -209,21 +203,21 @@ async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
 async def test_bad_text_requests(
     client: httpx.AsyncClient, body: dict[str, object], status: int, code: str
 ) -> None:
-    _assert_error(await client.post("/api/v1/classify/text", json=body), status, code)
+    assert_error(await client.post("/api/v1/classify/text", json=body), status, code)
 
 
 async def test_other_bad_requests(client: httpx.AsyncClient) -> None:
     route = "/api/v1/classify/image"
-    _assert_error(
+    assert_error(
         await client.post(route, content=b"x", headers={"content-type": "text/plain"}),
         415,
         "unsupported_media_type",
     )
-    _assert_error(await client.post(route, json={"image_base64": "***"}), 422, "invalid_base64")
-    _assert_error(
+    assert_error(await client.post(route, json={"image_base64": "***"}), 422, "invalid_base64")
+    assert_error(
         await client.post(route, data={"top_k": "1"}, files={"other": ("a", b"b")}), 422, "no_file"
     )
-    _assert_error(
+    assert_error(
         await client.post(
             route, content=b"{not json", headers={"content-type": "application/json"}
         ),
@@ -231,14 +225,12 @@ async def test_other_bad_requests(client: httpx.AsyncClient) -> None:
         "invalid_request",
     )
     files = {"file": ("c.jpg", payload("cat.jpg"))}
-    _assert_error(
+    assert_error(
         await client.post(route, files=files, data={"model": "ghost"}), 404, "unknown_model"
     )
-    _assert_error(
-        await client.post(route, files=files, data={"top_k": "0"}), 422, "invalid_request"
-    )
-    _assert_error(await client.get("/api/v1/nothing-here"), 404, "not_found")
-    _assert_error(await client.get(route), 405, "method_not_allowed")
+    assert_error(await client.post(route, files=files, data={"top_k": "0"}), 422, "invalid_request")
+    assert_error(await client.get("/api/v1/nothing-here"), 404, "not_found")
+    assert_error(await client.get(route), 405, "method_not_allowed")
 
 
 @pytest.fixture(scope="module")
