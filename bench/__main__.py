@@ -49,10 +49,12 @@ def measure_limit(workload: Workload, seconds: float) -> dict[str, Any]:
 def systems(kind: Kind, names: list[str], args: argparse.Namespace) -> list[Server]:
     env = dict(pair.split("=", 1) for pair in args.env)
     max_batch = args.max_batch or (32 if kind == "text" else 8)
-    haproxy = {**env, "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    # modelship runs as `modelship serve` starts it (HAProxy, throughput mode);
+    # modelship-proxy with Serve's own defaults (its Python proxy), for comparison.
+    proxy = {**env, "RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
     made: dict[str, Server] = {
         "modelship": ModelShip(kind, max_batch, args.wait, env, "modelship"),
-        "modelship-haproxy": ModelShip(kind, max_batch, args.wait, haproxy, "modelship-haproxy"),
+        "modelship-proxy": ModelShip(kind, max_batch, args.wait, proxy, "modelship-proxy"),
         "per-request": plain(kind),
         "bentoml": bentoml(kind),
     }
@@ -132,7 +134,7 @@ def run_workload(kind: Kind, names: list[str], args: argparse.Namespace) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--workloads", default="text,image")
-    parser.add_argument("--systems", default="modelship,modelship-haproxy,per-request,bentoml")
+    parser.add_argument("--systems", default="modelship,modelship-proxy,per-request,bentoml")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10.0, help="per measured phase")
     parser.add_argument("--warmup", type=float, default=2.0, help="per phase, not counted")

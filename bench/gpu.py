@@ -206,6 +206,7 @@ def serve_child(args: argparse.Namespace) -> None:
 
     from graphs.labeling import build_app
     from modelship.schemas import LabelingAppArgs
+    from modelship.serving import private_haproxy, ray_environment
     from modelship.settings import Settings
     from storage.embedded import stop_embedded
 
@@ -220,6 +221,8 @@ def serve_child(args: argparse.Namespace) -> None:
         num_gpus=args.num_gpus,
         torch_threads=2,
     )
+    os.environ.update(ray_environment(None, os.environ))  # as bench.serve_modelship
+    os.environ.update(private_haproxy(Path(args.temp_dir) / "hap"))
     try:
         ray.init(
             num_cpus=args.cpus,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from ray import serve
 from bench.workloads import LABELS
 from graphs.labeling import build_app
 from modelship.schemas import BatchingConfig, LabelingAppArgs, LabelSpec, ModelConfig, Task
+from modelship.serving import private_haproxy, ray_environment
 from modelship.settings import Settings
 from storage.embedded import stop_embedded
 
@@ -60,6 +62,10 @@ def main() -> None:
     args = parser.parse_args()
     config = model_config(args)
     temp_dir = tempfile.mkdtemp(prefix="ray-bench-", dir="/tmp")
+    # As `modelship serve` starts Ray (unless this process was given other switches); set
+    # after importing Serve, so this driver's handle keeps its own loop for `stats`.
+    os.environ.update(ray_environment(None, os.environ))
+    os.environ.update(private_haproxy(Path(temp_dir) / "hap"))
     ray.init(
         num_cpus=2,
         include_dashboard=False,

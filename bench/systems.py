@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,19 +62,23 @@ class Server:
     def start(self, timeout_s: float = 300) -> None:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_PORT": str(self.port), **self.env}
         env["BENCH_WORKLOAD"] = self.kind
+        # Read back if the server exits before it is ready; closed with the object.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         self.process = subprocess.Popen(
             [arg.replace("{port}", str(self.port)) for arg in self.command],
             cwd=ROOT,
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE if self.stdout_read else subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self._stderr,
             text=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
+                self._stderr.seek(0)
+                tail = self._stderr.read()[-3000:].decode(errors="replace")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{tail}")
             try:
                 if httpx.get(self.base_url + self.ready_path, timeout=2).status_code == 200:
                     return

@@ -20,9 +20,14 @@ def _app_args(config_path: Path) -> dict[str, object]:
 
 
 def serve(config_path: Path) -> int:
-    """Serve the application on a local Ray cluster (``serve run`` on the config)."""
+    """Serve the application on a local Ray cluster (``serve run`` on the config), with
+    Serve's fast data path unless the config asks for TLS (``modelship.serving``)."""
+    from modelship.serving import ray_environment
+
     serve_bin = Path(sys.executable).with_name("serve")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    http_options = yaml.safe_load(config_path.read_text()).get("http_options")
+    os.environ.update(ray_environment(http_options, os.environ))
     os.execv(serve_bin, [str(serve_bin), "run", str(config_path)])
     return 0  # not reached
 

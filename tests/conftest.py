@@ -155,9 +155,21 @@ def serve_cluster(otlp_receiver: OtlpReceiver) -> Iterator[int]:
     import ray
     from ray import serve
 
+    from modelship.serving import private_haproxy, ray_environment
+
     os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = otlp_receiver.endpoint
 
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    # The cluster runs as `modelship serve` starts it (HAProxy, throughput mode), with
+    # HAProxy's files and ports its own. Only Ray's processes get this environment: this
+    # process imported Serve before, so its handles keep their own event loop (tests call
+    # them from synchronous code).
+    cluster_env = {
+        **ray_environment(None, os.environ),
+        **private_haproxy(Path(temp_dir) / "hap"),
+    }
+    saved = dict(os.environ)
+    os.environ.update(cluster_env)
     ray.init(
         num_cpus=4,
         include_dashboard=False,
@@ -168,6 +180,8 @@ def serve_cluster(otlp_receiver: OtlpReceiver) -> Iterator[int]:
         _system_config={"metrics_report_interval_ms": 1000},  # metrics visible within ~1 s
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
     )
+    os.environ.clear()
+    os.environ.update(saved)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:

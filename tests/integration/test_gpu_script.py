@@ -17,7 +17,8 @@ def _embedded_redis_servers() -> int:
 
 def test_the_gpu_script_runs_at_tiny_size(tmp_path: Path) -> None:
     servers = _embedded_redis_servers()
-    command = ["bench/gpu.sh", "--tiny", "--seconds", "0.3", "--out", str(tmp_path)]
+    # Serve phases as long as the sweeps' measurements: 1 s holds a few 16-text requests.
+    command = ["bench/gpu.sh", "--tiny", "--seconds", "1", "--out", str(tmp_path)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_report.json").read_text())

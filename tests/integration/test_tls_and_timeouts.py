@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from modelship.serving import ray_environment
 from storage.embedded import stop_embedded
 from tests.conftest import _free_port
 from tests.integration.conftest import CONFIG
@@ -93,14 +94,18 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ssl.SS
     certfile, keyfile = _self_signed(directory)
     port = _free_port()
     config = directory / "serve_config.yaml"
-    config.write_text(yaml.safe_dump(_edge_config(port, certfile, keyfile, directory / "data")))
+    settings = _edge_config(port, certfile, keyfile, directory / "data")
+    config.write_text(yaml.safe_dump(settings))
+    # As `modelship serve` starts it: TLS keeps Serve's Python proxy (HAProxy has no TLS).
+    mode = ray_environment(settings["http_options"], os.environ)
+    assert mode["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
     ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     serve_bin = Path(sys.executable).with_name("serve")
     log = (directory / "serve.log").open("wb")
     process = subprocess.Popen(
         [str(serve_bin), "run", "--address", "local", str(config)],
         cwd=Path(__file__).resolve().parents[2],
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "RAY_TMPDIR": ray_tmp},
+        env={**os.environ, **mode, "HF_HUB_OFFLINE": "1", "RAY_TMPDIR": ray_tmp},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

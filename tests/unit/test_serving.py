@@ -1,0 +1,43 @@
+"""How Ray is started for ModelShip: Serve's fast path, the Python proxy for TLS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelship.serving import private_haproxy, ray_environment
+
+
+def test_haproxy_and_throughput_mode_by_default_with_logs_written_at_once() -> None:
+    assert ray_environment({"host": "127.0.0.1", "port": 8000}, {}) == {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+    }
+
+
+def test_tls_keeps_serves_python_proxy() -> None:
+    env = ray_environment({"ssl_certfile": "/certs/tls.crt", "ssl_keyfile": "/certs/tls.key"})
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+
+
+def test_a_switch_already_set_is_left_alone() -> None:
+    env = ray_environment(None, {"RAY_SERVE_ENABLE_HA_PROXY": "0"})
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in env
+    assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+
+
+def test_private_haproxy_files_and_ports(tmp_path: Path) -> None:
+    directory = Path("/tmp") / tmp_path.name[:16]
+    env = private_haproxy(directory)
+    assert directory.is_dir()
+    assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"] == f"{directory}/admin.sock"
+    assert int(env["RAY_SERVE_HAPROXY_STATS_PORT"]) > 0 < int(env["RAY_SERVE_HAPROXY_METRICS_PORT"])
+    directory.rmdir()
+
+
+def test_a_haproxy_folder_too_long_for_its_sockets_is_refused() -> None:
+    with pytest.raises(ValueError, match="at most 27"):
+        private_haproxy(Path("/tmp/a-folder-name-far-too-long-for-haproxy"))
