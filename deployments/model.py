@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import os
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -71,7 +72,11 @@ class ModelReplica:
         )(self._run_batch)
         self._batch_sizes: deque[int] = deque(maxlen=10_000)
         self._batches = self._items = 0
-        self._running = self._running_peak = 0  # batches on the executor now, and at most
+        self._running = 0  # batches started and not finished (some may wait for a thread)
+        self._executing = self._executing_peak = 0  # batches on the threads now, and at most
+        self._executing_lock = threading.Lock()
+        self._pending = 0  # items in Serve's batch queue or in a batch from it
+        self._direct = 0  # requests labeled without the batch queue (it was idle)
         self._failures = 0
         self._last_success = time.monotonic()
         self._metrics = ServeMetrics()
@@ -91,8 +96,24 @@ class ModelReplica:
         self._infer.set_batch_wait_timeout_s(self._batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     async def predict(self, items: list[Prepared]) -> list[ItemResult]:
-        """Label items; each joins this replica's batch queue alongside other requests'."""
-        outputs = await asyncio.gather(*(self._infer(item) for item in items))
+        """Label items; each joins this replica's batch queue alongside other requests'.
+
+        When nothing is queued or running, the items run at once as their own batch:
+        waiting out the batch window for company that is not coming only adds latency
+        (a request arriving meanwhile batches as usual, next to this one).
+        """
+        idle = self._running == 0 and self._pending == 0
+        if idle and len(items) <= self._batching.max_batch_size:
+            self._direct += 1
+            return self._results(await self._run_batch(items), items)
+        self._pending += len(items)
+        try:
+            outputs = await asyncio.gather(*(self._infer(item) for item in items))
+        finally:
+            self._pending -= len(items)
+        return self._results(outputs, items)
+
+    def _results(self, outputs: list[Output], items: list[Prepared]) -> list[ItemResult]:
         version = self._predictor.version
         return [
             ItemResult(output, version, image_info(item))
@@ -105,14 +126,13 @@ class ModelReplica:
         self._batches += 1
         self._items += len(batch)
         self._running += 1
-        self._running_peak = max(self._running_peak, self._running)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
             # Serve runs a batch in the context of its first request, so the span joins that
             # request's trace.
             with tracing.span("predict", model=self._config.name, batch_size=len(batch)):
-                outputs = await loop.run_in_executor(self._executor, self._predictor.predict, batch)
+                outputs = await loop.run_in_executor(self._executor, self._forward, batch)
         except ModelShipError:
             raise
         except Exception:
@@ -126,6 +146,17 @@ class ModelReplica:
         self._failures = 0
         self._last_success = time.monotonic()
         return outputs
+
+    def _forward(self, batch: list[Prepared]) -> list[Output]:
+        """The predictor on one batch, on an executor thread; counts batches running."""
+        with self._executing_lock:
+            self._executing += 1
+            self._executing_peak = max(self._executing_peak, self._executing)
+        try:
+            return self._predictor.predict(batch)
+        finally:
+            with self._executing_lock:
+                self._executing -= 1
 
     def info(self) -> ModelInfo:
         return ModelInfo(
@@ -145,7 +176,8 @@ class ModelReplica:
             "batches": self._batches,
             "items": self._items,
             "batch_sizes": list(self._batch_sizes),
-            "concurrent_batches_peak": self._running_peak,
+            "concurrent_batches_peak": self._executing_peak,
+            "direct_requests": self._direct,
         }
 
     async def check_health(self) -> None:

@@ -67,6 +67,20 @@ async def test_one_request_with_many_items_joins_the_batch_queue(
     assert max((await _batch_sizes(replica))[before:]) > 1
 
 
+async def test_a_lone_request_does_not_wait_out_the_batch_window(
+    replica: DeploymentHandle, settings: Settings
+) -> None:
+    await replica.reconfigure.remote({"max_batch_size": 8, "batch_wait_timeout_s": 1.0})
+    try:
+        before = await replica.stats.remote()
+        assert len(await replica.predict.remote(_items(settings, 1))) == 1
+        after = await replica.stats.remote()
+        assert after["direct_requests"] == before["direct_requests"] + 1
+        assert after["batch_sizes"][len(before["batch_sizes"]) :] == [1]
+    finally:
+        await replica.reconfigure.remote(MINILM.batching.model_dump())
+
+
 async def test_batches_run_concurrently_up_to_the_configured_number(
     replica: DeploymentHandle, settings: Settings
 ) -> None:
