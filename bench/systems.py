@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,16 +21,10 @@ import httpx
 
 from bench.loadgen import Request
 from bench.workloads import Kind
+from modelship.serving import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BENTOML_VENV = ROOT / ".bench-venvs" / "bentoml"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _b64(item: bytes | str) -> str:

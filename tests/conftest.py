@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,10 +14,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
 from modelship.schemas import LabelSpec, ModelConfig, Task
+from modelship.serving import free_port
 from modelship.settings import Settings
 from tests.otlp_receiver import OtlpReceiver
 
@@ -99,13 +100,6 @@ def storage_settings(tmp_path_factory: pytest.TempPathFactory, postgres_dsn: str
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="session")
 def metrics_url(serve_cluster: int) -> str:
     """Where Ray's metrics agent serves Prometheus text for the session cluster."""
@@ -120,7 +114,7 @@ def s3_options() -> Iterator[dict[str, Any]]:
     """A real S3-compatible server (moto) in its own process, with the bucket ``labels``."""
     import s3fs
 
-    endpoint = f"http://127.0.0.1:{_free_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", endpoint.rsplit(":")[-1]],
         stdout=subprocess.DEVNULL,
@@ -168,21 +162,18 @@ def serve_cluster(otlp_receiver: OtlpReceiver) -> Iterator[int]:
         **ray_environment(None, os.environ),
         **private_haproxy(Path(temp_dir) / "hap"),
     }
-    saved = dict(os.environ)
-    os.environ.update(cluster_env)
-    ray.init(
-        num_cpus=4,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=512 * 1024**2,
-        _temp_dir=temp_dir,
-        _metrics_export_port=_free_port(),
-        _system_config={"metrics_report_interval_ms": 1000},  # metrics visible within ~1 s
-        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
-    )
-    os.environ.clear()
-    os.environ.update(saved)
-    port = _free_port()
+    with mock.patch.dict(os.environ, cluster_env):
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            object_store_memory=512 * 1024**2,
+            _temp_dir=temp_dir,
+            _metrics_export_port=free_port(),
+            _system_config={"metrics_report_interval_ms": 1000},  # metrics visible within ~1 s
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
+        )
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         yield port

@@ -29,9 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from modelship.serving import ray_environment
+from modelship.serving import free_port, ray_environment
 from storage.embedded import stop_embedded
-from tests.conftest import _free_port
 from tests.integration.conftest import CONFIG
 
 TIMEOUT_S = 2.0
@@ -92,7 +91,7 @@ def _edge_config(port: int, certfile: Path, keyfile: Path, data_dir: Path) -> di
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ssl.SSLContext]]:
     directory = tmp_path_factory.mktemp("edge")
     certfile, keyfile = _self_signed(directory)
-    port = _free_port()
+    port = free_port()
     config = directory / "serve_config.yaml"
     settings = _edge_config(port, certfile, keyfile, directory / "data")
     config.write_text(yaml.safe_dump(settings))
