@@ -23,8 +23,9 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 class RequestIdMiddleware:
     """Gives every request an id (the client's, if well-formed) and returns it.
 
-    Behind Ray Serve's proxy the proxy already returns ``X-Request-ID`` (the id it passes
-    us in the request headers), so ``set_header`` is off there to avoid a second header.
+    Behind Ray Serve (``set_header`` off) Serve has already chosen the id — the client's
+    as sent, or its own — passes it in the request headers and returns it; that id is used
+    as it is, so the body, the header and the logs agree.
     """
 
     def __init__(self, app: ASGIApp, set_header: bool = True) -> None:
@@ -36,7 +37,8 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        chosen_by_serve = not self.set_header and given
+        request_id = given if chosen_by_serve or _REQUEST_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         current_request_id.set(request_id)
 

@@ -49,6 +49,17 @@ def test_classify_coffee_sent_as_base64_json(http: httpx.Client) -> None:
     assert response.headers.get_list("x-request-id") == ["client-chosen-id-42"]
 
 
+def test_a_client_id_our_own_format_would_refuse_is_used_as_serve_returns_it(
+    http: httpx.Client,
+) -> None:
+    response = http.post(
+        "/api/v1/classify/text", json={"texts": []}, headers={"x-request-id": "a b"}
+    )
+    assert response.status_code == 422
+    assert response.headers.get_list("x-request-id") == ["a b"]
+    assert response.json()["error"]["request_id"] == "a b"
+
+
 def test_classify_texts_zero_and_few_shot(http: httpx.Client) -> None:
     configured = http.post(
         "/api/v1/classify/text", json={"text": "Fantastic quality, would buy again"}
