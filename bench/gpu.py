@@ -201,14 +201,7 @@ def sweep(predictor: Predictor[Any, Any], name: str, args: argparse.Namespace) -
 
 def serve_child(args: argparse.Namespace) -> None:
     """Like bench.serve_modelship (stdin: ``stats``; EOF stops), on --model-dir, maybe a GPU."""
-    import ray
-    from ray import serve
-
-    from graphs.labeling import build_app
-    from modelship.schemas import LabelingAppArgs
-    from modelship.serving import private_haproxy, ray_environment
-    from modelship.settings import Settings
-    from storage.embedded import stop_embedded
+    from bench.serve_modelship import serve_until_eof
 
     config = ModelConfig(
         name="encoder",
@@ -221,39 +214,13 @@ def serve_child(args: argparse.Namespace) -> None:
         num_gpus=args.num_gpus,
         torch_threads=2,
     )
-    os.environ.update(ray_environment(None, os.environ))  # as bench.serve_modelship
-    os.environ.update(private_haproxy(Path(args.temp_dir) / "hap"))
     try:
-        ray.init(
-            num_cpus=args.cpus,
-            num_gpus=int(args.num_gpus > 0),
-            include_dashboard=False,
-            log_to_driver=False,
-            _temp_dir=args.temp_dir,
-            object_store_memory=512 * 1024**2,
-            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
+        serve_until_eof(
+            config, args.port, Path(args.temp_dir), args.cpus, int(args.num_gpus > 0), 512
         )
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": args.port},
-            logging_config={"enable_access_log": False, "log_level": "WARNING"},
-        )
-        # Like bench.serve_modelship: no rate limit; embedded services in the temp folder.
-        settings = Settings(data_dir=Path(args.temp_dir) / "data", rate_limit_per_minute=0)
-        app = build_app(LabelingAppArgs(models=[config], settings=settings))
-        serve.run(app, name="modelship", route_prefix="/")
-        handle = serve.get_deployment_handle(config.deployment_name, app_name="modelship")
-        print("READY", flush=True)
-        for line in sys.stdin:
-            if line.strip() == "stats":
-                print(json.dumps(handle.stats.remote().result()), flush=True)
     except BaseException:
         (Path(args.temp_dir) / "child.err").write_text(traceback.format_exc())
         raise
-    finally:
-        if ray.is_initialized():
-            serve.shutdown()
-            ray.shutdown()
-        stop_embedded(Path(args.temp_dir) / "data" / "services")
 
 
 def descendants(root: int) -> set[int]:

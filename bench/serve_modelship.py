@@ -60,27 +60,44 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--concurrent-batches", type=int, default=2)
     args = parser.parse_args()
-    config = model_config(args)
     temp_dir = tempfile.mkdtemp(prefix="ray-bench-", dir="/tmp")
-    # As `modelship serve` starts Ray (unless this process was given other switches); set
-    # after importing Serve, so this driver's handle keeps its own loop for `stats`.
-    os.environ.update(ray_environment(None, os.environ))
-    os.environ.update(private_haproxy(Path(temp_dir) / "hap"))
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=256 * 1024**2,
-        _temp_dir=temp_dir,
-        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
-    )
     try:
+        serve_until_eof(model_config(args), args.port, Path(temp_dir))
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def serve_until_eof(
+    config: ModelConfig,
+    port: int,
+    temp_dir: Path,
+    cpus: int = 2,
+    gpus: int = 0,
+    object_store_mib: int = 256,
+) -> None:
+    """Serve the graph with ``config`` alone on a fresh local Ray kept in ``temp_dir``,
+    started as `modelship serve` starts it; print READY, answer ``stats`` on stdin with the
+    model replica's stats, stop Ray and the embedded services at end of input."""
+    # Set after importing Serve (unless this process was given other switches), so this
+    # driver's handle keeps its own event loop for `stats`.
+    os.environ.update(ray_environment(None, os.environ))
+    os.environ.update(private_haproxy(temp_dir / "hap"))
+    try:
+        ray.init(
+            num_cpus=cpus,
+            num_gpus=gpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            object_store_memory=object_store_mib * 1024**2,
+            _temp_dir=str(temp_dir),
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
+        )
         serve.start(
-            http_options={"host": "127.0.0.1", "port": args.port},
+            http_options={"host": "127.0.0.1", "port": port},
             logging_config={"enable_access_log": False, "log_level": "WARNING"},
         )
-        # The limit is what is measured: no rate limit; embedded services in a temp folder.
-        settings = Settings(data_dir=Path(temp_dir) / "data", rate_limit_per_minute=0)
+        # The limit is what is measured: no rate limit; embedded services in the temp folder.
+        settings = Settings(data_dir=temp_dir / "data", rate_limit_per_minute=0)
         app = build_app(LabelingAppArgs(models=[config], settings=settings))
         serve.run(app, name="modelship", route_prefix="/")
         handle = serve.get_deployment_handle(config.deployment_name, app_name="modelship")
@@ -89,10 +106,10 @@ def main() -> None:
             if line.strip() == "stats":
                 print(json.dumps(handle.stats.remote().result()), flush=True)
     finally:
-        serve.shutdown()
-        ray.shutdown()
-        stop_embedded(Path(temp_dir) / "data" / "services")
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+        stop_embedded(temp_dir / "data" / "services")
 
 
 if __name__ == "__main__":
