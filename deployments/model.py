@@ -21,6 +21,7 @@ from modelship.local import image_info
 from modelship.logs import to_serve_logs
 from modelship.metrics import ServeMetrics
 from modelship.predictors import ModelStore, Predictor, build_predictor
+from modelship.predictors.base import batching_order
 from modelship.schemas import (
     BatchingConfig,
     ItemResult,
@@ -98,6 +99,7 @@ class ModelReplica:
     async def predict(self, items: list[Prepared]) -> list[ItemResult]:
         """Label items; each joins this replica's batch queue alongside other requests'.
 
+        Items join the queue in ``batching_order`` and results come back in input order.
         When nothing is queued or running, the items run at once as their own batch:
         waiting out the batch window for company that is not coming only adds latency
         (a request arriving meanwhile batches as usual, next to this one).
@@ -106,12 +108,15 @@ class ModelReplica:
         if idle and len(items) <= self._batching.max_batch_size:
             self._direct += 1
             return self._results(await self._run_batch(items), items)
+        # Into the queue alike items together, so the batches cut from it pad little.
+        order = batching_order(items)
         self._pending += len(items)
         try:
-            outputs = await asyncio.gather(*(self._infer(item) for item in items))
+            outputs = await asyncio.gather(*(self._infer(items[i]) for i in order))
         finally:
             self._pending -= len(items)
-        return self._results(outputs, items)
+        by_index = dict(zip(order, outputs, strict=True))
+        return self._results([by_index[i] for i in range(len(items))], items)
 
     def _results(self, outputs: list[Output], items: list[Prepared]) -> list[ItemResult]:
         version = self._predictor.version

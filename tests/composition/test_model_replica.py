@@ -67,6 +67,24 @@ async def test_one_request_with_many_items_joins_the_batch_queue(
     assert max((await _batch_sizes(replica))[before:]) > 1
 
 
+async def test_queued_items_reordered_for_batching_come_back_in_input_order(
+    replica: DeploymentHandle, settings: Settings
+) -> None:
+    predictor = build_predictor(MINILM, ModelStore(settings.models_dir).resolve(MINILM.source))
+    predictor.load_processor()
+    options = ItemOptions(top_k=2, labels=tuple(MINILM.labels or ()))
+    phrases = ["I love it, it works great. ", "It broke after a day, terrible. "]
+    texts = [phrases[i % 2] * (1 + (i * 7) % 11) for i in range(40)]  # lengths interleaved
+    items = [predictor.preprocess(text, options) for text in texts]
+    before = len(await _batch_sizes(replica))
+    queued = await replica.predict.remote(items)  # more than a batch: through the queue
+    assert len(await _batch_sizes(replica)) > before + 1
+    for item, result in zip(items, queued, strict=True):
+        alone = (await replica.predict.remote([item]))[0]  # a batch of its own
+        assert [s.label for s in result.output] == [s.label for s in alone.output]
+        assert result.output[0].score == pytest.approx(alone.output[0].score, abs=1e-4)
+
+
 async def test_a_lone_request_does_not_wait_out_the_batch_window(
     replica: DeploymentHandle, settings: Settings
 ) -> None:
