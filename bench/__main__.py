@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -33,9 +34,15 @@ def measure_limit(workload: Workload, seconds: float) -> dict[str, Any]:
     items = limit.prepare(predictor, workload)
     sorts = (False, True) if workload.kind == "text" else (False,)
     table = [
-        {"batch": b, "sorted": s, "items_per_s": limit.throughput(predictor, items, b, s, seconds)}
+        {
+            "batch": b,
+            "sorted": s,
+            "streams": n,
+            "items_per_s": limit.throughput(predictor, items, b, s, seconds, n),
+        }
         for b in BEST_BATCH[workload.kind]
         for s in sorts
+        for n in sorted({1, os.cpu_count() or 1})
     ]
     best = max(table, key=lambda row: row["items_per_s"])
     return {

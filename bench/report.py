@@ -72,6 +72,10 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
+def _streams(streams: int) -> str:
+    return f", {streams} batches at once on a torch thread each" if streams > 1 else ""
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = []
     for kind, workload in results["workloads"].items():
@@ -81,7 +85,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"### {kind}",
             "",
             f"Limit (in-process, pre-processed): {best['items_per_s']:.0f} items/s at batch "
-            f"{best['batch']}{' length-sorted' if best['sorted'] else ''}; one item "
+            f"{best['batch']}{' length-sorted' if best['sorted'] else ''}"
+            f"{_streams(best.get('streams', 1))}; one item "
             f"{limit['single_p50_ms']:.1f} ms (with preprocessing "
             f"{limit['single_p50_with_preprocess_ms']:.1f} ms).",
             "",

@@ -7,8 +7,10 @@ import random
 from collections.abc import AsyncIterator
 
 import pytest
+import torch
 from aiohttp import web
 
+from bench import limit
 from bench.loadgen import Request, closed_loop, open_loop
 from bench.report import ratios, saturation
 
@@ -102,3 +104,18 @@ def test_ratios_against_the_limit_and_peers() -> None:
     assert got["modelship1_over_per_request1"] == pytest.approx(2.0)
     assert got["modelship1_over_bentoml1"] == pytest.approx(0.8)
     assert got["overhead_c1_ms"] == pytest.approx(3.0)
+
+
+def test_the_limit_runs_whole_passes_in_streams_and_restores_torch_threads() -> None:
+    calls: list[int] = []
+
+    class Counting:
+        def predict(self, batch: list[int]) -> list[int]:
+            calls.append(len(batch))
+            return batch
+
+    threads = torch.get_num_threads()
+    rate = limit.throughput(Counting(), list(range(10)), 4, False, 0.0, streams=2)  # type: ignore[arg-type]
+    assert sorted(calls) == [2, 4, 4, 4]  # the warm-up batch, then one whole pass
+    assert rate > 0
+    assert torch.get_num_threads() == threads
