@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from bench.workloads import LABELS, Workload
-from modelship.inputs import decode_image
+from modelship.local import prepare_image
 from modelship.predictors import ModelStore, Predictor, build_predictor
 from modelship.schemas import ItemOptions, LabelSpec, ModelConfig, Task
 from modelship.settings import Settings
@@ -43,10 +43,7 @@ def prepare(predictor: Predictor[Any, Any], workload: Workload) -> list[Any]:
         return [predictor.preprocess(text, options) for text in workload.items]
     settings = Settings()
     options = ItemOptions(top_k=5)
-    return [
-        predictor.preprocess(decode_image(data, settings).image, options)  # type: ignore[arg-type]
-        for data in workload.items
-    ]
+    return [prepare_image(predictor, data, options, settings) for data in workload.items]  # type: ignore[arg-type]
 
 
 def throughput(

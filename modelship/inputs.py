@@ -34,6 +34,8 @@ IMAGE_TYPES = frozenset(
 class DecodedImage:
     image: Image.Image
     media_type: str
+    width: int  # the file's own upright size (``image`` may be smaller: see decode_image)
+    height: int
 
 
 def parse_model(model: type[M], data: str | bytes | dict[str, Any]) -> M:
@@ -59,16 +61,28 @@ def sniff_image_type(data: bytes) -> str:
     return str(kind.mime)
 
 
-def decode_image(data: bytes, settings: Settings) -> DecodedImage:
-    """Decode an image upright in RGB, refusing oversize, bombs and corrupt files."""
+def decode_image(data: bytes, settings: Settings, min_side: int | None = None) -> DecodedImage:
+    """Decode an image upright in RGB, refusing oversize, bombs and corrupt files.
 
-    def decode(image: Image.Image) -> Image.Image:
+    With ``min_side`` (for a model that shrinks every image to that side anyway), a JPEG
+    is decoded at the smallest of its 1/2, 1/4 and 1/8 scales that keeps both sides at
+    least ``min_side`` (libjpeg's DCT scaling, PIL's ``draft``): decoding and resizing the
+    benchmark's photos took 2.6 ms an image instead of 7.7. The size reported stays the
+    file's own.
+    """
+
+    def decode(image: Image.Image) -> tuple[Image.Image, int, int]:
         _check_dimensions(image.width, image.height, settings)
+        width, height = image.size
+        if image.getexif().get(0x0112) in _ROTATED:
+            width, height = height, width
+        if min_side:
+            image.draft(None, (min_side, min_side))
         image.load()
-        return ImageOps.exif_transpose(image).convert("RGB")
+        return ImageOps.exif_transpose(image).convert("RGB"), width, height
 
-    media_type, rgb = _open_guarded(data, settings, decode)
-    return DecodedImage(rgb, media_type)
+    media_type, (rgb, width, height) = _open_guarded(data, settings, decode)
+    return DecodedImage(rgb, media_type, width, height)
 
 
 @dataclass(frozen=True)

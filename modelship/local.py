@@ -13,6 +13,7 @@ from typing import Any
 from modelship.errors import InvalidInput, ModelShipError
 from modelship.inputs import decode_image
 from modelship.predictors import ModelStore, Predictor, build_predictor
+from modelship.predictors.base import ImagePredictor
 from modelship.schemas import (
     ImageInfo,
     ItemOptions,
@@ -39,7 +40,8 @@ def prepare_image(
     ``index`` names the image in errors when a request carries several.
     """
     try:
-        decoded = decode_image(data, settings)
+        min_side = predictor.input_side if isinstance(predictor, ImagePredictor) else None
+        decoded = decode_image(data, settings, min_side)
     except ModelShipError as exc:
         if index is not None:
             exc.message = f"image {index}: {exc.message}"
@@ -47,6 +49,7 @@ def prepare_image(
         raise
     prepared: PreparedImage = predictor.preprocess(decoded.image, options)
     prepared.media_type = decoded.media_type
+    prepared.width, prepared.height = decoded.width, decoded.height
     return prepared
 
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from modelship.inputs import decode_image
+from modelship.local import prepare_image
 from modelship.predictors import ModelStore, Predictor, build_predictor
 from modelship.schemas import ItemOptions, LabelSpec, ModelConfig, Output, Task
 from modelship.settings import Settings
@@ -98,11 +98,10 @@ def prepare_texts(predictor: AnyPredictor, texts: Sequence[str]) -> list[Any]:
 
 
 def prepare_images(predictor: AnyPredictor, images_b64: Sequence[str]) -> list[Any]:
-    """Decode base64 image files with ModelShip's guarded decoder, then preprocess."""
+    """Decode and preprocess base64 image files exactly as ModelShip's Preprocessor does."""
     options = image_options()
     return [
-        predictor.preprocess(decode_image(base64.b64decode(item), _SETTINGS).image, options)
-        for item in images_b64
+        prepare_image(predictor, base64.b64decode(item), options, _SETTINGS) for item in images_b64
     ]
 
 

@@ -84,6 +84,10 @@ class Predictor(ABC, Generic[Raw, P]):
 
 
 class ImagePredictor(Predictor[Image.Image, PreparedImage], ABC):
+    # The side ``preprocess`` shrinks every image to whatever its size, if it does: images
+    # may then be decoded smaller, down to that side (``decode_image``'s ``min_side``).
+    input_side: ClassVar[int | None] = None
+
     def probe(self) -> Image.Image:
         return Image.new("RGB", (64, 48), (127, 127, 127))
 

@@ -69,7 +69,7 @@ def imagenet_labels() -> list[str]:
 class EfficientNetLite0(_ImageClassifier):
     """The packaged ImageNet EfficientNet-Lite0 (224 px, inputs scaled to [-1, 1])."""
 
-    size = 224
+    size = input_side = 224
 
     def load_processor(self) -> None:
         self._names = imagenet_labels()

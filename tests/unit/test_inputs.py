@@ -33,6 +33,23 @@ def test_applies_exif_orientation(settings: Settings) -> None:
     assert stored_sideways.size == (451, 300)
 
 
+def test_a_jpeg_decodes_smaller_for_a_model_that_shrinks_it_anyway(settings: Settings) -> None:
+    decoded = decode_image(payload("cat.jpg"), settings, min_side=100)
+    assert decoded.image.size == (226, 150)  # half scale: both sides still at least 100
+    assert (decoded.width, decoded.height) == (451, 300)  # the file's own size
+
+
+def test_decoding_smaller_keeps_the_exif_orientation(settings: Settings) -> None:
+    decoded = decode_image(payload("cat_exif_rotated.jpg"), settings, min_side=100)
+    assert decoded.image.size == (226, 150)
+    assert (decoded.width, decoded.height) == (451, 300)
+
+
+def test_only_jpegs_decode_smaller(settings: Settings) -> None:
+    decoded = decode_image(payload("cat_small.png"), settings, min_side=10)
+    assert decoded.image.size == (decoded.width, decoded.height) == (150, 100)
+
+
 @pytest.mark.parametrize(
     ("name", "code"),
     [

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from modelship.inputs import decode_image
+from modelship.local import prepare_image
 from modelship.predictors import ModelStore, build_predictor
 from modelship.predictors.image_classification import EfficientNetLite0, HFImageClassifier
 from modelship.predictors.store import content_version
@@ -40,6 +41,21 @@ def test_the_coffee_photo_is_espresso(efficientnet: EfficientNetLite0, settings:
     labels = _label(efficientnet, "coffee.jpg", settings)
     assert labels[0] == "espresso"
     assert "cup" in labels
+
+
+def test_a_large_photo_is_decoded_smaller_with_the_same_labels_and_its_own_size(
+    efficientnet: EfficientNetLite0, settings: Settings
+) -> None:
+    cat = Image.open(io.BytesIO(payload("cat.jpg")))
+    buffer = io.BytesIO()
+    cat.resize((1804, 1200), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
+    large = buffer.getvalue()
+    assert decode_image(large, settings, efficientnet.input_side).image.size == (451, 300)
+    item = prepare_image(efficientnet, large, ItemOptions(top_k=3), settings)
+    assert (item.width, item.height) == (1804, 1200)
+    full = efficientnet.preprocess(decode_image(large, settings).image, ItemOptions(top_k=3))
+    labels = [[s.label for s in out] for out in efficientnet.predict([item, full])]
+    assert labels[0][0] == labels[1][0] == "Egyptian cat"
 
 
 def test_the_exif_rotated_cat_is_still_a_cat(
