@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 from modelship import tracing
 from modelship.api import create_api
 from modelship.context import request_scope
+from modelship.errors import ModelShipError, request_results
 from modelship.http_errors import translate
 from modelship.logs import to_serve_logs
 from modelship.metrics import ServeMetrics
@@ -28,8 +29,8 @@ T = TypeVar("T")
 logger = logging.getLogger("modelship.ingress")
 
 _READY_TIMEOUT_S = 2.0
-# Text requests arriving together share downstream calls: at most this many per call, and
-# this many shared calls at once (more requests wait for one to finish, and join the next).
+# Requests arriving together share downstream calls: at most this many per call, and this
+# many shared calls at once (more requests wait for one to finish, and join the next).
 # Measured side by side, 16 clients sending 1 text each: 55 → 66 items/s (+21%).
 _COALESCE_MAX_REQUESTS = 16
 _COALESCE_IN_FLIGHT = 8
@@ -123,30 +124,37 @@ class Ingress:
     async def label_images(
         self, config: ModelConfig, images: list[bytes], options: ItemOptions
     ) -> list[ItemResult]:
-        prepared = self._preprocessor.images.remote(config.name, images, options)
-        return await self._call(self._models[config.name].predict.remote(prepared))
+        return await self._label(config, options, list(images))
 
     async def label_texts(
         self, config: ModelConfig, texts: list[str], options: ItemOptions
     ) -> list[ItemResult]:
-        outcome = await self._coalesced_texts((config.name, options, texts))
+        return await self._label(config, options, list(texts))
+
+    async def _label(
+        self, config: ModelConfig, options: ItemOptions, payloads: list[bytes | str]
+    ) -> list[ItemResult]:
+        outcome = await self._coalesced((config.name, options, payloads))
         if isinstance(outcome, BaseException):
             raise outcome
-        return outcome
+        return request_results(payloads, outcome)
 
     @serve.batch(
         max_batch_size=_COALESCE_MAX_REQUESTS,
         batch_wait_timeout_s=0.0,
         max_concurrent_batches=_COALESCE_IN_FLIGHT,
     )
-    async def _coalesced_texts(
-        self, calls: list[tuple[str, ItemOptions, list[str]]]
-    ) -> list[list[ItemResult] | BaseException]:
-        """Text requests waiting here at the same moment share one Preprocessor call and
-        one model call per (model, options): a Serve call costs milliseconds of CPU on
-        each side, more than tokenising or batching a text. Nothing waits for company
-        (no window), so a lone request goes straight through.
+    async def _coalesced(
+        self, calls: list[tuple[str, ItemOptions, list[bytes | str]]]
+    ) -> list[list[ItemResult | ModelShipError] | BaseException]:
+        """Requests waiting here at the same moment share one Preprocessor call and one
+        model call per (model, options): a Serve call costs milliseconds of CPU on each
+        side, more than tokenising a text, and the model gets bigger batches. Nothing waits
+        for company (no window), so a lone request goes straight through. Items fail one
+        by one (a bad image fails its own request only); a failed call fails them all.
 
+        The prepared items go from the Preprocessor straight into the model call, so
+        tensors travel between those two deployments and only results come back here.
         A shared call carries the request id of its first request, and runs in the trace
         of the batch's first request (as a model batch does); its span lists every
         request id it serves.
@@ -158,17 +166,17 @@ class Ingress:
                 groups.append((model, options, [index]))
             else:
                 group[2].append(index)
-        outcomes: list[list[ItemResult] | BaseException] = [[] for _ in calls]
+        outcomes: list[list[ItemResult | ModelShipError] | BaseException] = [[] for _ in calls]
         ids = [c.request_id for c in serve.context._get_serve_batch_request_context()]
 
         async def one_group(model: str, options: ItemOptions, members: list[int]) -> None:
-            texts = [text for i in members for text in calls[i][2]]
+            payloads = [payload for i in members for payload in calls[i][2]]
             try:
                 with (
                     request_scope(ids[members[0]] if ids else None),
                     tracing.span("coalesce", requests=len(members), request_ids=ids),
                 ):
-                    prepared = self._preprocessor.texts.remote(model, texts, options)
+                    prepared = self._preprocessor.prepare_each.remote(model, payloads, options)
                     results = await self._call(self._models[model].predict.remote(prepared))
             except Exception as exc:
                 for i in members:

@@ -42,17 +42,13 @@ class ServeLabeler:
     async def label(
         self, model: str, payloads: list[Any], options: ItemOptions
     ) -> list[ItemResult | ModelShipError]:
-        prepared = await asyncio.wait_for(
-            self._preprocessor.prepare_each.remote(model, payloads, options), self._timeout_s
+        # Prepared items go straight from the Preprocessor into the model call; an item
+        # that could not be prepared comes back as its error, in its place.
+        prepared = self._preprocessor.prepare_each.remote(model, payloads, options)
+        results: list[ItemResult | ModelShipError] = await asyncio.wait_for(
+            self._models[model].predict.remote(prepared), self._timeout_s
         )
-        good = [p for p in prepared if not isinstance(p, ModelShipError)]
-        results: list[ItemResult] = []
-        if good:
-            results = await asyncio.wait_for(
-                self._models[model].predict.remote(good), self._timeout_s
-            )
-        outputs = iter(results)
-        return [p if isinstance(p, ModelShipError) else next(outputs) for p in prepared]
+        return results
 
 
 _DRAIN_S = 30  # a stopping replica finishes its batches this long, then gives leases back

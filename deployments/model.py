@@ -96,18 +96,26 @@ class ModelReplica:
         self._infer.set_max_batch_size(self._batching.max_batch_size)  # type: ignore[attr-defined]
         self._infer.set_batch_wait_timeout_s(self._batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
-    async def predict(self, items: list[Prepared]) -> list[ItemResult]:
+    async def predict(
+        self, items: list[Prepared | ModelShipError]
+    ) -> list[ItemResult | ModelShipError]:
         """Label items; each joins this replica's batch queue alongside other requests'.
 
-        Items join the queue in ``batching_order`` and results come back in input order.
-        When nothing is queued or running, the items run at once as their own batch:
-        waiting out the batch window for company that is not coming only adds latency
-        (a request arriving meanwhile batches as usual, next to this one).
+        An item that failed before (an error from ``Preprocessor.prepare_each``) comes back
+        as it is, in its place. Items join the queue in ``batching_order`` and results come
+        back in input order. When nothing is queued or running, the items run at once as
+        their own batch: waiting out the batch window for company that is not coming only
+        adds latency (a request arriving meanwhile batches as usual, next to this one).
         """
+        good = [item for item in items if not isinstance(item, ModelShipError)]
+        results = iter(self._results(await self._label(good), good) if good else [])
+        return [item if isinstance(item, ModelShipError) else next(results) for item in items]
+
+    async def _label(self, items: list[Prepared]) -> list[Output]:
         idle = self._running == 0 and self._pending == 0
         if idle and len(items) <= self._batching.max_batch_size:
             self._direct += 1
-            return self._results(await self._run_batch(items), items)
+            return await self._run_batch(items)
         # Into the queue alike items together, so the batches cut from it pad little.
         order = batching_order(items)
         self._pending += len(items)
@@ -116,7 +124,7 @@ class ModelReplica:
         finally:
             self._pending -= len(items)
         by_index = dict(zip(order, outputs, strict=True))
-        return self._results([by_index[i] for i in range(len(items))], items)
+        return [by_index[i] for i in range(len(items))]
 
     def _results(self, outputs: list[Output], items: list[Prepared]) -> list[ItemResult]:
         version = self._predictor.version

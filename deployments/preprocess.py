@@ -8,10 +8,10 @@ from ray import serve
 
 from modelship import tracing
 from modelship.errors import ModelShipError
-from modelship.local import prepare_image, prepare_payload
+from modelship.local import prepare_payload
 from modelship.logs import to_serve_logs
 from modelship.predictors import ModelStore, Predictor, build_predictor
-from modelship.schemas import ItemOptions, ModelConfig, Prepared, PreparedImage, PreparedText
+from modelship.schemas import ItemOptions, ModelConfig, Prepared
 from modelship.settings import Settings
 
 
@@ -39,21 +39,6 @@ class Preprocessor:
             predictor = build_predictor(config, store.resolve(config.source))
             predictor.load_processor()
             self._predictors[config.name] = predictor
-
-    def images(self, model: str, images: list[bytes], options: ItemOptions) -> list[PreparedImage]:
-        """Images decoded and transformed for ``model``; the first bad one fails the call."""
-        predictor = self._predictors[model]
-        with tracing.span("preprocess", model=model, items=len(images)):
-            return [
-                prepare_image(predictor, data, options, self._settings, index)
-                for index, data in enumerate(images)
-            ]
-
-    def texts(self, model: str, texts: list[str], options: ItemOptions) -> list[PreparedText]:
-        """Texts tokenised for ``model``, unpadded."""
-        predictor = self._predictors[model]
-        with tracing.span("preprocess", model=model, items=len(texts)):
-            return [predictor.preprocess(text, options) for text in texts]
 
     def prepare_each(
         self, model: str, payloads: list[bytes | str], options: ItemOptions

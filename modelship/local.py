@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from modelship.errors import InvalidInput, ModelShipError
+from modelship.errors import InvalidInput, ModelShipError, request_results
 from modelship.inputs import decode_image
 from modelship.predictors import ModelStore, Predictor, build_predictor
 from modelship.predictors.base import ImagePredictor
@@ -29,24 +29,11 @@ logger = logging.getLogger("modelship.local")
 
 
 def prepare_image(
-    predictor: Predictor[Any, Any],
-    data: bytes,
-    options: ItemOptions,
-    settings: Settings,
-    index: int | None = None,
+    predictor: Predictor[Any, Any], data: bytes, options: ItemOptions, settings: Settings
 ) -> PreparedImage:
-    """Decode (with every guard) and transform one image for ``predictor``.
-
-    ``index`` names the image in errors when a request carries several.
-    """
-    try:
-        min_side = predictor.input_side if isinstance(predictor, ImagePredictor) else None
-        decoded = decode_image(data, settings, min_side)
-    except ModelShipError as exc:
-        if index is not None:
-            exc.message = f"image {index}: {exc.message}"
-            exc.args = (exc.message, *exc.args[1:])
-        raise
+    """Decode (with every guard) and transform one image for ``predictor``."""
+    min_side = predictor.input_side if isinstance(predictor, ImagePredictor) else None
+    decoded = decode_image(data, settings, min_side)
     prepared: PreparedImage = predictor.preprocess(decoded.image, options)
     prepared.media_type = decoded.media_type
     prepared.width, prepared.height = decoded.width, decoded.height
@@ -99,10 +86,8 @@ class LocalBackend:
         self, config: ModelConfig, images: list[bytes], options: ItemOptions
     ) -> list[ItemResult]:
         predictor = self._predictors[config.name]
-        items = [
-            prepare_image(predictor, data, options, self._settings, index)
-            for index, data in enumerate(images)
-        ]
+        prepared = [prepare_payload(predictor, data, options, self._settings) for data in images]
+        items: list[Prepared] = request_results(images, prepared)
         outputs = predictor.predict(items)
         return [
             ItemResult(output, predictor.version, image_info(item))

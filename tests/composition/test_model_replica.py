@@ -11,6 +11,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.model import ModelReplica
+from modelship.errors import InvalidInput
 from modelship.predictors import ModelStore, build_predictor
 from modelship.schemas import ItemOptions, ItemResult, PreparedText
 from modelship.settings import Settings
@@ -83,6 +84,25 @@ async def test_queued_items_reordered_for_batching_come_back_in_input_order(
         alone = (await replica.predict.remote([item]))[0]  # a batch of its own
         assert [s.label for s in result.output] == [s.label for s in alone.output]
         assert result.output[0].score == pytest.approx(alone.output[0].score, abs=1e-4)
+
+
+async def test_items_that_failed_before_come_back_as_their_errors_in_place(
+    replica: DeploymentHandle, settings: Settings
+) -> None:
+    first, second = _items(settings, 2)
+    failed = InvalidInput("the image could not be decoded", "corrupt_image")
+    results = await replica.predict.remote([failed, first, failed, second])
+    assert [type(r).__name__ for r in results] == [
+        "InvalidInput",
+        "ItemResult",
+        "InvalidInput",
+        "ItemResult",
+    ]
+    assert results[0].code == "corrupt_image"
+    before = len(await _batch_sizes(replica))
+    (only,) = await replica.predict.remote([failed])
+    assert isinstance(only, InvalidInput)
+    assert len(await _batch_sizes(replica)) == before  # nothing left to run
 
 
 async def test_a_lone_request_does_not_wait_out_the_batch_window(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
@@ -143,3 +144,24 @@ def test_many_images_in_one_request(http: httpx.Client) -> None:
     assert refused.status_code == 422
     assert refused.json()["error"]["code"] == "decompression_bomb"
     assert refused.json()["error"]["message"].startswith("image 2:")
+
+
+def test_a_bad_image_fails_only_its_own_request_among_requests_sent_together(
+    http: httpx.Client,
+) -> None:
+    """Requests arriving together share the Preprocessor and model calls."""
+    bodies = [payload("cat.jpg")] * 6 + [payload("truncated.jpg"), payload("bomb.png")]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        responses = list(
+            pool.map(
+                lambda body: http.post("/api/v1/classify/image", files={"file": ("x", body)}),
+                bodies,
+            )
+        )
+    assert [r.status_code for r in responses] == [200] * 6 + [422, 422]
+    assert {r.json()["labels"][0]["label"] for r in responses[:6]} == {"Egyptian cat"}
+    assert [r.json()["error"]["code"] for r in responses[6:]] == [
+        "corrupt_image",
+        "decompression_bomb",
+    ]
+    assert all(r.json()["error"]["message"].startswith("image 0:") for r in responses[6:])

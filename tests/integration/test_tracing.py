@@ -15,8 +15,7 @@ from tests.integration.conftest import serve_log_records
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 MODEL = "replica_handle_request Model-minilm-zero-shot predict"
-REPLICAS = ("replica_handle_request Preprocessor texts", MODEL)
-JOB_REPLICAS = ("replica_handle_request Preprocessor prepare_each", MODEL)
+REPLICAS = ("replica_handle_request Preprocessor prepare_each", MODEL)
 
 
 def _wait_for(
@@ -128,7 +127,7 @@ def test_a_job_batch_is_traced_and_carries_the_submitting_request_id(
         # a model batch joins the trace of its first request: find the job batch it joined
         for batch in batches():
             spans = otlp_receiver.trace(batch.trace_id)
-            if {"predict", *JOB_REPLICAS} <= {s.name for s in spans}:
+            if {"predict", *REPLICAS} <= {s.name for s in spans}:
                 return spans
         return []
 
