@@ -43,7 +43,7 @@ class Preprocessor:
     def prepare_each(
         self, model: str, payloads: list[bytes | str], options: ItemOptions
     ) -> list[Prepared | ModelShipError]:
-        """Job items (image bytes or texts) prepared one by one; a bad one gets its error."""
+        """Items (image bytes or texts) prepared one by one; a bad one gets its error."""
         predictor = self._predictors[model]
         with tracing.span("preprocess", model=model, items=len(payloads)):
             return [prepare_payload(predictor, p, options, self._settings) for p in payloads]

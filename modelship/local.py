@@ -43,7 +43,8 @@ def prepare_image(
 def prepare_payload(
     predictor: Predictor[Any, Any], payload: bytes | str, options: ItemOptions, settings: Settings
 ) -> Prepared | ModelShipError:
-    """One job item prepared, or the error it causes: a bad item must not sink its batch."""
+    """One item prepared, or the error it causes: a bad item must not sink the others in
+    its call (a job's batch, or requests sharing a call)."""
     try:
         if isinstance(payload, str):
             prepared: Prepared = predictor.preprocess(payload, options)
