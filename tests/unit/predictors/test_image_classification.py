@@ -1,15 +1,21 @@
 from __future__ import annotations
 
+import copy
 import io
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from modelship.inputs import decode_image
 from modelship.local import prepare_image
 from modelship.predictors import ModelStore, build_predictor
-from modelship.predictors.image_classification import EfficientNetLite0, HFImageClassifier
+from modelship.predictors.image_classification import (
+    EfficientNetLite0,
+    HFImageClassifier,
+    fold_for_inference,
+)
 from modelship.predictors.store import content_version
 from modelship.schemas import ItemOptions, ModelConfig, Task
 from modelship.settings import Settings
@@ -56,6 +62,23 @@ def test_a_large_photo_is_decoded_smaller_with_the_same_labels_and_its_own_size(
     full = efficientnet.preprocess(decode_image(large, settings).image, ItemOptions(top_k=3))
     labels = [[s.label for s in out] for out in efficientnet.predict([item, full])]
     assert labels[0][0] == labels[1][0] == "Egyptian cat"
+
+
+def test_folding_keeps_the_function_in_fewer_ops(
+    efficientnet: EfficientNetLite0, settings: Settings
+) -> None:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    original = EfficientNet.from_name("efficientnet-lite0")
+    original.load_state_dict(torch.load(efficientnet.files.path, weights_only=True))
+    original.eval()
+    folded = fold_for_inference(copy.deepcopy(original))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in original.modules())
+    item = efficientnet.preprocess(decode_image(payload("cat.jpg"), settings).image, ItemOptions())
+    pixels = torch.from_numpy(item.pixel_values[None])
+    with torch.inference_mode():
+        assert torch.allclose(folded(pixels), original(pixels), atol=1e-4)
 
 
 def test_the_exif_rotated_cat_is_still_a_cat(
