@@ -74,12 +74,13 @@ def decode_image(data: bytes, settings: Settings, min_side: int | None = None) -
     def decode(image: Image.Image) -> tuple[Image.Image, int, int]:
         _check_dimensions(image.width, image.height, settings)
         width, height = image.size
-        if image.getexif().get(0x0112) in _ROTATED:
-            width, height = height, width
         if min_side:
             image.draft(None, (min_side, min_side))
         image.load()
-        return ImageOps.exif_transpose(image).convert("RGB"), width, height
+        upright = ImageOps.exif_transpose(image)
+        if upright.size != image.size:  # turned a quarter: the file's sides swap too
+            width, height = height, width
+        return upright.convert("RGB"), width, height
 
     media_type, (rgb, width, height) = _open_guarded(data, settings, decode)
     return DecodedImage(rgb, media_type, width, height)
