@@ -45,10 +45,7 @@ class ServeLabeler:
         # Prepared items go straight from the Preprocessor into the model call; an item
         # that could not be prepared comes back as its error, in its place.
         prepared = self._preprocessor.prepare_each.remote(model, payloads, options)
-        results: list[ItemResult | ModelShipError] = await asyncio.wait_for(
-            self._models[model].predict.remote(prepared), self._timeout_s
-        )
-        return results
+        return await asyncio.wait_for(self._models[model].predict.remote(prepared), self._timeout_s)
 
 
 _DRAIN_S = 30  # a stopping replica finishes its batches this long, then gives leases back
