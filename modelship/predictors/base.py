@@ -8,7 +8,7 @@ Preprocessor deployment), ``load()`` (the weights, for ModelReplica), then
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from typing import ClassVar, Generic, TypeVar
 
 import torch
@@ -109,7 +109,7 @@ def batching_order(items: Sequence[Prepared]) -> list[int]:
 
 
 def length_sorted_chunks(
-    items: Sequence[PreparedText], max_tokens: int = 16_384, max_growth: float = 1.3
+    items: Sequence[Sized], max_tokens: int = 16_384, max_growth: float = 1.3
 ) -> Iterator[list[int]]:
     """Indices of ``items`` grouped by similar length, so little of each group is padding.
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from modelship.errors import InvalidInput
 from modelship.predictors.base import TextPredictor, length_sorted_chunks, pad, top_k
+from modelship.predictors.packed import PackedEncoder
 from modelship.schemas import ItemOptions, LabelScore, LabelSpec, PreparedText, Task
 
 _PROTOTYPE_CACHE_SIZE = 128
+_PACKED_TOKENS = 16_384  # tokens in one packed forward, bounding its activations' memory
 
 LabelKey = tuple[tuple[str, str | None, tuple[str, ...]], ...]
 
@@ -43,6 +45,7 @@ class EmbeddingZeroShotClassifier(TextPredictor):
         self._model = AutoModel.from_pretrained(self.files.path, dtype=self.dtype)
         self._model = self._model.to(self.device).eval()
         self._cls_pooling = self._reads_cls_pooling()
+        self._packed = PackedEncoder(self._model) if PackedEncoder.supports(self._model) else None
         self._prototypes: OrderedDict[LabelKey, torch.Tensor] = OrderedDict()
 
     def _reads_cls_pooling(self) -> bool:
@@ -64,20 +67,47 @@ class EmbeddingZeroShotClassifier(TextPredictor):
         return PreparedText(raw, self.tokenize(raw), options)
 
     def embed(self, items: Sequence[PreparedText]) -> torch.Tensor:
-        """Unit-length embeddings, in input order; batches grouped by length."""
+        """Unit-length embeddings, in input order: packed when the encoder allows it
+        (``PackedEncoder``), else in padded batches grouped by length."""
         out = torch.empty((len(items), self._model.config.hidden_size))
-        pad_id = self._tokenizer.pad_token_id or 0
         with torch.inference_mode():
-            for chunk in length_sorted_chunks(items):
-                ids, mask = pad([items[i] for i in chunk], pad_id, self.device)
-                hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state
-                if self._cls_pooling:
-                    pooled = hidden[:, 0]
-                else:
-                    weights = mask.unsqueeze(-1).to(hidden.dtype)
-                    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-                out[chunk] = F.normalize(pooled.float(), dim=-1).cpu()
+            for chunk in self._passes(items):
+                out[chunk] = F.normalize(
+                    self._pooled([items[i] for i in chunk]).float(), dim=-1
+                ).cpu()
         return out
+
+    def _passes(self, items: Sequence[PreparedText]) -> Iterator[list[int]]:
+        if self._packed is None:
+            yield from length_sorted_chunks(items)
+            return
+        chunk: list[int] = []  # consecutive items, at most _PACKED_TOKENS tokens a pass
+        tokens = 0
+        for index, item in enumerate(items):
+            if chunk and tokens + len(item) > _PACKED_TOKENS:
+                yield chunk
+                chunk, tokens = [], 0
+            chunk.append(index)
+            tokens += len(item)
+        if chunk:
+            yield chunk
+
+    def _pooled(self, items: Sequence[PreparedText]) -> torch.Tensor:
+        if self._packed is not None:
+            hidden, lengths = self._packed([item.input_ids for item in items])
+            starts = torch.cumsum(lengths, 0) - lengths
+            if self._cls_pooling:
+                return hidden[starts.to(hidden.device)]
+            owners = torch.repeat_interleave(torch.arange(len(items)), lengths)
+            sums = hidden.new_zeros(len(items), hidden.shape[1])
+            sums.index_add_(0, owners.to(hidden.device), hidden)
+            return sums / lengths.clamp(min=1).to(sums)[:, None]
+        ids, mask = pad(items, self._tokenizer.pad_token_id or 0, self.device)
+        hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state
+        if self._cls_pooling:
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
     def prototypes(self, labels: Sequence[LabelSpec]) -> torch.Tensor:
         key = _label_key(labels)

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from modelship.errors import InvalidInput
 from modelship.predictors import ModelStore, build_predictor
+from modelship.predictors.packed import PackedEncoder
 from modelship.predictors.zero_shot import EmbeddingZeroShotClassifier
 from modelship.schemas import ItemOptions, LabelSpec, ModelConfig, Task
 
@@ -88,3 +91,21 @@ def test_labels_are_required(minilm: EmbeddingZeroShotClassifier) -> None:
 def test_the_probe_runs_without_configured_labels(minilm: EmbeddingZeroShotClassifier) -> None:
     item = minilm.preprocess(minilm.probe(), minilm.probe_options())
     assert len(minilm.predict([item])[0]) == 2
+
+
+def test_packed_embeddings_match_the_models_own_forward(
+    minilm: EmbeddingZeroShotClassifier,
+) -> None:
+    """Texts of 1 to ~300 words embedded together, packed, against each text alone
+    through the Hugging Face model (no padding anywhere), mean-pooled."""
+    model = minilm._model
+    assert PackedEncoder.supports(model)
+    words = "the quick brown fox jumps over a lazy dog near the river bank".split()
+    texts = [" ".join(words[i % len(words)] for i in range(n)) for n in (1, 3, 40, 7, 300, 12)]
+    items = [minilm.preprocess(text, ItemOptions(labels=TOPICS)) for text in texts]
+    packed = minilm.embed(items)
+    with torch.inference_mode():
+        for item, vector in zip(items, packed, strict=True):
+            hidden = model(input_ids=torch.tensor([item.input_ids])).last_hidden_state[0]
+            alone = F.normalize(hidden.mean(0), dim=-1)
+            assert torch.allclose(vector, alone, atol=1e-5)
