@@ -40,10 +40,13 @@ _COALESCE_IN_FLIGHT = 8
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
 @serve.ingress()
 class Ingress:
-    """Routes labeling requests: Preprocessor → ModelReplica, without a round trip here.
+    """Routes labeling requests: Preprocessor → ModelReplica, chained.
 
-    The Preprocessor's response is passed straight into the model call, so prepared
-    tensors travel between those two deployments and only results come back. Project,
+    The Preprocessor's response is passed into the model call unawaited. Over Ray's
+    object store (``_by_reference``) prepared tensors would skip the Ingress; in Serve's
+    throughput mode calls go over gRPC and the router brings the response through here.
+    Measured side by side (8 clients x 16 images): 55.5 and 54.4 images/s by value, 56.5
+    and 50.1 by reference, the Ingress at ~1.6 ms of CPU an image either way. Project,
     upload, job, review and export routes go to storage; the JobRunner does the job
     labeling and the Exporter writes exports.
 
@@ -153,8 +156,7 @@ class Ingress:
         for company (no window), so a lone request goes straight through. Items fail one
         by one (a bad image fails its own request only); a failed call fails them all.
 
-        The prepared items go from the Preprocessor straight into the model call, so
-        tensors travel between those two deployments and only results come back here.
+        The prepared items go from the Preprocessor into the model call unawaited.
         A shared call carries the request id of its first request, and runs in the trace
         of the batch's first request (as a model batch does); its span lists every
         request id it serves.
