@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -10,6 +11,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedT
 
 from modelship.errors import ModelNotReady
 from modelship.predictors.base import TextPredictor, length_sorted_chunks, pad
+from modelship.predictors.packed import PackedEncoder, packed_passes
 from modelship.schemas import PreparedText
 
 
@@ -23,6 +25,7 @@ class HFTextPredictor(TextPredictor):
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._model: PreTrainedModel | None = None
         self._names: list[str] = []
+        self._packed: PackedEncoder | None = None
 
     def load_processor(self) -> None:
         self._tokenizer = AutoTokenizer.from_pretrained(self.files.path)
@@ -33,6 +36,9 @@ class HFTextPredictor(TextPredictor):
         self.load_processor()
         model = self.auto_model.from_pretrained(self.files.path, dtype=self.dtype)
         self._model = model.to(self.device).eval()
+        encoder = getattr(self._model, "bert", None)  # BertFor* models keep theirs here
+        supported = encoder is not None and PackedEncoder.supports(encoder)
+        self._packed = PackedEncoder(encoder) if supported else None
 
     def labels(self) -> list[str] | None:
         return list(self._names) or None
@@ -44,11 +50,22 @@ class HFTextPredictor(TextPredictor):
         return self._tokenizer(text, truncation=True, max_length=max_length, **extra)
 
     def _logits(self, batch: Sequence[PreparedText]) -> Iterator[tuple[list[int], torch.Tensor]]:
-        """(indices into ``batch``, float logits) per group of similar lengths."""
+        """(indices into ``batch``, float logits) per forward: packed when the encoder
+        allows it (``PackedEncoder``), else padded in groups of similar lengths. Token
+        logits come padded to the group's longest text."""
         if self._model is None or self._tokenizer is None:
             raise ModelNotReady("model not loaded")
         pad_id = self._tokenizer.pad_token_id or 0
         with torch.inference_mode():
+            if self._packed is not None:
+                for indices in packed_passes(batch):
+                    hidden, lengths = self._packed([batch[i].input_ids for i in indices])
+                    yield indices, self._head(hidden, lengths).float()
+                return
             for indices in length_sorted_chunks(batch):
                 ids, mask = pad([batch[i] for i in indices], pad_id, self.device)
                 yield indices, self._model(input_ids=ids, attention_mask=mask).logits.float()
+
+    @abstractmethod
+    def _head(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The model's head on packed hidden states (``PackedEncoder``'s output)."""

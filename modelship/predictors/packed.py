@@ -10,7 +10,7 @@ from the benchmark went 91 → 118 items/s; on batches of 32 sorted ones 122 →
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +93,21 @@ class PackedEncoder:
             x = output.LayerNorm(output.dense(context) + x)
             x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
         return x, lengths
+
+
+def packed_passes(items: Sequence[Sized], max_tokens: int = 16_384) -> Iterator[list[int]]:
+    """Indices of consecutive ``items`` with at most ``max_tokens`` tokens a pass (a longer
+    item alone), bounding a packed forward's activations."""
+    chunk: list[int] = []
+    tokens = 0
+    for index, item in enumerate(items):
+        if chunk and tokens + len(item) > max_tokens:
+            yield chunk
+            chunk, tokens = [], 0
+        chunk.append(index)
+        tokens += len(item)
+    if chunk:
+        yield chunk
 
 
 def _groups(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import torch
 from transformers import AutoModelForSequenceClassification
 
 from modelship.predictors._hf_text import HFTextPredictor
@@ -23,6 +25,14 @@ class HFTextClassifier(HFTextPredictor):
 
     def preprocess(self, raw: str, options: ItemOptions) -> PreparedText:
         return PreparedText(raw, list(self._tokenize(raw)["input_ids"]), options)
+
+    def _head(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        assert self._model is not None
+        model: Any = self._model  # a BertForSequenceClassification: pooler, classifier
+        starts = (torch.cumsum(lengths, 0) - lengths).to(hidden.device)
+        pooled = model.bert.pooler(hidden[starts].unsqueeze(1))  # reads each text's first token
+        logits: torch.Tensor = model.classifier(pooled)
+        return logits
 
     def predict(self, batch: Sequence[PreparedText]) -> list[Output]:
         outputs: list[Output] = [[] for _ in batch]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 from transformers import AutoModelForTokenClassification
 
 from modelship.errors import ConfigurationError
@@ -98,6 +100,12 @@ class HFTokenClassifier(HFTextPredictor):
             )
         ]
         return PreparedText(raw, list(encoded["input_ids"]), options, offsets)
+
+    def _head(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        assert self._model is not None
+        model: Any = self._model  # a BertForTokenClassification: a classifier per token
+        per_text = model.classifier(hidden).split(lengths.tolist())
+        return nn.utils.rnn.pad_sequence(list(per_text), batch_first=True)
 
     def predict(self, batch: Sequence[PreparedText]) -> list[Output]:
         outputs: list[Output] = [[] for _ in batch]

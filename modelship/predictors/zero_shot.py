@@ -17,11 +17,10 @@ import torch.nn.functional as F
 
 from modelship.errors import InvalidInput
 from modelship.predictors.base import TextPredictor, length_sorted_chunks, pad, top_k
-from modelship.predictors.packed import PackedEncoder
+from modelship.predictors.packed import PackedEncoder, packed_passes
 from modelship.schemas import ItemOptions, LabelScore, LabelSpec, PreparedText, Task
 
 _PROTOTYPE_CACHE_SIZE = 128
-_PACKED_TOKENS = 16_384  # tokens in one packed forward, bounding its activations' memory
 
 LabelKey = tuple[tuple[str, str | None, tuple[str, ...]], ...]
 
@@ -78,19 +77,7 @@ class EmbeddingZeroShotClassifier(TextPredictor):
         return out
 
     def _passes(self, items: Sequence[PreparedText]) -> Iterator[list[int]]:
-        if self._packed is None:
-            yield from length_sorted_chunks(items)
-            return
-        chunk: list[int] = []  # consecutive items, at most _PACKED_TOKENS tokens a pass
-        tokens = 0
-        for index, item in enumerate(items):
-            if chunk and tokens + len(item) > _PACKED_TOKENS:
-                yield chunk
-                chunk, tokens = [], 0
-            chunk.append(index)
-            tokens += len(item)
-        if chunk:
-            yield chunk
+        return packed_passes(items) if self._packed is not None else length_sorted_chunks(items)
 
     def _pooled(self, items: Sequence[PreparedText]) -> torch.Tensor:
         if self._packed is not None:

@@ -95,3 +95,17 @@ def test_multi_label_models_use_sigmoids(tiny_text_classifier_dir: Path, tmp_pat
         logits = classifier._model(input_ids=torch.tensor([item.input_ids])).logits[0]
     want = {TEXT_LABELS[i]: float(v) for i, v in enumerate(logits.sigmoid())}
     assert {s.label: s.score for s in got} == pytest.approx(want, abs=1e-6)  # type: ignore[union-attr]
+
+
+def test_packed_scores_match_the_models_own_forward(classifier: HFTextClassifier) -> None:
+    """The texts together, packed (``PackedEncoder``), against each text alone through the
+    Hugging Face model: no padding anywhere, pooler and classifier included."""
+    assert classifier._packed is not None
+    prepared = [classifier.preprocess(text, ItemOptions(top_k=3)) for text in TEXTS]
+    model = classifier._model
+    assert model is not None
+    with torch.inference_mode():
+        for item, got in zip(prepared, classifier.predict(prepared), strict=True):
+            logits = model(input_ids=torch.tensor([item.input_ids])).logits[0]
+            want = dict(zip(TEXT_LABELS, logits.softmax(-1).tolist(), strict=True))
+            assert {s.label: s.score for s in got} == pytest.approx(want, abs=1e-5)  # type: ignore[union-attr]

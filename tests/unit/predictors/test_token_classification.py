@@ -164,3 +164,18 @@ def test_batch_matches_single_items_in_input_order(tiny_ner_dir: Path) -> None:
         assert [(e.label, e.start, e.end) for e in got] == [(e.label, e.start, e.end) for e in want]  # type: ignore[union-attr]
         assert [e.score for e in got] == pytest.approx([e.score for e in want], abs=1e-5)  # type: ignore[union-attr]
         assert all(text[e.start : e.end] == e.text for e in got)  # type: ignore[union-attr]
+
+
+def test_packed_token_logits_match_the_models_own_forward(tiny_ner_dir: Path) -> None:
+    """Texts of different lengths together, packed (``PackedEncoder``), against each text
+    alone through the Hugging Face model, token by token."""
+    tagger = _tagger(tiny_ner_dir)
+    assert tagger._packed is not None and tagger._model is not None
+    texts = ["john lives in paris , france . " * 8, "mary", "new york is a big city !"]
+    prepared = [tagger.preprocess(text, OPTIONS) for text in texts]
+    ((indices, logits),) = tagger._logits(prepared)
+    with torch.inference_mode():
+        for row, index in enumerate(indices):
+            item = prepared[index]
+            want = tagger._model(input_ids=torch.tensor([item.input_ids])).logits[0]
+            assert torch.allclose(logits[row, : len(item)], want, atol=1e-5)
