@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -163,13 +162,10 @@ async def test_health_check_fails_when_the_model_breaks(settings: Settings) -> N
     replica = ModelReplica.func_or_class(MINILM, settings)  # the plain class, in this process
     await replica.check_health()
 
-    class Broken(torch.nn.Module):
-        config = replica._predictor._model.config
+    def broken(batch: object) -> object:
+        raise RuntimeError("CUDA error: device-side assert triggered")
 
-        def forward(self, **_: object) -> torch.Tensor:
-            raise RuntimeError("CUDA error: device-side assert triggered")
-
-    replica._predictor._model = Broken()
+    replica._predictor.predict = broken  # type: ignore[method-assign]
     replica._last_success = 0.0  # idle long enough that the check probes the model
     with pytest.raises(RuntimeError, match="device-side"):
         await replica.check_health()
