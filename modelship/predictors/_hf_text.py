@@ -55,13 +55,13 @@ class HFTextPredictor(TextPredictor):
         logits come padded to the group's longest text."""
         if self._model is None or self._tokenizer is None:
             raise ModelNotReady("model not loaded")
-        pad_id = self._tokenizer.pad_token_id or 0
         with torch.inference_mode():
             if self._packed is not None:
                 for indices in packed_passes(batch):
                     hidden, lengths = self._packed([batch[i].input_ids for i in indices])
                     yield indices, self._head(hidden, lengths).float()
                 return
+            pad_id = self._tokenizer.pad_token_id or 0
             for indices in length_sorted_chunks(batch):
                 ids, mask = pad([batch[i] for i in indices], pad_id, self.device)
                 yield indices, self._model(input_ids=ids, attention_mask=mask).logits.float()

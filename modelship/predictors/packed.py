@@ -67,7 +67,9 @@ class PackedEncoder:
         device = self._model.device
         lengths = torch.tensor([len(ids) for ids in texts])
         ids = torch.tensor([token for text in texts for token in text], device=device)
-        positions = torch.cat([torch.arange(n) for n in lengths.tolist()]).to(device)
+        # Each token's place in its own text: its row less its text's first row.
+        positions = torch.arange(len(ids)) - torch.repeat_interleave(_starts(lengths), lengths)
+        positions = positions.to(device)
         embeddings = self._model.embeddings
         x = embeddings.LayerNorm(
             embeddings.word_embeddings(ids)
@@ -95,6 +97,22 @@ class PackedEncoder:
         return x, lengths
 
 
+def first_tokens(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each text's first token ([CLS]) from packed hidden states: ``(texts, hidden)``."""
+    return hidden[_starts(lengths).to(hidden.device)]
+
+
+def means(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each text's mean over its tokens from packed hidden states: ``(texts, hidden)``."""
+    owners = torch.repeat_interleave(torch.arange(len(lengths)), lengths).to(hidden.device)
+    sums = hidden.new_zeros(len(lengths), hidden.shape[1]).index_add_(0, owners, hidden)
+    return sums / lengths.clamp(min=1).to(sums)[:, None]
+
+
+def _starts(lengths: torch.Tensor) -> torch.Tensor:
+    return torch.cumsum(lengths, 0) - lengths
+
+
 def packed_passes(items: Sequence[Sized], max_tokens: int = 16_384) -> Iterator[list[int]]:
     """Indices of consecutive ``items`` with at most ``max_tokens`` tokens a pass (a longer
     item alone), bounding a packed forward's activations."""
@@ -114,7 +132,7 @@ def _groups(
     texts: Sequence[Sequence[int]], lengths: torch.Tensor, device: torch.device
 ) -> list[_Group]:
     tokens = int(lengths.sum())
-    starts = torch.cumsum(lengths, 0) - lengths
+    starts = _starts(lengths)
     groups = []
     for chunk in length_sorted_chunks(texts):
         longest = max(int(lengths[i]) for i in chunk)

@@ -10,6 +10,7 @@ from transformers import AutoModelForSequenceClassification
 
 from modelship.predictors._hf_text import HFTextPredictor
 from modelship.predictors.base import top_k
+from modelship.predictors.packed import first_tokens
 from modelship.schemas import ItemOptions, Output, PreparedText, Task
 
 
@@ -29,8 +30,7 @@ class HFTextClassifier(HFTextPredictor):
     def _head(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         assert self._model is not None
         model: Any = self._model  # a BertForSequenceClassification: pooler, classifier
-        starts = (torch.cumsum(lengths, 0) - lengths).to(hidden.device)
-        pooled = model.bert.pooler(hidden[starts].unsqueeze(1))  # reads each text's first token
+        pooled = model.bert.pooler(first_tokens(hidden, lengths).unsqueeze(1))  # reads [:, 0]
         logits: torch.Tensor = model.classifier(pooled)
         return logits
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from modelship.errors import InvalidInput
 from modelship.predictors.base import TextPredictor, length_sorted_chunks, pad, top_k
-from modelship.predictors.packed import PackedEncoder, packed_passes
+from modelship.predictors.packed import PackedEncoder, first_tokens, means, packed_passes
 from modelship.schemas import ItemOptions, LabelScore, LabelSpec, PreparedText, Task
 
 _PROTOTYPE_CACHE_SIZE = 128
@@ -82,13 +82,7 @@ class EmbeddingZeroShotClassifier(TextPredictor):
     def _pooled(self, items: Sequence[PreparedText]) -> torch.Tensor:
         if self._packed is not None:
             hidden, lengths = self._packed([item.input_ids for item in items])
-            starts = torch.cumsum(lengths, 0) - lengths
-            if self._cls_pooling:
-                return hidden[starts.to(hidden.device)]
-            owners = torch.repeat_interleave(torch.arange(len(items)), lengths)
-            sums = hidden.new_zeros(len(items), hidden.shape[1])
-            sums.index_add_(0, owners.to(hidden.device), hidden)
-            return sums / lengths.clamp(min=1).to(sums)[:, None]
+            return (first_tokens if self._cls_pooling else means)(hidden, lengths)
         ids, mask = pad(items, self._tokenizer.pad_token_id or 0, self.device)
         hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state
         if self._cls_pooling:
