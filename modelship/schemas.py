@@ -618,7 +618,7 @@ class ItemOptions:
 class PreparedImage:
     """An image decoded and transformed for one model, plus what postprocessing needs."""
 
-    pixel_values: np.ndarray
+    pixel_values: np.ndarray  # as the model's preprocess leaves it: its predictor batches it
     width: int
     height: int
     media_type: str

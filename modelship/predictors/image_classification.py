@@ -23,10 +23,15 @@ class _ImageClassifier(ImagePredictor):
     @abstractmethod
     def _logits(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
+    def pixels(self, batch: Sequence[PreparedImage]) -> torch.Tensor:
+        """The batch as the model's input tensor, on its device."""
+        return torch.from_numpy(np.stack([item.pixel_values for item in batch])).to(
+            self.device, self.dtype
+        )
+
     def predict(self, batch: Sequence[PreparedImage]) -> list[list[LabelScore]]:  # type: ignore[override]
-        pixels = torch.from_numpy(np.stack([item.pixel_values for item in batch]))
         with torch.inference_mode():
-            logits = self._logits(pixels.to(self.device, self.dtype))
+            logits = self._logits(self.pixels(batch))
         probs = logits.float().softmax(-1).cpu()
         return [
             top_k(p, self._names, item.options.top_k) for p, item in zip(probs, batch, strict=True)
@@ -100,7 +105,14 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
 
 
 class EfficientNetLite0(_ImageClassifier):
-    """The packaged ImageNet EfficientNet-Lite0 (224 px, inputs scaled to [-1, 1])."""
+    """The packaged ImageNet EfficientNet-Lite0 (224 px, inputs scaled to [-1, 1]).
+
+    Prepared images stay 8-bit RGB, height x width x channels, and are scaled on the
+    model's device: a quarter of the bytes between the Preprocessor and the replica
+    (pickling 16 images and back: 0.86 ms an image as floats, 0.06 as bytes). The
+    batch reaches the model channels-last, as the weights are: on one CPU thread, batches
+    of 4 ran 35-37 ms an image instead of 48-50 (AVX2 EPYC).
+    """
 
     size = input_side = 224
 
@@ -114,12 +126,18 @@ class EfficientNetLite0(_ImageClassifier):
         model = EfficientNet.from_name("efficientnet-lite0")
         state = torch.load(self.files.path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-        self._model = fold_for_inference(model.eval()).to(self.device, self.dtype)
+        model = fold_for_inference(model.eval()).to(self.device, self.dtype)
+        self._model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def preprocess(self, raw: Image.Image, options: ItemOptions) -> PreparedImage:
         resized = raw.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC)
-        pixels = np.asarray(resized, dtype=np.float32) / 127.5 - 1.0
-        return PreparedImage(pixels.transpose(2, 0, 1).copy(), raw.width, raw.height, "", options)
+        return PreparedImage(np.asarray(resized), raw.width, raw.height, "", options)
+
+    def pixels(self, batch: Sequence[PreparedImage]) -> torch.Tensor:
+        """8-bit images (N, H, W, C) to [-1, 1] floats, (N, C, H, W) in channels-last."""
+        stacked = torch.from_numpy(np.stack([item.pixel_values for item in batch]))
+        scaled = stacked.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return scaled.to(self.dtype).contiguous(memory_format=torch.channels_last)
 
     def _logits(self, pixels: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self._model(pixels)

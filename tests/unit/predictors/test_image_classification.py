@@ -4,6 +4,7 @@ import copy
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -76,9 +77,34 @@ def test_folding_keeps_the_function_in_fewer_ops(
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in original.modules())
     item = efficientnet.preprocess(decode_image(payload("cat.jpg"), settings).image, ItemOptions())
-    pixels = torch.from_numpy(item.pixel_values[None])
+    pixels = efficientnet.pixels([item])
     with torch.inference_mode():
         assert torch.allclose(folded(pixels), original(pixels), atol=1e-4)
+
+
+def test_images_travel_as_bytes_and_reach_the_model_as_before(
+    efficientnet: EfficientNetLite0, settings: Settings
+) -> None:
+    """Prepared images are 8-bit (a quarter of the bytes between deployments); scaled on
+    the model's side and run channels-last, they give the original model's logits on the
+    float pixels the predictor used to send."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    original = EfficientNet.from_name("efficientnet-lite0")
+    original.load_state_dict(torch.load(efficientnet.files.path, weights_only=True))
+    image = decode_image(payload("coffee.jpg"), settings).image
+    item = efficientnet.preprocess(image, ItemOptions())
+    assert item.pixel_values.dtype == np.uint8
+    assert item.pixel_values.nbytes == 224 * 224 * 3
+    floats = np.asarray(item.pixel_values, dtype=np.float32) / 127.5 - 1.0
+    before = torch.from_numpy(floats.transpose(2, 0, 1).copy()[None])
+    pixels = efficientnet.pixels([item])
+    assert pixels.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(pixels, before)
+    with torch.inference_mode():
+        served = torch.nn.functional.softmax(efficientnet._logits(pixels), -1)
+        expected = torch.nn.functional.softmax(original.eval()(before), -1)
+    assert torch.allclose(served, expected, atol=1e-5)
 
 
 def test_the_exif_rotated_cat_is_still_a_cat(
