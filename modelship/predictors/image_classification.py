@@ -85,9 +85,17 @@ _CONV_BN = (
 
 def fold_for_inference(model: nn.Module) -> nn.Module:
     """The same function in fewer ops (an eval-mode EfficientNet-Lite): each batch norm
-    folded into the convolution before it, and symmetric static padding into the
-    convolution's own. One CPU thread, batches of 4: 22.2 → 18.4 ms an image; outputs
-    within 1e-5 of the original."""
+    folded into the convolution before it, static "same" padding into the convolution's
+    own, and the ReLU6s in place (each clamps a fresh convolution output).
+
+    The stride-2 convolutions pad one more pixel after than before (right, bottom). Such a
+    convolution equals one whose kernel is a row and a column wider, zero first, padded
+    the larger amount on both sides: no padded copy of the activations is made, and the
+    outputs are bit for bit the same. One CPU thread, batches of 4: 22.2 → 18.4 ms an
+    image for the batch norms and symmetric padding (Intel); two single-threaded streams
+    of batches of 4, channels-last (AVX2 EPYC): 44-54 → 49-65 images/s for the asymmetric
+    padding and in-place ReLU6 together. Outputs within 1e-5 of the original.
+    """
     for module in list(model.modules()):
         for conv_name, bn_name in _CONV_BN:
             conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
@@ -95,12 +103,20 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
                 setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
                 setattr(module, bn_name, nn.Identity())
     for module in model.modules():
+        if isinstance(module, nn.Hardtanh):  # nn.ReLU6 is one
+            module.inplace = True
         pad = getattr(module, "static_padding", None)
-        if isinstance(module, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d):
-            left, right, top, bottom = pad.padding
-            if left == right and top == bottom:
-                module.padding = (top, left)
-                module.static_padding = nn.Identity()
+        if not (isinstance(module, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d)):
+            continue
+        left, right, top, bottom = pad.padding
+        if (right - left, bottom - top) == (1, 1):
+            weight = nn.functional.pad(module.weight.detach(), (1, 0, 1, 0))
+            module.weight = nn.Parameter(weight, requires_grad=False)
+            module.kernel_size = tuple(weight.shape[-2:])
+            left, top = right, bottom
+        if left == right and top == bottom:
+            module.padding = (top, left)
+            module.static_padding = nn.Identity()
     return model
 
 

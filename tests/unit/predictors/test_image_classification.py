@@ -75,6 +75,8 @@ def test_folding_keeps_the_function_in_fewer_ops(
     original.eval()
     folded = fold_for_inference(copy.deepcopy(original))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert not any(isinstance(m, torch.nn.ZeroPad2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.ZeroPad2d) for m in original.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in original.modules())
     item = efficientnet.preprocess(decode_image(payload("cat.jpg"), settings).image, ItemOptions())
     pixels = efficientnet.pixels([item])
