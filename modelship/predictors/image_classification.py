@@ -25,9 +25,10 @@ class _ImageClassifier(ImagePredictor):
 
     def pixels(self, batch: Sequence[PreparedImage]) -> torch.Tensor:
         """The batch as the model's input tensor, on its device."""
-        return torch.from_numpy(np.stack([item.pixel_values for item in batch])).to(
-            self.device, self.dtype
-        )
+        return self._stacked(batch).to(self.dtype)
+
+    def _stacked(self, batch: Sequence[PreparedImage]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([item.pixel_values for item in batch])).to(self.device)
 
     def predict(self, batch: Sequence[PreparedImage]) -> list[list[LabelScore]]:  # type: ignore[override]
         with torch.inference_mode():
@@ -151,8 +152,7 @@ class EfficientNetLite0(_ImageClassifier):
 
     def pixels(self, batch: Sequence[PreparedImage]) -> torch.Tensor:
         """8-bit images (N, H, W, C) to [-1, 1] floats, (N, C, H, W) in channels-last."""
-        stacked = torch.from_numpy(np.stack([item.pixel_values for item in batch]))
-        scaled = stacked.to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        scaled = self._stacked(batch).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         return scaled.to(self.dtype).contiguous(memory_format=torch.channels_last)
 
     def _logits(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -100,21 +100,8 @@ def test_packed_embeddings_match_the_models_own_forward(
     through the Hugging Face model (no padding anywhere), mean-pooled."""
     model = minilm._model
     assert PackedEncoder.supports(model)
-    words = [
-        "the",
-        "quick",
-        "brown",
-        "fox",
-        "jumps",
-        "over",
-        "a",
-        "lazy",
-        "dog",
-        "near",
-        "the",
-        "river",
-        "bank",
-    ]
+    words = ("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "near")
+    words += ("the", "river", "bank")
     texts = [" ".join(words[i % len(words)] for i in range(n)) for n in (1, 3, 40, 7, 300, 12)]
     items = [minilm.preprocess(text, ItemOptions(labels=TOPICS)) for text in texts]
     packed = minilm.embed(items)
