@@ -20,6 +20,7 @@ from modelship.http_errors import translate
 from modelship.logs import to_serve_logs
 from modelship.metrics import ServeMetrics
 from modelship.schemas import ItemOptions, ItemResult, ModelConfig, ModelInfo
+from modelship.serving import cluster_handle
 from modelship.settings import Settings
 from modelship.workflow import Workflow
 from storage.ratelimit import RateLimiter
@@ -70,11 +71,11 @@ class Ingress:
     ) -> None:
         to_serve_logs()
         self._configs = configs
-        self._preprocessor = preprocessor
-        self._models = models
+        self._preprocessor = cluster_handle(preprocessor)
+        self._models = {name: cluster_handle(handle) for name, handle in models.items()}
         self._settings = settings
         self._runner = runner
-        self._exporter = exporter
+        self._exporter = cluster_handle(exporter) if exporter else None
         self._background: set[asyncio.Task[None]] = set()
         services = Services.from_settings(settings)
         self._workflow = Workflow(services, configs, settings, launch_export=self._export)

@@ -16,6 +16,7 @@ from modelship.logs import to_serve_logs
 from modelship.metrics import ServeMetrics
 from modelship.runner import JobRunner
 from modelship.schemas import ItemOptions, ItemResult, ModelInfo
+from modelship.serving import cluster_handle
 from modelship.settings import Settings
 from storage.jobs import JobStore
 from storage.services import Services
@@ -29,8 +30,8 @@ class ServeLabeler:
     def __init__(
         self, preprocessor: DeploymentHandle, models: dict[str, DeploymentHandle], timeout_s: float
     ) -> None:
-        self._preprocessor = preprocessor
-        self._models = models
+        self._preprocessor = cluster_handle(preprocessor)
+        self._models = {name: cluster_handle(handle) for name, handle in models.items()}
         self._timeout_s = timeout_s
 
     async def version(self, model: str) -> str:

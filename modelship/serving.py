@@ -13,6 +13,15 @@ optimized mode 34, throughput-optimized with HAProxy 52. Per request, the Ingres
   here does not terminate TLS, so a config with ``ssl_certfile`` keeps the Python proxy.
 - ``RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE=1``: throughput mode would hold 1,000 log
   records before writing any; an operator reading a quiet service would see nothing.
+- ``RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH``: a replica takes gRPC messages of at most
+  4 MiB by default, and one shared call carries up to 16 requests' items: 8 clients
+  sending 16 images each got 500s. Raised to gRPC's own limit (2 GiB).
+
+The graph's calls go as the cluster is set up only if its handles are made there:
+``cluster_handle`` remakes a handle bound in a driver that imported Serve earlier (tests,
+the benchmark, a notebook), which would otherwise send Ray actor calls instead of gRPC.
+Measured side by side on 2 CPUs: 64 clients sending one text each, 188/164 items/s as
+actor calls and 200/197 over gRPC; one client, p50 18-20 → 16-17 ms.
 
 A value already in the environment wins, so any switch can be turned back off.
 """
@@ -22,7 +31,12 @@ from __future__ import annotations
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ray.serve.handle import DeploymentHandle
+
+_GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
 
 
 def ray_environment(
@@ -38,9 +52,18 @@ def ray_environment(
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "0" if tls else "1",
         "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+        "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(_GRPC_MAX_MESSAGE_BYTES),
     }
     present = environ if environ is not None else {}
     return {name: value for name, value in wanted.items() if name not in present}
+
+
+def cluster_handle(handle: DeploymentHandle) -> DeploymentHandle:
+    """``handle`` remade in this replica, so it calls as this cluster's Serve is set up
+    (gRPC in throughput mode), whichever process bound the graph."""
+    from ray import serve
+
+    return serve.get_deployment_handle(handle.deployment_name, handle.app_name, _check_exists=False)
 
 
 _MAX_HAPROXY_DIR = 97 - len("/metrics.sock") - 57

@@ -146,6 +146,21 @@ def test_many_images_in_one_request(http: httpx.Client) -> None:
     assert refused.json()["error"]["message"].startswith("image 2:")
 
 
+def test_a_call_between_deployments_may_carry_more_than_grpcs_default_4_mib(
+    http: httpx.Client,
+) -> None:
+    """32 prepared images are 4.8 MB in one Preprocessor → model call (gRPC in Serve's
+    throughput mode); requests sent together share calls, so several such requests make
+    one call of many megabytes."""
+    files = [("file", (str(i), payload("cat.jpg"))) for i in range(32)]
+    with ThreadPoolExecutor(3) as pool:
+        responses = list(
+            pool.map(lambda _: http.post("/api/v1/classify/images", files=files), range(3))
+        )
+    assert [r.status_code for r in responses] == [200] * 3, responses[0].text
+    assert {r["labels"][0]["label"] for r in responses[0].json()["results"]} == {"Egyptian cat"}
+
+
 def test_a_bad_image_fails_only_its_own_request_among_requests_sent_together(
     http: httpx.Client,
 ) -> None:
