@@ -214,21 +214,24 @@ def test_a_rolling_restart_drains_requests_and_gives_leases_back(
         if deployment["name"] == f"Model-{MODEL}":
             deployment["ray_actor_options"] = {"num_cpus": 0.45}
     deployments.append({"name": "JobRunner", "ray_actor_options": {"num_cpus": 0.11}})
-    with ThreadPoolExecutor(6) as pool:
-        in_flight = [pool.submit(label, n) for n in range(6)]
-        time.sleep(0.3)
-        deploy_config(restarted)
-        deadline = time.monotonic() + 180
-        while _runner_pid() == old["pid"]:
-            assert time.monotonic() < deadline, "the job runner was not replaced"
-            time.sleep(0.5)
-        assert [f.result() for f in in_flight] == [200] * 6
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            in_flight = [pool.submit(label, n) for n in range(6)]
+            time.sleep(0.3)
+            deploy_config(restarted)
+            deadline = time.monotonic() + 180
+            while _runner_pid() == old["pid"]:
+                assert time.monotonic() < deadline, "the job runner was not replaced"
+                time.sleep(0.5)
+            assert [f.result() for f in in_flight] == [200] * 6
 
-    leased = "SELECT count(*) AS n FROM job_items WHERE lease_owner = $1 AND state = 'leased'"
-    assert asyncio.run(_rows(dsn, leased, old["owner"]))[0]["n"] == 0
-    job = _wait(client, job["id"], lambda j: j["status"] not in ("queued", "running"))
-    assert job["status"] == "succeeded", job
-    rows = _item_states(dsn, job["id"])
-    assert len(rows) == 400 and {r["state"] for r in rows} == {"succeeded"}
-    assert all(r["predictions"] == 1 for r in rows)
-    assert all(r["attempts"] == 1 for r in rows), "a clean stop spent an attempt"
+        leased = "SELECT count(*) AS n FROM job_items WHERE lease_owner = $1 AND state = 'leased'"
+        assert asyncio.run(_rows(dsn, leased, old["owner"]))[0]["n"] == 0
+        job = _wait(client, job["id"], lambda j: j["status"] not in ("queued", "running"))
+        assert job["status"] == "succeeded", job
+        rows = _item_states(dsn, job["id"])
+        assert len(rows) == 400 and {r["state"] for r in rows} == {"succeeded"}
+        assert all(r["predictions"] == 1 for r in rows)
+        assert all(r["attempts"] == 1 for r in rows), "a clean stop spent an attempt"
+    finally:
+        deploy_config(serve_config)  # as shipped again, for the tests after this one
