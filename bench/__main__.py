@@ -55,7 +55,7 @@ def measure_limit(workload: Workload, seconds: float) -> dict[str, Any]:
 
 def systems(kind: Kind, names: list[str], args: argparse.Namespace) -> list[Server]:
     env = dict(pair.split("=", 1) for pair in args.env)
-    max_batch = args.max_batch or (32 if kind == "text" else 4)  # as serve_config.yaml
+    max_batch = args.max_batch or (32 if kind == "text" else 16)  # as serve_config.yaml
     # modelship runs as `modelship serve` starts it (HAProxy, throughput mode);
     # modelship-proxy with Serve's own defaults (its Python proxy), for comparison.
     proxy = {**env, "RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}

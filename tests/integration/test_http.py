@@ -96,7 +96,7 @@ def test_models_list_versions_batching_and_readiness(http: httpx.Client) -> None
     models = {m["name"]: m for m in http.get("/api/v1/models").json()["models"]}
     assert models["minilm-zero-shot"]["task"] == "zero-shot-text-classification"
     assert models["minilm-zero-shot"]["labels"] == ["positive", "negative", "neutral"]
-    assert models["efficientnet-lite0"]["batching"]["max_batch_size"] == 4
+    assert models["efficientnet-lite0"]["batching"]["max_batch_size"] == 16
     assert len(models["efficientnet-lite0"]["labels"]) == 1000
     assert all(m["ready"] and m["device"] == "cpu" for m in models.values())
 
