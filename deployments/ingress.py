@@ -20,7 +20,7 @@ from modelship.http_errors import translate
 from modelship.logs import to_serve_logs
 from modelship.metrics import ServeMetrics
 from modelship.schemas import ItemOptions, ItemResult, ModelConfig, ModelInfo
-from modelship.serving import cluster_handle
+from modelship.serving import cluster_handle, label_call
 from modelship.settings import Settings
 from modelship.workflow import Workflow
 from storage.ratelimit import RateLimiter
@@ -179,8 +179,10 @@ class Ingress:
                     request_scope(ids[members[0]] if ids else None),
                     tracing.span("coalesce", requests=len(members), request_ids=ids),
                 ):
-                    prepared = self._preprocessor.prepare_each.remote(model, payloads, options)
-                    results = await self._call(self._models[model].predict.remote(prepared))
+                    call = label_call(
+                        self._preprocessor, self._models[model], model, payloads, options
+                    )
+                    results = await self._call(call)
             except Exception as exc:
                 for i in members:
                     outcomes[i] = exc

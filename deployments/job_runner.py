@@ -16,7 +16,7 @@ from modelship.logs import to_serve_logs
 from modelship.metrics import ServeMetrics
 from modelship.runner import JobRunner
 from modelship.schemas import ItemOptions, ItemResult, ModelInfo
-from modelship.serving import cluster_handle
+from modelship.serving import cluster_handle, label_call
 from modelship.settings import Settings
 from storage.jobs import JobStore
 from storage.services import Services
@@ -43,10 +43,9 @@ class ServeLabeler:
     async def label(
         self, model: str, payloads: list[Any], options: ItemOptions
     ) -> list[ItemResult | ModelShipError]:
-        # Prepared items go straight from the Preprocessor into the model call; an item
-        # that could not be prepared comes back as its error, in its place.
-        prepared = self._preprocessor.prepare_each.remote(model, payloads, options)
-        return await asyncio.wait_for(self._models[model].predict.remote(prepared), self._timeout_s)
+        # An item that could not be prepared comes back as its error, in its place.
+        call = label_call(self._preprocessor, self._models[model], model, payloads, options)
+        return await asyncio.wait_for(call, self._timeout_s)
 
 
 _DRAIN_S = 30  # a stopping replica finishes its batches this long, then gives leases back

@@ -17,13 +17,14 @@ from ray import serve
 
 from modelship import tracing
 from modelship.errors import ModelShipError
-from modelship.local import image_info
+from modelship.local import image_info, prepare_payload
 from modelship.logs import to_serve_logs
 from modelship.metrics import ServeMetrics
 from modelship.predictors import ModelStore, Predictor, build_predictor
 from modelship.predictors.base import batching_order
 from modelship.schemas import (
     BatchingConfig,
+    ItemOptions,
     ItemResult,
     ModelConfig,
     ModelInfo,
@@ -56,6 +57,7 @@ class ModelReplica:
     def __init__(self, config: ModelConfig, settings: Settings) -> None:
         to_serve_logs()
         self._config = config
+        self._settings = settings
         self._batching = config.batching
         torch.set_num_threads(config.torch_threads or max(1, math.ceil(config.num_cpus)))
         device = "cuda" if config.num_gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -96,16 +98,30 @@ class ModelReplica:
         self._infer.set_max_batch_size(self._batching.max_batch_size)  # type: ignore[attr-defined]
         self._infer.set_batch_wait_timeout_s(self._batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
+    async def label_texts(
+        self, texts: list[str], options: ItemOptions
+    ) -> list[ItemResult | ModelShipError]:
+        """Texts tokenised here, on a worker thread, then labeled as ``predict`` does. The
+        graph sends texts here, not through the Preprocessor: a call to it cost more than
+        tokenising (``modelship.serving.label_call``)."""
+        with tracing.span("preprocess", model=self._config.name, items=len(texts)):
+            prepared = await asyncio.to_thread(self._prepare, texts, options)
+        return await self.predict(prepared)
+
+    def _prepare(self, texts: list[str], options: ItemOptions) -> list[Prepared | ModelShipError]:
+        return [prepare_payload(self._predictor, text, options, self._settings) for text in texts]
+
     async def predict(
         self, items: list[Prepared | ModelShipError]
     ) -> list[ItemResult | ModelShipError]:
         """Label items; each joins this replica's batch queue alongside other requests'.
 
-        An item that failed before (an error from ``Preprocessor.prepare_each``) comes back
-        as it is, in its place. Items join the queue in ``batching_order`` and results come
-        back in input order. When nothing is queued or running, the items run at once as
-        their own batch: waiting out the batch window for company that is not coming only
-        adds latency (a request arriving meanwhile batches as usual, next to this one).
+        An item that failed before (an error from ``Preprocessor.prepare_each`` or
+        ``label_texts``) comes back as it is, in its place. Items join the queue in
+        ``batching_order`` and results come back in input order. When nothing is queued or
+        running, the items run at once as their own batch: waiting out the batch window for
+        company that is not coming only adds latency (a request arriving meanwhile batches
+        as usual, next to this one).
         """
         good = [item for item in items if not isinstance(item, ModelShipError)]
         results = iter(self._results(await self._label(good), good) if good else [])

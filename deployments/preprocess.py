@@ -11,7 +11,7 @@ from modelship.errors import ModelShipError
 from modelship.local import prepare_payload
 from modelship.logs import to_serve_logs
 from modelship.predictors import ModelStore, Predictor, build_predictor
-from modelship.schemas import ItemOptions, ModelConfig, Prepared
+from modelship.schemas import IMAGE_TASKS, ItemOptions, ModelConfig, Prepared
 from modelship.settings import Settings
 
 
@@ -19,11 +19,12 @@ from modelship.settings import Settings
     name="Preprocessor", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64
 )
 class Preprocessor:
-    """Sniffs, decodes and transforms images; tokenises texts — for every configured model.
+    """Sniffs, decodes, guards and transforms images for every configured image model.
 
-    Holds each model's processor (tokenizer or image transform), never its weights, so it
-    scales on CPUs apart from the model replicas. Methods are sync: Serve runs them on a
-    thread pool, and PIL and the tokenizers release the GIL.
+    Holds each image model's transform, never its weights, so it scales on CPUs apart from
+    the model replicas. Texts do not come here: the model replica tokenises them
+    (``modelship.serving.label_call``). Methods are sync: Serve runs them on a thread
+    pool, and PIL releases the GIL.
 
     Args:
         models: the configured models.
@@ -35,7 +36,7 @@ class Preprocessor:
         self._settings = settings
         store = ModelStore(settings.models_dir)
         self._predictors: dict[str, Predictor[Any, Any]] = {}
-        for config in models:
+        for config in (config for config in models if config.task in IMAGE_TASKS):
             predictor = build_predictor(config, store.resolve(config.source))
             predictor.load_processor()
             self._predictors[config.name] = predictor
@@ -43,7 +44,7 @@ class Preprocessor:
     def prepare_each(
         self, model: str, payloads: list[bytes | str], options: ItemOptions
     ) -> list[Prepared | ModelShipError]:
-        """Items (image bytes or texts) prepared one by one; a bad one gets its error."""
+        """Images prepared one by one; a bad one gets its error."""
         predictor = self._predictors[model]
         with tracing.span("preprocess", model=model, items=len(payloads)):
             return [prepare_payload(predictor, p, options, self._settings) for p in payloads]

@@ -31,10 +31,12 @@ from __future__ import annotations
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
-    from ray.serve.handle import DeploymentHandle
+    from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+    from modelship.schemas import ItemOptions
 
 _GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
 
@@ -64,6 +66,26 @@ def cluster_handle(handle: DeploymentHandle) -> DeploymentHandle:
     from ray import serve
 
     return serve.get_deployment_handle(handle.deployment_name, handle.app_name, _check_exists=False)
+
+
+def label_call(
+    preprocessor: DeploymentHandle,
+    model: DeploymentHandle,
+    name: str,
+    payloads: list[bytes | str],
+    options: ItemOptions,
+) -> DeploymentResponse:
+    """One call labeling ``payloads`` with model ``name``, as the Ingress and the JobRunner
+    make it. Images are decoded in the Preprocessor, whose response goes into the model
+    call unawaited. Texts go straight to the model replica, which tokenises them: a
+    Preprocessor call cost more than tokenising (side by side on 2 CPUs, 16 clients sending
+    one text each: 42/50 → 60/55 items/s, p50 at concurrency 1 47/49 → 36/41 ms).
+    """
+    if all(isinstance(payload, str) for payload in payloads):
+        response = model.label_texts.remote(payloads, options)
+    else:
+        response = model.predict.remote(preprocessor.prepare_each.remote(name, payloads, options))
+    return cast("DeploymentResponse[Any]", response)  # a generator only with stream=True
 
 
 _MAX_HAPROXY_DIR = 97 - len("/metrics.sock") - 57

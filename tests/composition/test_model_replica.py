@@ -17,6 +17,7 @@ from modelship.settings import Settings
 from tests.conftest import MINILM
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+MINILM_LABELS = tuple(MINILM.labels or ())
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def replica(serve_cluster: int, settings: Settings) -> Iterator[DeploymentHandle
 def _items(settings: Settings, count: int) -> list[PreparedText]:
     predictor = build_predictor(MINILM, ModelStore(settings.models_dir).resolve(MINILM.source))
     predictor.load_processor()
-    options = ItemOptions(top_k=1, labels=tuple(MINILM.labels or ()))
+    options = ItemOptions(top_k=1, labels=MINILM_LABELS)
     return [predictor.preprocess(f"text number {i} " * (1 + i % 5), options) for i in range(count)]
 
 
@@ -72,7 +73,7 @@ async def test_queued_items_reordered_for_batching_come_back_in_input_order(
 ) -> None:
     predictor = build_predictor(MINILM, ModelStore(settings.models_dir).resolve(MINILM.source))
     predictor.load_processor()
-    options = ItemOptions(top_k=2, labels=tuple(MINILM.labels or ()))
+    options = ItemOptions(top_k=2, labels=MINILM_LABELS)
     phrases = ["I love it, it works great. ", "It broke after a day, terrible. "]
     texts = [phrases[i % 2] * (1 + (i * 7) % 11) for i in range(40)]  # lengths interleaved
     items = [predictor.preprocess(text, options) for text in texts]
@@ -102,6 +103,22 @@ async def test_items_that_failed_before_come_back_as_their_errors_in_place(
     (only,) = await replica.predict.remote([failed])
     assert isinstance(only, InvalidInput)
     assert len(await _batch_sizes(replica)) == before  # nothing left to run
+
+
+async def test_texts_are_tokenised_in_the_replica_and_a_bad_one_fails_alone(
+    replica: DeploymentHandle, settings: Settings
+) -> None:
+    texts = [f"text number {i} " * (1 + i % 5) for i in range(6)]
+    labeled = await replica.label_texts.remote(texts, ItemOptions(top_k=1, labels=MINILM_LABELS))
+    prepared = await replica.predict.remote(_items(settings, 6))
+    for raw, ready in zip(labeled, prepared, strict=True):
+        assert raw.version == ready.version
+        assert [s.label for s in raw.output] == [s.label for s in ready.output]
+        assert raw.output[0].score == pytest.approx(ready.output[0].score, abs=1e-4)
+    # Without candidate labels a zero-shot text cannot be prepared: its error, in place.
+    unlabeled = await replica.label_texts.remote(texts[:1], ItemOptions(top_k=1))
+    assert [type(r).__name__ for r in unlabeled] == ["InvalidInput"]
+    assert unlabeled[0].code == "labels_required"
 
 
 async def test_a_lone_request_does_not_wait_out_the_batch_window(

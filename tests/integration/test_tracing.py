@@ -11,11 +11,13 @@ from typing import Any
 
 import httpx
 
+from tests.conftest import payload
 from tests.integration.conftest import serve_log_records
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
-MODEL = "replica_handle_request Model-minilm-zero-shot predict"
-REPLICAS = ("replica_handle_request Preprocessor prepare_each", MODEL)
+MODEL = "replica_handle_request Model-minilm-zero-shot label_texts"
+PREPROCESSOR = "replica_handle_request Preprocessor prepare_each"
+IMAGE_MODEL = "replica_handle_request Model-efficientnet-lite0 predict"
 
 
 def _wait_for(
@@ -71,24 +73,53 @@ def test_a_request_is_one_trace_from_ingress_to_the_model(
         spans = otlp_receiver.trace(trace_id)
         names = {s.name for s in spans}
         routed = any(name.startswith("POST /api/v1/classify/text") for name in names)
-        wanted = {"preprocess", "predict", "redis EVALSHA", *REPLICAS}
+        wanted = {"preprocess", "predict", "redis EVALSHA", MODEL}
         return spans if routed and wanted <= names else []
 
     spans = _wait_for(otlp_receiver, complete)
-    # FastAPI's span for the route continues the client's trace; Serve's handle calls carry
-    # it to the other deployments' replicas, with the request id.
+    # FastAPI's span for the route continues the client's trace; Serve's handle call carries
+    # it to the model replica, with the request id. Texts skip the Preprocessor: the model
+    # replica tokenises them.
     ingress = _one(spans, "POST /api/v1/classify/text")
-    preprocess = _one(spans, "replica_handle_request Preprocessor")
-    model = _one(spans, "replica_handle_request Model-minilm-zero-shot")
+    model = _one(spans, MODEL)
     assert ingress.parent_id == client_span
-    for span in (preprocess, model):
-        assert span.attributes["request_id"] == request_id
-        assert ingress.name in _ancestors(span, spans)
-    assert preprocess.name in _ancestors(_one(spans, "preprocess"), spans)
-    assert model.name in _ancestors(_one(spans, "predict"), spans)
+    assert model.attributes["request_id"] == request_id
+    assert ingress.name in _ancestors(model, spans)
+    assert not [s for s in spans if s.name.startswith("replica_handle_request Preprocessor")]
+    for name in ("preprocess", "predict"):
+        assert model.name in _ancestors(_one(spans, name), spans)
     limiter = _one(spans, "redis EVALSHA")  # the rate limit's token, taken in Redis
     assert ingress.name in _ancestors(limiter, spans)
     assert limiter.attributes["db.system.name"] == "redis"
+
+
+def test_an_image_request_is_traced_through_the_preprocessor(
+    http: httpx.Client, otlp_receiver: OtlpReceiver
+) -> None:
+    trace_id = secrets.token_hex(16)
+    response = http.post(
+        "/api/v1/classify/image",
+        files={"file": ("cat.jpg", payload("cat.jpg"))},
+        headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+    )
+    assert response.status_code == 200
+    request_id = response.json()["request_id"]
+
+    def complete() -> list[ReceivedSpan]:
+        spans = otlp_receiver.trace(trace_id)
+        names = {s.name for s in spans}
+        routed = any(name.startswith("POST /api/v1/classify/image") for name in names)
+        wanted = {"preprocess", "predict", PREPROCESSOR, IMAGE_MODEL}
+        return spans if routed and wanted <= names else []
+
+    spans = _wait_for(otlp_receiver, complete)
+    ingress = _one(spans, "POST /api/v1/classify/image")
+    preprocessor, model = _one(spans, PREPROCESSOR), _one(spans, IMAGE_MODEL)
+    for span in (preprocessor, model):
+        assert span.attributes["request_id"] == request_id
+        assert ingress.name in _ancestors(span, spans)
+    assert preprocessor.name in _ancestors(_one(spans, "preprocess"), spans)
+    assert model.name in _ancestors(_one(spans, "predict"), spans)
 
 
 def test_a_job_batch_is_traced_and_carries_the_submitting_request_id(
@@ -127,15 +158,14 @@ def test_a_job_batch_is_traced_and_carries_the_submitting_request_id(
         # a model batch joins the trace of its first request: find the job batch it joined
         for batch in batches():
             spans = otlp_receiver.trace(batch.trace_id)
-            if {"predict", *REPLICAS} <= {s.name for s in spans}:
+            if {"preprocess", "predict", MODEL} <= {s.name for s in spans}:
                 return spans
         return []
 
     spans = _wait_for(otlp_receiver, whole_trace)
-    for deployment in ("Preprocessor", "Model-minilm-zero-shot"):
-        span = _one(spans, f"replica_handle_request {deployment}")
-        assert span.attributes["request_id"] == request_id
-        assert "job batch" in _ancestors(span, spans)
+    model = _one(spans, MODEL)
+    assert model.attributes["request_id"] == request_id
+    assert "job batch" in _ancestors(model, spans)
     statements = [s for s in spans if s.name.startswith("postgres ")]
     assert {"postgres INSERT", "postgres UPDATE"} <= {s.name for s in statements}
     assert all(s.attributes["db.system.name"] == "postgresql" for s in statements)
