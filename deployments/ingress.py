@@ -41,7 +41,8 @@ _COALESCE_IN_FLIGHT = 8
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
 @serve.ingress()
 class Ingress:
-    """Routes labeling requests: Preprocessor → ModelReplica, chained.
+    """Routes labeling requests: images Preprocessor → ModelReplica, chained; texts
+    straight to their ModelReplica, which tokenises them (``label_call``).
 
     The Preprocessor's response is passed into the model call unawaited. Over Ray's
     object store (``_by_reference``) prepared tensors would skip the Ingress; in Serve's
@@ -151,13 +152,12 @@ class Ingress:
     async def _coalesced(
         self, calls: list[tuple[str, ItemOptions, list[bytes | str]]]
     ) -> list[list[ItemResult | ModelShipError] | BaseException]:
-        """Requests waiting here at the same moment share one Preprocessor call and one
-        model call per (model, options): a Serve call costs milliseconds of CPU on each
-        side, more than tokenising a text, and the model gets bigger batches. Nothing waits
-        for company (no window), so a lone request goes straight through. Items fail one
-        by one (a bad image fails its own request only); a failed call fails them all.
+        """Requests waiting here at the same moment share one labeling call (``label_call``)
+        per (model, options): a Serve call costs milliseconds of CPU on each side, and the
+        model gets bigger batches. Nothing waits for company (no window), so a lone request
+        goes straight through. Items fail one by one (a bad image fails its own request
+        only); a failed call fails them all.
 
-        The prepared items go from the Preprocessor into the model call unawaited.
         A shared call carries the request id of its first request, and runs in the trace
         of the batch's first request (as a model batch does); its span lists every
         request id it serves.

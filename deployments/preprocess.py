@@ -36,7 +36,7 @@ class Preprocessor:
         self._settings = settings
         store = ModelStore(settings.models_dir)
         self._predictors: dict[str, Predictor[Any, Any]] = {}
-        for config in (config for config in models if config.task in IMAGE_TASKS):
+        for config in [model for model in models if model.task in IMAGE_TASKS]:
             predictor = build_predictor(config, store.resolve(config.source))
             predictor.load_processor()
             self._predictors[config.name] = predictor

@@ -78,8 +78,9 @@ def label_call(
     """One call labeling ``payloads`` with model ``name``, as the Ingress and the JobRunner
     make it. Images are decoded in the Preprocessor, whose response goes into the model
     call unawaited. Texts go straight to the model replica, which tokenises them: a
-    Preprocessor call cost more than tokenising (side by side on 2 CPUs, 16 clients sending
-    one text each: 42/50 → 60/55 items/s, p50 at concurrency 1 47/49 → 36/41 ms).
+    Preprocessor call cost more than tokenising (side by side on 2 CPUs, p50 at
+    concurrency 1 49/49 → 42/43 ms, 16 clients sending one text each 41/55 → 58/51
+    items/s, 64 clients level; README, "Benchmark").
     """
     if all(isinstance(payload, str) for payload in payloads):
         response = model.label_texts.remote(payloads, options)
