@@ -24,6 +24,9 @@ Measured side by side on 2 CPUs: 64 clients sending one text each, 188/164 items
 actor calls and 200/197 over gRPC; one client, p50 18-20 → 16-17 ms.
 
 A value already in the environment wins, so any switch can be turned back off.
+
+``label_call`` is the graph's one labeling call, made alike by the Ingress and the
+JobRunner: images through the Preprocessor, texts straight to their model replica.
 """
 
 from __future__ import annotations
