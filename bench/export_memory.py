@@ -1,7 +1,7 @@
 """``python -m bench.export_memory``: an export's memory against the project's size.
 
 Fills projects of 1,000 and 100,000 labeled detection items straight into PostgreSQL
-(``COPY``), runs the real export path (``modelship.exporter.run_export``: pages from
+(``COPY``), runs the real export path (``modelship.service.exporter.run_export``: pages from
 PostgreSQL → format writer → object storage) for each format, and reports the peak of
 Python memory traced during the export. Flat memory means the two peaks are close.
 """
@@ -19,10 +19,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from modelship.exporter import run_export
-from modelship.schemas import ExportCreate, ExportFormat, ExportSelection, LabelSpec, ProjectCreate
-from modelship.schemas import Task as ModelTask
-from modelship.settings import Settings
+from modelship.core.config import LabelSpec
+from modelship.core.config import Task as ModelTask
+from modelship.core.records import ExportCreate, ExportFormat, ExportSelection, ProjectCreate
+from modelship.core.settings import Settings
+from modelship.service.exporter import run_export
 from storage.catalog import Catalog
 from storage.exports import ExportStore
 from storage.services import Services

@@ -32,9 +32,10 @@ import torch
 from bench.loadgen import Request, closed_loop
 from bench.systems import ModelShip, Server
 from bench.workloads import LABELS
+from modelship.core.config import BatchingConfig, LabelSpec, ModelConfig, Task
+from modelship.core.messages import ItemOptions
 from modelship.predictors import ModelStore, Predictor, build_predictor
 from modelship.predictors.base import pad
-from modelship.schemas import BatchingConfig, ItemOptions, LabelSpec, ModelConfig, Task
 
 # name -> (hidden size, layers, intermediate size); 12 attention heads in both.
 SHAPES = {"minilm-l6-h384": (384, 6, 1536), "bert-base": (768, 12, 3072)}

@@ -11,10 +11,11 @@ from typing import Any
 import torch
 
 from bench.workloads import LABELS, Workload
-from modelship.local import prepare_image
+from modelship.core.config import LabelSpec, ModelConfig, Task
+from modelship.core.messages import ItemOptions
+from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, Predictor, build_predictor
-from modelship.schemas import ItemOptions, LabelSpec, ModelConfig, Task
-from modelship.settings import Settings
+from modelship.service.local import prepare_image
 
 
 def load(kind: str, cache: Any) -> Predictor[Any, Any]:

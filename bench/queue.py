@@ -15,7 +15,8 @@ import time
 import uuid
 from typing import Any
 
-from modelship.schemas import ItemState, ProjectCreate, Task
+from modelship.core.config import Task
+from modelship.core.records import ItemState, ProjectCreate
 from storage.catalog import Catalog, NewItem
 from storage.jobs import JobStore, Success
 from storage.postgres import Database

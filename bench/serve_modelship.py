@@ -19,9 +19,9 @@ from ray import serve
 
 from bench.workloads import LABELS
 from graphs.labeling import build_app
-from modelship.schemas import BatchingConfig, LabelingAppArgs, LabelSpec, ModelConfig, Task
-from modelship.serving import private_haproxy, ray_environment
-from modelship.settings import Settings
+from modelship.core.config import BatchingConfig, LabelingAppArgs, LabelSpec, ModelConfig, Task
+from modelship.core.settings import Settings
+from modelship.ops.ray_env import private_haproxy, ray_environment
 from storage.embedded import stop_embedded
 
 

@@ -21,7 +21,7 @@ import httpx
 
 from bench.loadgen import Request
 from bench.workloads import Kind
-from modelship.serving import free_port
+from modelship.ops.ray_env import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BENTOML_VENV = ROOT / ".bench-venvs" / "bentoml"

@@ -8,10 +8,10 @@ from uuid import UUID
 
 from ray import serve
 
-from modelship.exporter import run_export
-from modelship.logs import to_serve_logs
-from modelship.metrics import ServeMetrics
-from modelship.settings import Settings
+from modelship.core.logs import to_serve_logs
+from modelship.core.metrics import ServeMetrics
+from modelship.core.settings import Settings
+from modelship.service.exporter import run_export
 from storage.exports import ExportStore
 from storage.services import Services
 

@@ -12,17 +12,18 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
-from modelship import tracing
-from modelship.api import create_api
-from modelship.context import request_scope
-from modelship.errors import ModelShipError, request_results
-from modelship.http_errors import translate
-from modelship.logs import to_serve_logs
-from modelship.metrics import ServeMetrics
-from modelship.schemas import ItemOptions, ItemResult, ModelConfig, ModelInfo
-from modelship.serving import cluster_handle, label_call
-from modelship.settings import Settings
-from modelship.workflow import Workflow
+from modelship.core import ray_compat, tracing
+from modelship.core.config import ModelConfig
+from modelship.core.context import request_scope
+from modelship.core.errors import ModelShipError, request_results
+from modelship.core.logs import to_serve_logs
+from modelship.core.messages import ItemOptions, ItemResult, ModelInfo
+from modelship.core.metrics import ServeMetrics
+from modelship.core.settings import Settings
+from modelship.http.app import create_api
+from modelship.http.errors import translate
+from modelship.service.serving import cluster_handle, label_call
+from modelship.service.workflow import Workflow
 from storage.ratelimit import RateLimiter
 from storage.services import Services
 
@@ -170,7 +171,7 @@ class Ingress:
             else:
                 group[2].append(index)
         outcomes: list[list[ItemResult | ModelShipError] | BaseException] = [[] for _ in calls]
-        ids = [c.request_id for c in serve.context._get_serve_batch_request_context()]
+        ids = ray_compat.batch_request_ids()
 
         async def one_group(model: str, options: ItemOptions, members: list[int]) -> None:
             payloads = [payload for i in members for payload in calls[i][2]]

@@ -11,13 +11,13 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from modelship.errors import ModelNotReady, ModelShipError
-from modelship.logs import to_serve_logs
-from modelship.metrics import ServeMetrics
-from modelship.runner import JobRunner
-from modelship.schemas import ItemOptions, ItemResult, ModelInfo
-from modelship.serving import cluster_handle, label_call
-from modelship.settings import Settings
+from modelship.core.errors import ModelNotReady, ModelShipError
+from modelship.core.logs import to_serve_logs
+from modelship.core.messages import ItemOptions, ItemResult, ModelInfo
+from modelship.core.metrics import ServeMetrics
+from modelship.core.settings import Settings
+from modelship.service.runner import JobRunner
+from modelship.service.serving import cluster_handle, label_call
 from storage.jobs import JobStore
 from storage.services import Services
 

@@ -15,23 +15,16 @@ from typing import Any
 import torch
 from ray import serve
 
-from modelship import tracing
-from modelship.errors import ModelShipError
-from modelship.local import image_info, prepare_payload
-from modelship.logs import to_serve_logs
-from modelship.metrics import ServeMetrics
+from modelship.core import tracing
+from modelship.core.config import BatchingConfig, ModelConfig
+from modelship.core.errors import ModelShipError
+from modelship.core.logs import to_serve_logs
+from modelship.core.messages import ItemOptions, ItemResult, ModelInfo, Output, Prepared
+from modelship.core.metrics import ServeMetrics
+from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, Predictor, build_predictor
 from modelship.predictors.base import batching_order
-from modelship.schemas import (
-    BatchingConfig,
-    ItemOptions,
-    ItemResult,
-    ModelConfig,
-    ModelInfo,
-    Output,
-    Prepared,
-)
-from modelship.settings import Settings
+from modelship.service.local import image_info, prepare_payload
 
 logger = logging.getLogger("modelship.model")
 
@@ -103,7 +96,7 @@ class ModelReplica:
     ) -> list[ItemResult | ModelShipError]:
         """Texts tokenised here, on a worker thread, then labeled as ``predict`` does. The
         graph sends texts here, not through the Preprocessor: a call to it cost more than
-        tokenising (``modelship.serving.label_call``)."""
+        tokenising (``modelship.service.serving.label_call``)."""
         with tracing.span("preprocess", model=self._config.name, items=len(texts)):
             prepared = await asyncio.to_thread(self._prepare, texts, options)
         return await self.predict(prepared)

@@ -6,13 +6,14 @@ from typing import Any
 
 from ray import serve
 
-from modelship import tracing
-from modelship.errors import ModelShipError
-from modelship.local import prepare_payload
-from modelship.logs import to_serve_logs
+from modelship.core import tracing
+from modelship.core.config import IMAGE_TASKS, ModelConfig
+from modelship.core.errors import ModelShipError
+from modelship.core.logs import to_serve_logs
+from modelship.core.messages import ItemOptions, Prepared
+from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, Predictor, build_predictor
-from modelship.schemas import IMAGE_TASKS, ItemOptions, ModelConfig, Prepared
-from modelship.settings import Settings
+from modelship.service.local import prepare_payload
 
 
 @serve.deployment(
@@ -23,7 +24,7 @@ class Preprocessor:
 
     Holds each image model's transform, never its weights, so it scales on CPUs apart from
     the model replicas. Texts do not come here: the model replica tokenises them
-    (``modelship.serving.label_call``). Methods are sync: Serve runs them on a thread
+    (``modelship.service.serving.label_call``). Methods are sync: Serve runs them on a thread
     pool, and PIL releases the GIL.
 
     Args:

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from graphs.labeling import build_app
-from modelship.schemas import LabelingAppArgs
+from modelship.core.config import LabelingAppArgs
 
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "serve_config.yaml"
 

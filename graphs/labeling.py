@@ -8,7 +8,7 @@ from deployments.ingress import Ingress
 from deployments.job_runner import JobRunnerDeployment
 from deployments.model import ModelReplica
 from deployments.preprocess import Preprocessor
-from modelship.schemas import LabelingAppArgs
+from modelship.core.config import LabelingAppArgs
 
 
 def build_app(args: LabelingAppArgs) -> Application:

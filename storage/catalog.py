@@ -8,9 +8,10 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from modelship.context import current_request_id
-from modelship.errors import Conflict, NotFound
-from modelship.schemas import Item, LabelSpec, Project, ProjectCreate, ProjectUpdate
+from modelship.core.config import LabelSpec
+from modelship.core.context import current_request_id
+from modelship.core.errors import Conflict, NotFound
+from modelship.core.records import Item, Project, ProjectCreate, ProjectUpdate
 from storage.postgres import Database
 
 _PROJECT_COLUMNS = """

@@ -8,9 +8,10 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from modelship.errors import NotFound
-from modelship.exports import Box, ExportRow, ExportTask, Label, Span
-from modelship.schemas import Export, ExportCreate, ExportSelection, Project, Task
+from modelship.core.config import Task
+from modelship.core.errors import NotFound
+from modelship.core.records import Export, ExportCreate, ExportSelection, Project
+from modelship.core.rows import Box, ExportRow, ExportTask, Label, Span
 from storage.catalog import Catalog, audit
 from storage.postgres import Database
 

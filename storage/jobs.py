@@ -18,17 +18,10 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from modelship.context import current_request_id
-from modelship.errors import Conflict, InvalidInput, NotFound
-from modelship.schemas import (
-    ErrorCount,
-    ItemState,
-    Job,
-    JobResult,
-    JobStatus,
-    Project,
-    Task,
-)
+from modelship.core.config import Task
+from modelship.core.context import current_request_id
+from modelship.core.errors import Conflict, InvalidInput, NotFound
+from modelship.core.records import ErrorCount, ItemState, Job, JobResult, JobStatus, Project
 from storage.catalog import audit
 from storage.postgres import Database
 from storage.reviews import annotate

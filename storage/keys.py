@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from uuid import UUID, uuid4
 
-from modelship.errors import NotFound
+from modelship.core.errors import NotFound
 from storage.catalog import audit
 from storage.postgres import Database
 

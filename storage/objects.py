@@ -22,7 +22,7 @@ from botocore.exceptions import BotoCoreError
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from modelship.errors import ServiceUnavailable
+from modelship.core.errors import ServiceUnavailable
 
 logger = logging.getLogger("modelship.storage")
 

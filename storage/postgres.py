@@ -19,8 +19,8 @@ from importlib import resources
 
 import asyncpg
 
-from modelship import tracing
-from modelship.errors import ServiceUnavailable
+from modelship.core import tracing
+from modelship.core.errors import ServiceUnavailable
 
 logger = logging.getLogger("modelship.storage")
 

@@ -13,9 +13,9 @@ import time
 
 from redis import asyncio as aioredis
 
-from modelship import tracing
-from modelship.errors import RateLimited, ServiceUnavailable
-from modelship.tracing import SpanKind
+from modelship.core import tracing
+from modelship.core.errors import RateLimited, ServiceUnavailable
+from modelship.core.tracing import SpanKind
 from storage.redis import REDIS_ERRORS
 
 logger = logging.getLogger("modelship.ratelimit")

@@ -17,8 +17,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from modelship import tracing
-from modelship.tracing import SpanKind
+from modelship.core import tracing
+from modelship.core.tracing import SpanKind
 
 logger = logging.getLogger("modelship.storage")
 _REDIS_SPAN = {"db.system.name": "redis"}

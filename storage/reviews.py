@@ -7,9 +7,8 @@ from uuid import UUID
 
 import asyncpg
 
-from modelship.errors import NotFound
-from modelship.review import assess, auto_approved, decide
-from modelship.schemas import (
+from modelship.core.errors import NotFound
+from modelship.core.records import (
     Annotation,
     BulkApproveRequest,
     Item,
@@ -22,6 +21,7 @@ from modelship.schemas import (
     ReviewRecord,
     ReviewRequest,
 )
+from modelship.core.review import assess, auto_approved, decide
 from storage.catalog import audit
 from storage.postgres import Database
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from modelship.settings import Settings
+from modelship.core.settings import Settings
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from storage.objects import ObjectStore
 from storage.postgres import Database

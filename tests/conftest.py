@@ -18,9 +18,9 @@ from unittest import mock
 
 import pytest
 
-from modelship.schemas import LabelSpec, ModelConfig, Task
-from modelship.serving import free_port
-from modelship.settings import Settings
+from modelship.core.config import LabelSpec, ModelConfig, Task
+from modelship.core.settings import Settings
+from modelship.ops.ray_env import free_port
 from tests.otlp_receiver import OtlpReceiver
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -149,7 +149,7 @@ def serve_cluster(otlp_receiver: OtlpReceiver) -> Iterator[int]:
     import ray
     from ray import serve
 
-    from modelship.serving import private_haproxy, ray_environment
+    from modelship.ops.ray_env import private_haproxy, ray_environment
 
     os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = otlp_receiver.endpoint
 

@@ -21,10 +21,11 @@ from typing import Any, Literal
 
 import torch
 
-from modelship.local import prepare_image
+from modelship.core.config import LabelSpec, ModelConfig, Task
+from modelship.core.messages import ItemOptions, Output
+from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, Predictor, build_predictor
-from modelship.schemas import ItemOptions, LabelSpec, ModelConfig, Output, Task
-from modelship.settings import Settings
+from modelship.service.local import prepare_image
 
 Workload = Literal["text", "image"]
 AnyPredictor = Predictor[Any, Any]

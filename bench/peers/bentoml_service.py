@@ -54,7 +54,7 @@ import bentoml
 from bentoml.exceptions import BentoMLException, NotFound
 
 from bench.peers import _common
-from modelship.errors import ModelShipError
+from modelship.core.errors import ModelShipError
 
 logger = logging.getLogger("bentoml.bench_peer")
 

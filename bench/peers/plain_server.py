@@ -31,7 +31,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 from bench.peers import _common
-from modelship.errors import ModelShipError
+from modelship.core.errors import ModelShipError
 
 
 class TextsIn(BaseModel):

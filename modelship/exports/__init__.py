@@ -17,20 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modelship.core.rows import Box, ExportRow, ExportTask, Label, Span
+from modelship.exports.base import ExportFormat, ExportSpec, UnsupportedExport, Writer, WriterBase
 from modelship.exports.coco import CocoWriter
 from modelship.exports.hf import HfWriter
-from modelship.exports.rows import (
-    Box,
-    ExportFormat,
-    ExportRow,
-    ExportSpec,
-    ExportTask,
-    Label,
-    Span,
-    UnsupportedExport,
-    Writer,
-    WriterBase,
-)
 from modelship.exports.tabular import CsvWriter, JsonlWriter, JsonWriter
 from modelship.exports.voc import VocWriter
 from modelship.exports.yolo import YoloWriter

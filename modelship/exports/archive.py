@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TextIO
 
-from modelship.exports.rows import ExportSpec, WriterBase
+from modelship.exports.base import ExportSpec, WriterBase
 
 MEDIA_TYPE = "application/gzip"
 EXTENSION = ".tar.gz"

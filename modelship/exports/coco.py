@@ -25,16 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from modelship.core.rows import ExportRow, ExportTask
 from modelship.exports.archive import EXTENSION, MEDIA_TYPE, Archive
-from modelship.exports.rows import (
-    ExportRow,
-    ExportSpec,
-    ExportTask,
-    WriterBase,
-    dumps,
-    file_name,
-    image_size,
-)
+from modelship.exports.base import ExportSpec, WriterBase, dumps, file_name, image_size
 
 
 class CocoWriter(WriterBase):

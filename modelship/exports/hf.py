@@ -27,7 +27,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from modelship.exports.rows import ExportRow, ExportSpec, ExportTask, WriterBase, dumps, file_name
+from modelship.core.rows import ExportRow, ExportTask
+from modelship.exports.base import ExportSpec, WriterBase, dumps, file_name
 
 ROW_GROUP_ROWS = 2048
 ROW_GROUP_BYTES = 64 * 1024 * 1024

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modelship.exports.rows import ExportRow, ExportSpec, WriterBase, dumps, label_names
+from modelship.core.rows import ExportRow
+from modelship.exports.base import ExportSpec, WriterBase, dumps, label_names
 
 CSV_COLUMNS = (
     "item_id",

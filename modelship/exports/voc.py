@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from modelship.core.rows import ExportRow
 from modelship.exports.archive import ArchiveWriter
-from modelship.exports.rows import (
-    ExportRow,
-    clip_box,
-    file_name,
-    image_size,
-)
+from modelship.exports.base import clip_box, file_name, image_size
 
 
 class VocWriter(ArchiveWriter):

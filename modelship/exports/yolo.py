@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import yaml
 
+from modelship.core.rows import ExportRow
 from modelship.exports.archive import ArchiveWriter
-from modelship.exports.rows import (
-    ExportRow,
-    clip_box,
-    file_name,
-    image_size,
-)
+from modelship.exports.base import clip_box, file_name, image_size
 
 
 class YoloWriter(ArchiveWriter):

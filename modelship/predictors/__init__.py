@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelship.errors import ConfigurationError
+from modelship.core.config import ModelConfig, Task
+from modelship.core.errors import ConfigurationError
 from modelship.predictors.base import Predictor
 from modelship.predictors.store import ModelFiles, ModelStore
-from modelship.schemas import ModelConfig, Task
 
 __all__ = ["ModelFiles", "ModelStore", "Predictor", "build_predictor"]
 

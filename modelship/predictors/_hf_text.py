@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 import torch
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from modelship.errors import ModelNotReady
+from modelship.core.errors import ModelNotReady
+from modelship.core.messages import PreparedText
 from modelship.predictors.base import TextPredictor, length_sorted_chunks, pad
 from modelship.predictors.packed import PackedEncoder, packed_passes
-from modelship.schemas import PreparedText
 
 
 class HFTextPredictor(TextPredictor):

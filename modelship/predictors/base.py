@@ -14,17 +14,16 @@ from typing import ClassVar, Generic, TypeVar
 import torch
 from PIL import Image
 
-from modelship.predictors.store import ModelFiles
-from modelship.schemas import (
+from modelship.core.config import ModelConfig, Task
+from modelship.core.messages import (
     ItemOptions,
     LabelScore,
-    ModelConfig,
     Output,
     Prepared,
     PreparedImage,
     PreparedText,
-    Task,
 )
+from modelship.predictors.store import ModelFiles
 
 P = TypeVar("P", PreparedImage, PreparedText)
 Raw = TypeVar("Raw", Image.Image, str)

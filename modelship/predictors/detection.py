@@ -24,9 +24,10 @@ from transformers import (
     PreTrainedModel,
 )
 
-from modelship.errors import ConfigurationError, ModelNotReady
+from modelship.core.config import Task
+from modelship.core.errors import ConfigurationError, ModelNotReady
+from modelship.core.messages import Detection, ItemOptions, Output, PreparedImage
 from modelship.predictors.base import ImagePredictor
-from modelship.schemas import Detection, ItemOptions, Output, PreparedImage, Task
 
 NUDENET_LABELS: tuple[str, ...] = (
     "FEMALE_GENITALIA_COVERED",

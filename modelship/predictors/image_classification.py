@@ -12,8 +12,9 @@ from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from modelship.core.config import Task
+from modelship.core.messages import ItemOptions, LabelScore, PreparedImage
 from modelship.predictors.base import ImagePredictor, top_k
-from modelship.schemas import ItemOptions, LabelScore, PreparedImage, Task
 
 
 class _ImageClassifier(ImagePredictor):
@@ -70,7 +71,7 @@ class HFImageClassifier(_ImageClassifier):
 
 def imagenet_labels() -> list[str]:
     """ImageNet-1k class names in class-index order (WordNet lemmas)."""
-    text = resources.files("modelship.data").joinpath("imagenet_labels.txt").read_text()
+    text = resources.files("modelship.predictors.data").joinpath("imagenet_labels.txt").read_text()
     return [line.split("\t", 1)[1] for line in text.splitlines()]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import fsspec
 
-from modelship.errors import ConfigurationError
+from modelship.core.errors import ConfigurationError
 
 WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pth", ".pt", ".onnx", ".ckpt"})
 _COMPLETE = ".modelship-complete"

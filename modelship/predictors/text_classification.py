@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from transformers import AutoModelForSequenceClassification
 
+from modelship.core.config import Task
+from modelship.core.messages import ItemOptions, Output, PreparedText
 from modelship.predictors._hf_text import HFTextPredictor
 from modelship.predictors.base import top_k
 from modelship.predictors.packed import first_tokens
-from modelship.schemas import ItemOptions, Output, PreparedText, Task
 
 
 class HFTextClassifier(HFTextPredictor):

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 from transformers import AutoModelForTokenClassification
 
-from modelship.errors import ConfigurationError
+from modelship.core.config import Task
+from modelship.core.errors import ConfigurationError
+from modelship.core.messages import Entity, ItemOptions, Output, PreparedText
 from modelship.predictors._hf_text import HFTextPredictor
-from modelship.schemas import Entity, ItemOptions, Output, PreparedText, Task
 
 OUTSIDE = "O"
 

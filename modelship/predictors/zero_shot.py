@@ -15,10 +15,11 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from modelship.errors import InvalidInput
+from modelship.core.config import LabelSpec, Task
+from modelship.core.errors import InvalidInput
+from modelship.core.messages import ItemOptions, LabelScore, PreparedText
 from modelship.predictors.base import TextPredictor, length_sorted_chunks, pad, top_k
 from modelship.predictors.packed import PackedEncoder, first_tokens, means, packed_passes
-from modelship.schemas import ItemOptions, LabelScore, LabelSpec, PreparedText, Task
 
 _PROTOTYPE_CACHE_SIZE = 128
 

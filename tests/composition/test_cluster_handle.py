@@ -5,7 +5,7 @@ from __future__ import annotations
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from modelship.serving import cluster_handle
+from modelship.service.serving import cluster_handle
 
 
 @serve.deployment

@@ -10,10 +10,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.model import ModelReplica
-from modelship.errors import InvalidInput
+from modelship.core.errors import InvalidInput
+from modelship.core.messages import ItemOptions, ItemResult, PreparedText
+from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, build_predictor
-from modelship.schemas import ItemOptions, ItemResult, PreparedText
-from modelship.settings import Settings
 from tests.conftest import MINILM
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from modelship.settings import Settings
+from modelship.core.settings import Settings
 from storage.embedded import stop_embedded
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "serve_config.yaml"

@@ -123,7 +123,7 @@ def test_job_decisions_queue_depth_and_exports_are_exported(
 
 def test_the_smoke_command_passes_against_the_live_graph(base_url: str) -> None:
     root = Path(__file__).resolve().parents[2]
-    command = [sys.executable, "-m", "modelship.cli", "smoke", "--url", base_url, "--json"]
+    command = [sys.executable, "-m", "modelship.ops.cli", "smoke", "--url", base_url, "--json"]
     done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=180)
     results = {r["name"]: r for r in json.loads(done.stdout)}
     assert done.returncode == 0, results

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from modelship.serving import free_port, ray_environment
+from modelship.ops.ray_env import free_port, ray_environment
 from storage.embedded import stop_embedded
 from tests.integration.conftest import CONFIG
 

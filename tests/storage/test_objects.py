@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import s3fs
 
-from modelship.errors import ServiceUnavailable
+from modelship.core.errors import ServiceUnavailable
 from storage.objects import ObjectNotFound, ObjectStore
 
 KEY = re.compile(r"acme/42/[0-9a-f]{32}\.jpg")

@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelship.api import create_api
-from modelship.local import LocalBackend
-from modelship.schemas import ModelConfig, Task
-from modelship.settings import Settings
+from modelship.core.config import ModelConfig, Task
+from modelship.core.settings import Settings
+from modelship.http.app import create_api
+from modelship.service.local import LocalBackend
 from tests.conftest import PACKAGED_MODELS, payload
 from tests.unit.flow import assert_error
 

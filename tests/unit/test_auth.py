@@ -13,12 +13,12 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 
-from modelship.api import create_api
-from modelship.auth import SCOPES
-from modelship.local import LocalBackend
-from modelship.runner import JobRunner
-from modelship.settings import Settings
-from modelship.workflow import Workflow
+from modelship.core.settings import Settings
+from modelship.http.app import create_api
+from modelship.http.auth import SCOPES
+from modelship.service.local import LocalBackend
+from modelship.service.runner import JobRunner
+from modelship.service.workflow import Workflow
 from storage.keys import KeyStore
 from storage.services import Services
 from tests.conftest import PACKAGED_MODELS
@@ -193,7 +193,7 @@ def test_the_cli_creates_a_key_that_works_once_shown(
         "MODELSHIP_REDIS_URL": auth_settings.redis_url.get_secret_value(),
     }
     project = str(uuid4())
-    command = [sys.executable, "-m", "modelship.cli", "keys", "create", "--scope", "read"]
+    command = [sys.executable, "-m", "modelship.ops.cli", "keys", "create", "--scope", "read"]
     command += ["--project", project]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

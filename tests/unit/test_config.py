@@ -11,7 +11,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from modelship.schemas import LabelingAppArgs
+from modelship.core.config import LabelingAppArgs
 
 ROOT = Path(__file__).resolve().parents[2]
 

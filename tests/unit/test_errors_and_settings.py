@@ -5,7 +5,7 @@ import pickle
 import pytest
 from pydantic import ValidationError
 
-from modelship.errors import (
+from modelship.core.errors import (
     InvalidInput,
     ModelShipError,
     NotFound,
@@ -13,7 +13,7 @@ from modelship.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from modelship.settings import Profile, Settings
+from modelship.core.settings import Profile, Settings
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pycocotools.coco import COCO
 
-from modelship.runner import JobRunner
+from modelship.service.runner import JobRunner
 from tests.conftest import payload
 from tests.unit.exports.samples import ArchiveReader
 from tests.unit.flow import LABELS, assert_error, drain, make_project, png, upload_texts

@@ -6,10 +6,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from modelship.api import create_api
-from modelship.local import LocalBackend
-from modelship.settings import Settings
-from modelship.workflow import Workflow
+from modelship.core.settings import Settings
+from modelship.http.app import create_api
+from modelship.service.local import LocalBackend
+from modelship.service.workflow import Workflow
 from storage.services import Services
 from tests.conftest import PACKAGED_MODELS
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from modelship.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from modelship.inputs import check_texts, decode_image, sniff_image_type
-from modelship.settings import Settings
+from modelship.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from modelship.core.inputs import check_texts, decode_image, sniff_image_type
+from modelship.core.settings import Settings
 from tests.conftest import payload
 
 

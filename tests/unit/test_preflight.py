@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelship.settings import Settings
+from modelship.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +34,7 @@ def _preflight(
     command = [
         sys.executable,
         "-m",
-        "modelship.cli",
+        "modelship.ops.cli",
         "preflight",
         "--config",
         str(config),

@@ -15,13 +15,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from modelship.api import create_api
-from modelship.errors import ModelShipError
-from modelship.local import LocalBackend, LocalLabeler
-from modelship.runner import JobRunner
-from modelship.schemas import ItemOptions, ItemResult
-from modelship.settings import Settings
-from modelship.workflow import Workflow
+from modelship.core.errors import ModelShipError
+from modelship.core.messages import ItemOptions, ItemResult
+from modelship.core.settings import Settings
+from modelship.http.app import create_api
+from modelship.service.local import LocalBackend, LocalLabeler
+from modelship.service.runner import JobRunner
+from modelship.service.workflow import Workflow
 from storage.jobs import JobStore
 from storage.services import Services
 from tests.conftest import PACKAGED_MODELS, payload

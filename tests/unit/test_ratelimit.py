@@ -7,9 +7,9 @@ import uuid
 import httpx
 import pytest
 
-from modelship.api import create_api
-from modelship.local import LocalBackend
-from modelship.settings import Settings
+from modelship.core.settings import Settings
+from modelship.http.app import create_api
+from modelship.service.local import LocalBackend
 from storage.ratelimit import RateLimiter
 from tests.conftest import REDIS_URL
 

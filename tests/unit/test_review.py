@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from modelship.runner import JobRunner
-from modelship.settings import Settings
-from modelship.workflow import Workflow
+from modelship.core.settings import Settings
+from modelship.service.runner import JobRunner
+from modelship.service.workflow import Workflow
 from storage.services import Services
 from tests.conftest import PACKAGED_MODELS, payload
 from tests.unit.flow import LABELS, assert_error, drain, make_project, upload_texts

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelship.serving import private_haproxy, ray_environment
+from modelship.ops.ray_env import private_haproxy, ray_environment
 
 
 def test_haproxy_and_throughput_mode_by_default_with_logs_written_at_once() -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from modelship.api import create_api
-from modelship.local import LocalBackend
-from modelship.settings import Settings
+from modelship.core.settings import Settings
+from modelship.http.app import create_api
+from modelship.service.local import LocalBackend
 from storage.ratelimit import RateLimiter
 from tests.conftest import MINILM, REDIS_URL
 
@@ -50,7 +50,7 @@ def server(settings: Settings) -> Iterator[str]:
 
 
 def _smoke(url: str, *args: str) -> tuple[int, dict[str, dict[str, object]]]:
-    command = [sys.executable, "-m", "modelship.cli", "smoke", "--url", url, "--json", *args]
+    command = [sys.executable, "-m", "modelship.ops.cli", "smoke", "--url", url, "--json", *args]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.stdout, done.stderr
     return done.returncode, {r["name"]: r for r in json.loads(done.stdout)}

@@ -5,7 +5,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from modelship.errors import ConfigurationError
+from modelship.core.errors import ConfigurationError
 from modelship.predictors.store import ModelStore, content_version
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modelship.errors import InvalidInput
+from modelship.core.errors import InvalidInput
 from modelship.exports import (
     ExportFormat,
     ExportRow,

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from modelship.core.messages import ItemOptions, PreparedImage, PreparedText
 from modelship.predictors.base import batching_order
-from modelship.schemas import ItemOptions, PreparedImage, PreparedText
 
 
 def _text(tokens: int) -> PreparedText:

@@ -14,10 +14,11 @@ from PIL import Image
 from scipy.optimize import linear_sum_assignment
 from skimage import data
 
-from modelship.errors import ConfigurationError
+from modelship.core.config import LabelSpec, ModelConfig, Task
+from modelship.core.errors import ConfigurationError
+from modelship.core.messages import Detection, ItemOptions
 from modelship.predictors.detection import NUDENET_LABELS, HFObjectDetector, YoloOnnxDetector
 from modelship.predictors.store import ModelFiles, ModelStore, content_version
-from modelship.schemas import Detection, ItemOptions, LabelSpec, ModelConfig, Task
 
 DETR_LABELS = ["cat", "dog", "bird"]  # as tiny_detr_dir configures them
 ALL = ItemOptions(score_threshold=0.0)

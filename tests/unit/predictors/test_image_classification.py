@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from modelship.inputs import decode_image
-from modelship.local import prepare_image
+from modelship.core.config import ModelConfig, Task
+from modelship.core.inputs import decode_image
+from modelship.core.messages import ItemOptions
+from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, build_predictor
 from modelship.predictors.image_classification import (
     EfficientNetLite0,
@@ -18,8 +20,7 @@ from modelship.predictors.image_classification import (
     fold_for_inference,
 )
 from modelship.predictors.store import content_version
-from modelship.schemas import ItemOptions, ModelConfig, Task
-from modelship.settings import Settings
+from modelship.service.local import prepare_image
 from tests.conftest import EFFICIENTNET, payload
 
 

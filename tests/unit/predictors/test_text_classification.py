@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from modelship.core.config import ModelConfig, Task
+from modelship.core.messages import ItemOptions, LabelScore
 from modelship.predictors.store import ModelFiles, content_version
 from modelship.predictors.text_classification import HFTextClassifier
-from modelship.schemas import ItemOptions, LabelScore, ModelConfig, Task
 
 TEXT_LABELS = ["negative", "neutral", "positive"]  # as tiny_text_classifier_dir configures them
 TEXTS = [

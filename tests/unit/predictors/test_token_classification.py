@@ -8,6 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
+from modelship.core.config import ModelConfig, Task
+from modelship.core.messages import Entity, ItemOptions
 from modelship.predictors.store import ModelFiles, content_version
 from modelship.predictors.token_classification import (
     HFTokenClassifier,
@@ -15,7 +17,6 @@ from modelship.predictors.token_classification import (
     group_entities,
     split_tag,
 )
-from modelship.schemas import Entity, ItemOptions, ModelConfig, Task
 
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]  # as tiny_ner_dir configures them
 OPTIONS = ItemOptions()

@@ -4,11 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modelship.errors import InvalidInput
+from modelship.core.config import LabelSpec, ModelConfig, Task
+from modelship.core.errors import InvalidInput
+from modelship.core.messages import ItemOptions
 from modelship.predictors import ModelStore, build_predictor
 from modelship.predictors.packed import PackedEncoder
 from modelship.predictors.zero_shot import EmbeddingZeroShotClassifier
-from modelship.schemas import ItemOptions, LabelSpec, ModelConfig, Task
 
 TOPICS = (LabelSpec(name="sports"), LabelSpec(name="cooking"), LabelSpec(name="finance"))
 

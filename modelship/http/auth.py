@@ -14,8 +14,8 @@ from uuid import UUID
 
 from fastapi import Depends, Request
 
-from modelship.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
-from modelship.settings import Settings
+from modelship.core.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
+from modelship.core.settings import Settings
 from storage.catalog import Catalog
 from storage.keys import KeyStore, Principal
 

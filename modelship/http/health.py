@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import psutil
 from pydantic import BaseModel
 
-from modelship.schemas import ModelInfo
+from modelship.core.messages import ModelInfo
 from storage.services import Services
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from ray.serve import context as serve_context
+from modelship.core import ray_compat
 
 # Set by the request-id middleware for every HTTP request; None outside one.
 current_request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -22,12 +21,8 @@ def request_scope(request_id: str | None) -> Iterator[None]:
     so its context variable is set here too (both only for the current task).
     """
     ours = current_request_id.set(request_id)
-    serve = serve_context._get_serve_request_context()
-    theirs = serve_context._serve_request_context.set(
-        dataclasses.replace(serve, request_id=request_id or "")  # type: ignore[arg-type]
-    )
     try:
-        yield
+        with ray_compat.serve_request_id(request_id or ""):
+            yield
     finally:
-        serve_context._serve_request_context.reset(theirs)
         current_request_id.reset(ours)

@@ -13,8 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from modelship.core.config import LabelingAppArgs
 from modelship.predictors import ModelStore
-from modelship.schemas import LabelingAppArgs
 from storage.services import Services
 
 MIN_FREE_BYTES = 2 * 1024**3

@@ -1,20 +1,18 @@
-"""What a writer is given: one labeled item per row, plus the spec of the file to produce."""
+"""What every writer shares: the spec of the file to produce, the writer protocol and base
+class, and helpers for names, boxes and JSON."""
 
 from __future__ import annotations
 
 import json
 import mimetypes
-import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from modelship.errors import InvalidInput
-from modelship.schemas import ExportFormat
-
-_ITEM_ID = re.compile(r"[A-Za-z0-9_-]+")
+from modelship.core.errors import InvalidInput
+from modelship.core.records import ExportFormat
+from modelship.core.rows import Box, ExportRow, ExportTask
 
 
 class UnsupportedExport(InvalidInput, ValueError):
@@ -22,76 +20,6 @@ class UnsupportedExport(InvalidInput, ValueError):
     requested where there are none, or a category list with duplicates (HTTP 422)."""
 
     code = "unsupported_export"
-
-
-class ExportTask(StrEnum):
-    """What kind of annotation the rows carry."""
-
-    image_classification = "image-classification"
-    text_classification = "text-classification"
-    object_detection = "object-detection"
-    token_classification = "token-classification"
-
-    @property
-    def on_images(self) -> bool:
-        return self in (ExportTask.image_classification, ExportTask.object_detection)
-
-
-@dataclass(frozen=True, slots=True)
-class Label:
-    name: str
-    score: float | None  # None when a person set it
-
-
-@dataclass(frozen=True, slots=True)
-class Box:
-    """A box in pixels of the upright image, top-left origin: ``[x, y, w, h]``."""
-
-    label: str
-    score: float | None
-    x: float
-    y: float
-    w: float
-    h: float
-
-
-@dataclass(frozen=True, slots=True)
-class Span:
-    """An entity by character offsets into the item's text, ``end`` exclusive."""
-
-    label: str
-    start: int
-    end: int
-    text: str
-    score: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class ExportRow:
-    """One item with its final annotations.
-
-    ``item_id`` names the item inside archives; ``filename`` is the client's original name,
-    kept as metadata and never used as a path. ``width``/``height`` are the upright image size
-    in pixels (None for texts).
-    """
-
-    item_id: str
-    filename: str | None
-    media_type: str
-    width: int | None
-    height: int | None
-    text: str | None
-    status: str
-    labels: list[Label] = field(default_factory=list)  # best first
-    boxes: list[Box] = field(default_factory=list)
-    entities: list[Span] = field(default_factory=list)
-    model: str | None = None
-    model_version: str | None = None
-
-    def __post_init__(self) -> None:
-        # item_id names files inside archives: nothing that could climb out of a folder.
-        if not _ITEM_ID.fullmatch(self.item_id):
-            raise ValueError(f"item_id must be letters, digits, '-' or '_': {self.item_id!r}")
 
 
 @dataclass(frozen=True)

@@ -13,21 +13,18 @@ from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from modelship.auth import Tenant, visible_to
-from modelship.errors import (
+from modelship.core.config import IMAGE_TASKS, Inbound
+from modelship.core.errors import (
     Conflict,
     InvalidInput,
     PayloadTooLarge,
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from modelship.inputs import check_texts, parse_model, parse_text_file
-from modelship.middleware import request_id
-from modelship.schemas import (
-    IMAGE_TASKS,
+from modelship.core.inputs import check_texts, parse_model, parse_text_file
+from modelship.core.records import (
     Export,
     ExportCreate,
-    Inbound,
     ItemsPage,
     Job,
     JobCreate,
@@ -38,8 +35,10 @@ from modelship.schemas import (
     ProjectUpdate,
     UploadResponse,
 )
-from modelship.settings import Settings
-from modelship.workflow import Upload, Workflow
+from modelship.core.settings import Settings
+from modelship.http.auth import Tenant, visible_to
+from modelship.http.middleware import request_id
+from modelship.service.workflow import Upload, Workflow
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 _ACTOR = "anonymous"  # until API keys name who acts

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from uuid import UUID
 
-from modelship.errors import ModelShipError
+from modelship.core.errors import ModelShipError
+from modelship.core.metrics import NO_METRICS, Metrics
 from modelship.exports import ExportSpec, open_writer
-from modelship.metrics import NO_METRICS, Metrics
 from storage.exports import EXPORT_TASKS, ExportStore
 from storage.services import Services
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from modelship.errors import Conflict, InvalidInput
-from modelship.schemas import Project, ReviewAction, ReviewRequest, Task
+from modelship.core.config import Task
+from modelship.core.errors import Conflict, InvalidInput
+from modelship.core.records import Project, ReviewAction, ReviewRequest
 
 CLASSIFICATION_TASKS = frozenset(
     {Task.image_classification, Task.text_classification, Task.zero_shot_text_classification}

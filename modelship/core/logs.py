@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 
-from ray.serve._private.constants import SERVE_LOGGER_NAME
+from modelship.core import ray_compat
 
 
 def to_serve_logs() -> None:
     """Route ``modelship.*`` records through Serve's replica log handlers (idempotent)."""
     ours = logging.getLogger("modelship")
-    serve_logger = logging.getLogger(SERVE_LOGGER_NAME)
+    serve_logger = logging.getLogger(ray_compat.serve_logger_name())
     for handler in serve_logger.handlers:
         if handler not in ours.handlers:
             ours.addHandler(handler)

@@ -1,6 +1,6 @@
 """Projects, uploads and jobs: the product's workflow over storage, without HTTP.
 
-The routes in ``modelship.api_projects`` parse requests and call this; it checks what
+The routes in ``modelship.http.projects`` parse requests and call this; it checks what
 the database cannot (models, tasks, file contents) and keeps object storage and
 PostgreSQL consistent: files are written first, rows last, and files whose rows did not
 commit are deleted.
@@ -16,26 +16,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
-from modelship.errors import Conflict, InvalidInput, ModelShipError
-from modelship.exporter import run_export
-from modelship.exports import check
-from modelship.inputs import read_image_header
-from modelship.runner import job_options
-from modelship.schemas import (
-    IMAGE_TASKS,
+from modelship.core.config import IMAGE_TASKS, ModelConfig, Task
+from modelship.core.errors import Conflict, InvalidInput, ModelShipError
+from modelship.core.inputs import read_image_header
+from modelship.core.records import (
     Duplicate,
     Export,
     ExportCreate,
     Item,
     Job,
     JobCreate,
-    ModelConfig,
     Project,
     ProjectCreate,
     ProjectUpdate,
-    Task,
 )
-from modelship.settings import Settings
+from modelship.core.settings import Settings
+from modelship.exports import check
+from modelship.service.exporter import run_export
+from modelship.service.runner import job_options
 from storage.catalog import Catalog, NewItem
 from storage.exports import EXPORT_TASKS, ExportStore
 from storage.jobs import JobStore

@@ -19,8 +19,8 @@ import filetype
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ValidationError
 
-from modelship.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from modelship.settings import Settings
+from modelship.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from modelship.core.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")

@@ -21,8 +21,8 @@ def _app_args(config_path: Path) -> dict[str, object]:
 
 def serve(config_path: Path) -> int:
     """Serve the application on a local Ray cluster (``serve run`` on the config), with
-    Serve's fast data path unless the config asks for TLS (``modelship.serving``)."""
-    from modelship.serving import ray_environment
+    Serve's fast data path unless the config asks for TLS (``modelship.ops.ray_env``)."""
+    from modelship.ops.ray_env import ray_environment
 
     serve_bin = Path(sys.executable).with_name("serve")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,8 +34,8 @@ def serve(config_path: Path) -> int:
 
 def models(config_path: Path) -> int:
     """Resolve every configured model and print its version (fetching remote ones once)."""
+    from modelship.core.config import LabelingAppArgs
     from modelship.predictors import ModelStore
-    from modelship.schemas import LabelingAppArgs
 
     args = LabelingAppArgs.model_validate(_app_args(config_path))
     store = ModelStore(args.settings.models_dir)
@@ -52,8 +52,8 @@ def preflight(config_path: Path, as_json: bool) -> int:
 
     from pydantic import ValidationError
 
-    from modelship.preflight import run_checks, table
-    from modelship.schemas import LabelingAppArgs
+    from modelship.core.config import LabelingAppArgs
+    from modelship.ops.preflight import run_checks, table
 
     try:
         args = LabelingAppArgs.model_validate(_app_args(config_path))
@@ -70,7 +70,7 @@ def keys(ns: argparse.Namespace) -> int:
     import asyncio
     import uuid
 
-    from modelship.settings import Settings
+    from modelship.core.settings import Settings
     from storage.keys import KeyStore
     from storage.services import Services
 
@@ -105,7 +105,7 @@ def smoke(ns: argparse.Namespace) -> int:
     """Check a running deployment from outside; non-zero exit on any failure."""
     from dataclasses import asdict
 
-    from modelship.smoke import Smoke, table
+    from modelship.ops.smoke import Smoke, table
 
     checker = Smoke(ns.url, ns.api_key)
     try:
@@ -118,9 +118,9 @@ def smoke(ns: argparse.Namespace) -> int:
 
 def openapi() -> int:
     """Print the OpenAPI document (no Ray, no models needed)."""
-    from modelship.api import create_api
-    from modelship.local import LocalBackend
-    from modelship.settings import Settings
+    from modelship.core.settings import Settings
+    from modelship.http.app import create_api
+    from modelship.service.local import LocalBackend
 
     app = create_api(LocalBackend([], Settings()), Settings())
     print(json.dumps(app.openapi(), indent=2))

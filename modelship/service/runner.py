@@ -15,13 +15,14 @@ import logging
 import time
 from typing import Any, Protocol
 
-from modelship import tracing
-from modelship.context import request_scope
-from modelship.errors import ModelShipError
-from modelship.metrics import NO_METRICS, Metrics
-from modelship.schemas import ItemOptions, ItemResult, LabelSpec
-from modelship.settings import Settings
-from modelship.tracing import SpanKind
+from modelship.core import tracing
+from modelship.core.config import LabelSpec
+from modelship.core.context import request_scope
+from modelship.core.errors import ModelShipError
+from modelship.core.messages import ItemOptions, ItemResult
+from modelship.core.metrics import NO_METRICS, Metrics
+from modelship.core.settings import Settings
+from modelship.core.tracing import SpanKind
 from storage.jobs import Claim, ClaimedItem, Failure, JobStore, Success
 from storage.objects import ObjectNotFound, ObjectStore
 from storage.redis import Cache

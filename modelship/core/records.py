@@ -1,277 +1,16 @@
-"""The one schema module: configuration, HTTP requests and responses, and the messages
-that pass between deployments. Inbound models forbid unknown fields."""
+"""Projects, items, jobs, reviews and exports: what the database holds and the API
+returns or accepts about them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 from uuid import UUID
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from modelship.settings import Settings
-
-
-class Inbound(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Task(StrEnum):
-    image_classification = "image-classification"
-    zero_shot_text_classification = "zero-shot-text-classification"
-    text_classification = "text-classification"
-    object_detection = "object-detection"
-    token_classification = "token-classification"
-
-
-IMAGE_TASKS = frozenset({Task.image_classification, Task.object_detection})
-
-Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
-LabelName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=500)]
-
-
-# --- configuration ------------------------------------------------------------------
-
-
-class LabelSpec(Inbound):
-    """A candidate label for zero-/few-shot text classification."""
-
-    name: LabelName
-    description: ShortText | None = Field(None, description="Used instead of the name to embed.")
-    examples: list[ShortText] = Field(
-        default_factory=list, max_length=32, description="Few-shot examples of this label."
-    )
-
-
-def _unique_labels(labels: list[LabelSpec] | None) -> None:
-    if labels is not None and len({label.name for label in labels}) != len(labels):
-        raise ValueError("label names must be unique")
-
-
-class BatchingConfig(Inbound):
-    """Live-tunable batching: sent as the model deployment's ``user_config``."""
-
-    max_batch_size: int = Field(8, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1.0)
-
-
-class ModelConfig(Inbound):
-    """One configured model; each becomes its own ``ModelReplica`` deployment."""
-
-    name: Name
-    task: Task
-    source: str = Field(
-        description="'packaged:<name>', a local path, or an fsspec URI such as s3://b/k/"
-    )
-    labels: list[LabelSpec] | None = Field(
-        None, max_length=1000, description="Default candidate labels (zero-shot models)."
-    )
-    top_k: int = Field(5, ge=1, le=100, description="Labels returned when a request says none.")
-    score_threshold: float = Field(0.5, ge=0, le=1, description="Detections below are dropped.")
-    max_length: int = Field(256, ge=8, le=8192, description="Tokens kept per text.")
-    temperature: float = Field(0.05, gt=0, le=10, description="Zero-shot softmax temperature.")
-    batching: BatchingConfig = Field(default_factory=BatchingConfig)
-    num_cpus: float = Field(0.5, ge=0)
-    num_gpus: float = Field(0, ge=0)
-    torch_threads: int | None = Field(
-        None, ge=1, le=256, description="Intra-op threads; default: the replica's CPUs, rounded up."
-    )
-    concurrent_batches: int = Field(
-        1,
-        ge=1,
-        le=16,
-        description=(
-            "Batches a replica runs at once, each on its own thread. On shared CPUs, two"
-            " single-threaded batches beat one batch on two threads (torch_threads: 1)."
-        ),
-    )
-    max_queued_requests: int = Field(256, ge=1, description="Beyond this, requests get 503.")
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        _unique_labels(self.labels)
-        return self
-
-    @property
-    def deployment_name(self) -> str:
-        return f"Model-{self.name}"
-
-
-class LabelingAppArgs(Inbound):
-    """Arguments of ``graphs.labeling.build_app`` (the ``args`` of serve_config.yaml)."""
-
-    models: list[ModelConfig] = Field(min_length=1)
-    settings: Settings = Field(default_factory=Settings)
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise ValueError("model names must be unique")
-        return self
-
-
-# --- HTTP requests --------------------------------------------------------------------
-
-
-class ImageParams(Inbound):
-    """Options of an image request (JSON fields, or form fields beside multipart files)."""
-
-    model: Name | None = Field(None, description="Configured model name; default: the first.")
-    top_k: int | None = Field(None, ge=1, le=100)
-    score_threshold: float | None = Field(None, ge=0, le=1)
-
-
-class ImageRequest(ImageParams):
-    """One image sent as JSON instead of multipart."""
-
-    image_base64: str = Field(min_length=1, description="The image file's bytes, base64.")
-
-
-class ImagesRequest(ImageParams):
-    """Several images sent as JSON instead of multipart."""
-
-    images_base64: list[str] = Field(min_length=1, description="Image files' bytes, base64.")
-
-
-class TextRequest(Inbound):
-    """One text (``text``) or a list (``texts``), never both."""
-
-    text: str | None = None
-    texts: list[str] | None = Field(None, min_length=1)
-    model: Name | None = None
-    labels: list[LabelSpec] | None = Field(
-        None, min_length=1, max_length=1000, description="Candidate labels (zero-shot)."
-    )
-    top_k: int | None = Field(None, ge=1, le=100)
-
-    @model_validator(mode="after")
-    def _check(self) -> Self:
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("send exactly one of 'text' or 'texts'")
-        _unique_labels(self.labels)
-        return self
-
-    @property
-    def all_texts(self) -> list[str]:
-        return [self.text] if self.text is not None else list(self.texts or [])
-
-
-# --- HTTP responses -------------------------------------------------------------------
-
-
-class ModelRef(BaseModel):
-    name: str
-    version: str = Field(description="Content hash of the model's weights.")
-
-
-class LabelScore(BaseModel):
-    label: str
-    score: float
-
-
-class Detection(BaseModel):
-    label: str
-    score: float
-    box: tuple[float, float, float, float] = Field(
-        description="[x, y, width, height] in pixels of the original image."
-    )
-
-
-class Entity(BaseModel):
-    label: str
-    start: int = Field(description="Character offset of the first character.")
-    end: int = Field(description="Character offset one past the last character.")
-    text: str
-    score: float
-
-
-class ImageInfo(BaseModel):
-    width: int
-    height: int
-    media_type: str
-
-
-class ClassifyImageResponse(BaseModel):
-    request_id: str
-    model: ModelRef
-    image: ImageInfo
-    labels: list[LabelScore]
-
-
-class ImageLabels(BaseModel):
-    index: int
-    image: ImageInfo
-    labels: list[LabelScore]
-
-
-class ClassifyImagesResponse(BaseModel):
-    request_id: str
-    model: ModelRef
-    results: list[ImageLabels]
-
-
-class TextLabels(BaseModel):
-    index: int
-    labels: list[LabelScore]
-
-
-class ClassifyTextResponse(BaseModel):
-    request_id: str
-    model: ModelRef
-    results: list[TextLabels]
-
-
-class DetectResponse(BaseModel):
-    request_id: str
-    model: ModelRef
-    image: ImageInfo
-    detections: list[Detection]
-
-
-class TextEntities(BaseModel):
-    index: int
-    entities: list[Entity]
-
-
-class EntitiesResponse(BaseModel):
-    request_id: str
-    model: ModelRef
-    results: list[TextEntities]
-
-
-class ModelInfo(BaseModel):
-    name: str
-    task: Task
-    version: str | None
-    labels: list[str] | None = Field(description="Output labels; None when open-ended.")
-    batching: BatchingConfig
-    device: str | None
-    ready: bool
-
-
-class ModelsResponse(BaseModel):
-    models: list[ModelInfo]
-
-
-class HealthResponse(BaseModel):
-    status: str
-    checks: dict[str, str] = Field(default_factory=dict)
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    request_id: str
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
+from modelship.core.config import Inbound, LabelName, LabelSpec, Name, Task, unique_labels
 
 # --- projects, items and jobs ---------------------------------------------------------
 
@@ -298,7 +37,7 @@ class ProjectCreate(Inbound):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        _unique_labels(self.labels)
+        unique_labels(self.labels)
         return self
 
 
@@ -314,7 +53,7 @@ class ProjectUpdate(Inbound):
     def _check(self) -> Self:
         if not self.model_fields_set:
             raise ValueError("send at least one field to change")
-        _unique_labels(self.labels)
+        unique_labels(self.labels)
         return self
 
 
@@ -386,9 +125,6 @@ class ItemState(StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
-
-
-TERMINAL_ITEM_STATES = frozenset({ItemState.succeeded, ItemState.failed, ItemState.cancelled})
 
 
 class ErrorCount(BaseModel):
@@ -600,53 +336,3 @@ class Export(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     download_url: str | None
-
-
-# --- messages between deployments -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ItemOptions:
-    """Per-request options that travel with each prepared item."""
-
-    top_k: int = 5
-    score_threshold: float = 0.5
-    labels: tuple[LabelSpec, ...] | None = None
-
-
-@dataclass
-class PreparedImage:
-    """An image decoded and transformed for one model, plus what postprocessing needs."""
-
-    pixel_values: np.ndarray  # as the model's preprocess leaves it: its predictor batches it
-    width: int
-    height: int
-    media_type: str
-    options: ItemOptions
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class PreparedText:
-    """A text tokenised for one model (no padding: the replica pads per batch)."""
-
-    text: str
-    input_ids: list[int]
-    options: ItemOptions
-    offsets: list[tuple[int, int]] | None = None
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-
-Prepared = PreparedImage | PreparedText
-Output = list[LabelScore] | list[Detection] | list[Entity]
-
-
-@dataclass
-class ItemResult:
-    """What a model replica returns for one item."""
-
-    output: Output
-    version: str
-    image: ImageInfo | None = None

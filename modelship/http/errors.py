@@ -15,7 +15,7 @@ from ray import exceptions as ray_exceptions
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException
 
-from modelship.errors import (
+from modelship.core.errors import (
     InvalidInput,
     ModelNotReady,
     ModelShipError,
@@ -24,7 +24,7 @@ from modelship.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
-from modelship.schemas import ErrorBody, ErrorResponse
+from modelship.http.schemas import ErrorBody, ErrorResponse
 
 logger = logging.getLogger("modelship.http")
 

@@ -10,20 +10,20 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from modelship.errors import InvalidInput, ModelShipError, request_results
-from modelship.inputs import decode_image
-from modelship.predictors import ModelStore, Predictor, build_predictor
-from modelship.predictors.base import ImagePredictor
-from modelship.schemas import (
+from modelship.core.config import ModelConfig
+from modelship.core.errors import InvalidInput, ModelShipError, request_results
+from modelship.core.inputs import decode_image
+from modelship.core.messages import (
     ImageInfo,
     ItemOptions,
     ItemResult,
-    ModelConfig,
     ModelInfo,
     Prepared,
     PreparedImage,
 )
-from modelship.settings import Settings
+from modelship.core.settings import Settings
+from modelship.predictors import ModelStore, Predictor, build_predictor
+from modelship.predictors.base import ImagePredictor
 
 logger = logging.getLogger("modelship.local")
 

@@ -8,18 +8,18 @@ from uuid import UUID
 
 from fastapi import APIRouter, Query
 
-from modelship.auth import Tenant
-from modelship.errors import ServiceUnavailable
-from modelship.schemas import (
+from modelship.core.config import LabelName
+from modelship.core.errors import ServiceUnavailable
+from modelship.core.records import (
     BulkApproveRequest,
     BulkApproveResponse,
     ItemDetail,
-    LabelName,
     ProjectStats,
     ReviewQueue,
     ReviewRequest,
 )
-from modelship.workflow import Workflow
+from modelship.http.auth import Tenant
+from modelship.service.workflow import Workflow
 
 Strategy = Literal["uncertainty", "random", "label"]
 

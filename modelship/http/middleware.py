@@ -11,9 +11,9 @@ from fastapi import Request
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelship.context import current_request_id
-from modelship.health import RequestWindow
-from modelship.metrics import Metrics
+from modelship.core.context import current_request_id
+from modelship.core.metrics import Metrics
+from modelship.http.health import RequestWindow
 
 logger = logging.getLogger("modelship.http")
 

@@ -1,11 +1,9 @@
-"""How the Ray cluster that serves ModelShip is started: Serve's fast data path by default.
+"""The environment Ray starts with: Serve's fast data path by default.
 
-Ray Serve reads these switches from the environment when its processes start, so they
-are set before Ray starts (``modelship serve`` does it; on KubeRay they go in the pods'
-``env``). Measured side by side on 2 CPUs, 16 clients sending one text each
-(``python -m bench``; README, "Benchmark"): Serve's Python proxy 24 items/s, throughput-
-optimized mode 34, throughput-optimized with HAProxy 52. Per request, the Ingress spent
-17.8 ms of CPU behind the Python proxy and 3.1 ms serving HTTP itself behind HAProxy.
+Ray Serve reads these switches when its processes start, so they are set before Ray
+starts (``modelship serve`` does it; on KubeRay they go in the pods' ``env``). A value
+already in the environment wins, so any switch can be turned back off. Why each is on,
+with the figures: docs/benchmark.md.
 
 - ``RAY_SERVE_THROUGHPUT_OPTIMIZED``: calls between deployments over gRPC, user code and
   the router on the replica's own event loop, the Ingress serving HTTP itself.
@@ -14,19 +12,7 @@ optimized mode 34, throughput-optimized with HAProxy 52. Per request, the Ingres
 - ``RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE=1``: throughput mode would hold 1,000 log
   records before writing any; an operator reading a quiet service would see nothing.
 - ``RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH``: a replica takes gRPC messages of at most
-  4 MiB by default, and one shared call carries up to 16 requests' items: 8 clients
-  sending 16 images each got 500s. Raised to gRPC's own limit (2 GiB).
-
-The graph's calls go as the cluster is set up only if its handles are made there:
-``cluster_handle`` remakes a handle bound in a driver that imported Serve earlier (tests,
-the benchmark, a notebook), which would otherwise send Ray actor calls instead of gRPC.
-Measured side by side on 2 CPUs: 64 clients sending one text each, 188/164 items/s as
-actor calls and 200/197 over gRPC; one client, p50 18-20 → 16-17 ms.
-
-A value already in the environment wins, so any switch can be turned back off.
-
-``label_call`` is the graph's one labeling call, made alike by the Ingress and the
-JobRunner: images through the Preprocessor, texts straight to their model replica.
+  4 MiB by default, and one shared call carries up to 16 requests' items.
 """
 
 from __future__ import annotations
@@ -34,12 +20,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
-
-if TYPE_CHECKING:
-    from ray.serve.handle import DeploymentHandle, DeploymentResponse
-
-    from modelship.schemas import ItemOptions
+from typing import Any
 
 _GRPC_MAX_MESSAGE_BYTES = 2**31 - 1
 
@@ -61,35 +42,6 @@ def ray_environment(
     }
     present = environ if environ is not None else {}
     return {name: value for name, value in wanted.items() if name not in present}
-
-
-def cluster_handle(handle: DeploymentHandle) -> DeploymentHandle:
-    """``handle`` remade in this replica, so it calls as this cluster's Serve is set up
-    (gRPC in throughput mode), whichever process bound the graph."""
-    from ray import serve
-
-    return serve.get_deployment_handle(handle.deployment_name, handle.app_name, _check_exists=False)
-
-
-def label_call(
-    preprocessor: DeploymentHandle,
-    model: DeploymentHandle,
-    name: str,
-    payloads: list[bytes | str],
-    options: ItemOptions,
-) -> DeploymentResponse:
-    """One call labeling ``payloads`` with model ``name``, as the Ingress and the JobRunner
-    make it. Images are decoded in the Preprocessor, whose response goes into the model
-    call unawaited. Texts go straight to the model replica, which tokenises them: a
-    Preprocessor call cost more than tokenising (side by side on 2 CPUs, p50 at
-    concurrency 1 49/49 → 42/43 ms, 16 clients sending one text each 41/55 → 58/51
-    items/s, 64 clients level; README, "Benchmark").
-    """
-    if all(isinstance(payload, str) for payload in payloads):
-        response = model.label_texts.remote(payloads, options)
-    else:
-        response = model.predict.remote(preprocessor.prepare_each.remote(name, payloads, options))
-    return cast("DeploymentResponse[Any]", response)  # a generator only with stream=True
 
 
 _MAX_HAPROXY_DIR = 97 - len("/metrics.sock") - 57

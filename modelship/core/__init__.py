@@ -1,0 +1,1 @@
+"""Types, settings, errors, input checks and review rules every layer shares."""

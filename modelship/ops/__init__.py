@@ -1,0 +1,1 @@
+"""Operating ModelShip: the CLI, preflight checks, smoke tests and how Ray is started."""

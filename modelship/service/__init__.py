@@ -1,0 +1,1 @@
+"""What the API does, apart from HTTP: labeling, durable jobs, review and exports."""
