@@ -28,7 +28,6 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MODELSHIP_", extra="forbid", frozen=True)
 
     profile: Profile = Field(Profile.dev, description="dev, staging or production.")
-    debug: bool = Field(False, description="Verbose errors in logs; refused in production.")
     secret_key: SecretStr = Field(
         SecretStr(DEFAULT_SECRET),
         description="Signs tokens and hashes keys; must be changed outside dev.",
@@ -132,8 +131,6 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_profile(self) -> Settings:
         if self.profile is Profile.production:
-            if self.debug:
-                raise ValueError("debug mode is refused in the production profile")
             if self.secret_key.get_secret_value() == DEFAULT_SECRET:
                 raise ValueError("MODELSHIP_SECRET_KEY must be set in the production profile")
             if self.database_url is None or self.redis_url is None:

@@ -123,3 +123,12 @@ def tenant_of(request: Request) -> str:
 
 
 Tenant = Annotated[str, Depends(tenant_of)]
+
+
+def actor_of(request: Request) -> str:
+    """Who acts, for audit records: the API key's name, or ``anonymous`` when auth is off."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    return f"key:{principal.name}" if principal is not None else "anonymous"
+
+
+Actor = Annotated[str, Depends(actor_of)]

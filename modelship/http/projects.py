@@ -36,12 +36,11 @@ from modelship.core.records import (
     UploadResponse,
 )
 from modelship.core.settings import Settings
-from modelship.http.auth import Tenant, visible_to
+from modelship.http.auth import Actor, Tenant, visible_to
 from modelship.http.middleware import request_id
 from modelship.service.workflow import Upload, Workflow
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
-_ACTOR = "anonymous"  # until API keys name who acts
 
 
 class TextUpload(Inbound):
@@ -73,8 +72,8 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
         return workflow
 
     @router.post("/projects", status_code=201, response_model=Project, tags=["projects"])
-    async def create_project(tenant: Tenant, spec: ProjectCreate) -> Project:
-        return await flow().create_project(tenant, spec, _ACTOR)
+    async def create_project(tenant: Tenant, actor: Actor, spec: ProjectCreate) -> Project:
+        return await flow().create_project(tenant, spec, actor)
 
     @router.get("/projects", response_model=ProjectsResponse, tags=["projects"])
     async def list_projects(
@@ -89,12 +88,14 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
         return await flow().catalog.project(tenant, project_id)
 
     @router.patch("/projects/{project_id}", response_model=Project, tags=["projects"])
-    async def update_project(tenant: Tenant, project_id: UUID, change: ProjectUpdate) -> Project:
-        return await flow().update_project(tenant, project_id, change, _ACTOR)
+    async def update_project(
+        tenant: Tenant, actor: Actor, project_id: UUID, change: ProjectUpdate
+    ) -> Project:
+        return await flow().update_project(tenant, project_id, change, actor)
 
     @router.post("/projects/{project_id}/archive", response_model=Project, tags=["projects"])
-    async def archive_project(tenant: Tenant, project_id: UUID) -> Project:
-        return await flow().catalog.archive_project(tenant, project_id, _ACTOR)
+    async def archive_project(tenant: Tenant, actor: Actor, project_id: UUID) -> Project:
+        return await flow().catalog.archive_project(tenant, project_id, actor)
 
     @router.post(
         "/projects/{project_id}/items",
@@ -103,10 +104,12 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
         openapi_extra=_upload_body(),
         tags=["projects"],
     )
-    async def upload_items(tenant: Tenant, project_id: UUID, request: Request) -> UploadResponse:
+    async def upload_items(
+        tenant: Tenant, actor: Actor, project_id: UUID, request: Request
+    ) -> UploadResponse:
         project = await flow().catalog.project(tenant, project_id)
         uploads = await _read_uploads(request, settings, images=project.task in IMAGE_TASKS)
-        created, duplicates = await flow().upload(tenant, project_id, uploads, _ACTOR)
+        created, duplicates = await flow().upload(tenant, project_id, uploads, actor)
         return UploadResponse(request_id=request_id(request), items=created, duplicates=duplicates)
 
     @router.get("/projects/{project_id}/items", response_model=ItemsPage, tags=["projects"])
@@ -126,6 +129,7 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
     )
     async def submit_job(
         tenant: Tenant,
+        actor: Actor,
         project_id: UUID,
         response: Response,
         body: Annotated[JobCreate | None, Body()] = None,
@@ -136,7 +140,7 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
                 "Idempotency-Key must be 1-200 printable ASCII characters", "invalid_header"
             )
         job, created = await flow().submit_job(
-            tenant, project_id, body or JobCreate(), idempotency_key, _ACTOR
+            tenant, project_id, body or JobCreate(), idempotency_key, actor
         )
         response.headers["Location"] = f"/api/v1/jobs/{job.id}"
         if not created:
@@ -155,16 +159,16 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
         return JobResultsPage(results=results, next_cursor=str(after) if after else None)
 
     @router.post("/jobs/{job_id}/cancel", response_model=Job, tags=["jobs"])
-    async def cancel_job(tenant: Tenant, job_id: UUID) -> Job:
-        return await flow().jobs.cancel(tenant, job_id, _ACTOR)
+    async def cancel_job(tenant: Tenant, actor: Actor, job_id: UUID) -> Job:
+        return await flow().jobs.cancel(tenant, job_id, actor)
 
     @router.post(
         "/projects/{project_id}/exports", status_code=202, response_model=Export, tags=["exports"]
     )
     async def create_export(
-        tenant: Tenant, project_id: UUID, request: ExportCreate, response: Response
+        tenant: Tenant, actor: Actor, project_id: UUID, request: ExportCreate, response: Response
     ) -> Export:
-        export = await flow().create_export(tenant, project_id, request, _ACTOR)
+        export = await flow().create_export(tenant, project_id, request, actor)
         response.headers["Location"] = f"/api/v1/exports/{export.id}"
         return export
 

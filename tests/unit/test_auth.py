@@ -95,6 +95,22 @@ async def test_keys_scopes_and_probes(secured: httpx.AsyncClient, keys: KeyStore
     assert_error(response, 401, "unauthorized")
 
 
+async def test_audit_records_name_the_key_that_acted(
+    secured: httpx.AsyncClient, keys: KeyStore, services: Services
+) -> None:
+    key, _ = await keys.create("tenant-audit", ["admin"], "ci-bot")
+    spec = {"name": "audited", "task": "zero-shot-text-classification", "model": "minilm"}
+    response = await secured.post(
+        "/api/v1/projects", json={**spec, "labels": LABELS}, headers=bearer(key)
+    )
+    async with services.db.connection() as conn:
+        actors = await conn.fetch(
+            "SELECT actor FROM audit_events WHERE subject = $1",
+            f"project:{response.json()['id']}",
+        )
+    assert [row["actor"] for row in actors] == ["key:ci-bot"]
+
+
 async def _project_with_everything(
     secured: httpx.AsyncClient, runner: JobRunner, headers: dict[str, str], name: str
 ) -> tuple[dict[str, Any], list[str]]:
