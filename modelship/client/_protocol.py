@@ -1,0 +1,206 @@
+"""The sans-I/O core: what a request is, what came back, and when to retry.
+
+An operation is a generator. It yields a ``Request`` when it needs the network and a
+``Sleep`` when it must wait; the sync and async clients run it, sending each ``Reply``
+back in. All request building, response parsing, retrying and polling lives in the
+generators, so the two clients only move bytes and sleep.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import os
+import re
+import time
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, TypeVar
+
+from pydantic import BaseModel
+
+from modelship.client.errors import error_from_reply
+from modelship.core.errors import ModelShipError
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+# A multipart file part: (field name, (file name, bytes, media type)).
+FilePart = tuple[str, tuple[str, bytes, str]]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request, as httpx's ``Client.request`` takes it; ``save_to``: stream a
+    successful body into this file (or a file named by the server in this folder)."""
+
+    method: str
+    path: str
+    params: Mapping[str, Any] | None = None
+    json: Any = None
+    data: Mapping[str, str] | None = None
+    files: Sequence[FilePart] | None = None
+    headers: Mapping[str, str] | None = None
+    save_to: Path | None = None
+
+    def httpx_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"method": self.method, "url": self.path}
+        for name in ("params", "json", "data", "files", "headers"):
+            value = getattr(self, name)
+            if value is not None:
+                args[name] = list(value) if name == "files" else value
+        return args
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What came back: the status, headers and body (empty when the body went to a file)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes = b""
+    saved: Path | None = None
+
+    def parse(self, model: type[M]) -> M:
+        return model.model_validate_json(self.body)
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Wait this long before the operation goes on."""
+
+    seconds: float
+
+
+Step = Request | Sleep
+Operation = Generator[Step, Reply | None, T]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to send a request again.
+
+    Attributes:
+        retries: how many times one request is retried.
+        statuses: the answers worth retrying (429: rate limited; 503: overloaded, a model
+            loading, a service restarting). The server refuses these before doing anything.
+        backoff_s: the first wait when the answer has no ``Retry-After``; doubles each time.
+        max_wait_s: a ``Retry-After`` longer than this is not waited for: the error is raised.
+    """
+
+    retries: int = 3
+    statuses: frozenset[int] = field(default=frozenset({429, 503}))
+    backoff_s: float = 0.5
+    max_wait_s: float = 60.0
+
+    def delay(self, attempt: int, reply: Reply) -> float | None:
+        """Seconds to wait before retry ``attempt`` (0-based), or None to give up."""
+        if reply.status not in self.statuses or attempt >= self.retries:
+            return None
+        asked = retry_after(reply.headers.get("retry-after"))
+        if asked is None:
+            return min(self.backoff_s * 2**attempt, self.max_wait_s)
+        return asked if asked <= self.max_wait_s else None
+
+
+NO_RETRIES = RetryPolicy(retries=0)
+
+
+def retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds: delay-seconds or an HTTP date (RFC 9110)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def send(request: Request, policy: RetryPolicy) -> Operation[Reply]:
+    """Send ``request``, retrying as ``policy`` says; an error answer raises our error."""
+    attempt = 0
+    while True:
+        reply = yield request
+        assert reply is not None, "a client answers every Request with a Reply"
+        if reply.status < 400:
+            return reply
+        wait = policy.delay(attempt, reply)
+        if wait is None:
+            raise error_from_reply(reply.status, reply.headers, reply.body)
+        attempt += 1
+        yield Sleep(wait)
+
+
+def defaults(base_url: str | None, api_key: str | None) -> tuple[str, dict[str, str]]:
+    """The base URL and headers of a client: arguments first, then ``MODELSHIP_URL`` and
+    ``MODELSHIP_API_KEY`` (the key the CLI reads too)."""
+    url = base_url or os.environ.get("MODELSHIP_URL") or DEFAULT_URL
+    key = api_key if api_key is not None else os.environ.get("MODELSHIP_API_KEY")
+    headers = {"user-agent": "modelship-client/0.1.0", "accept": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    return url, headers
+
+
+_FILENAME = re.compile(r'filename="?([^";]+)"?')
+
+
+class Download:
+    """A download's file: written beside its destination as ``.part`` and renamed once
+    complete, so an interrupted download never looks finished.
+
+    Args:
+        target: the file, or a folder to put the file the server names in.
+        headers: the response's headers (``Content-Disposition``, ``Content-Length``).
+    """
+
+    def __init__(self, target: Path, headers: Mapping[str, str]) -> None:
+        if target.is_dir():
+            named = _FILENAME.search(headers.get("content-disposition", ""))
+            target = target / Path(named.group(1) if named else "download").name
+        self.path = target
+        length = headers.get("content-length")
+        self._expected = int(length) if length and length.isdigit() else None
+        self._part = target.with_name(target.name + ".part")
+        self._file: IO[bytes] | None = None
+        self.written = 0
+
+    def __enter__(self) -> Download:
+        self._file = self._part.open("wb")
+        return self
+
+    def write(self, chunk: bytes) -> None:
+        assert self._file is not None
+        self._file.write(chunk)
+        self.written += len(chunk)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        assert self._file is not None
+        self._file.close()
+        if exc_type is None and self._expected not in (None, self.written):
+            self._part.unlink(missing_ok=True)
+            raise ModelShipError(
+                f"the download ended after {self.written} of {self._expected} bytes",
+                "download_incomplete",
+            )
+        if exc_type is None:
+            self._part.replace(self.path)
+        else:
+            self._part.unlink(missing_ok=True)
+
+
+def monotonic_deadline(timeout_s: float | None) -> float:
+    return time.monotonic() + timeout_s if timeout_s is not None else math.inf

@@ -1,0 +1,142 @@
+"""Error answers of the API as our error types, with the request id that names them.
+
+Each class here subclasses the server's own error of the same name
+(``modelship.core.errors``), so ``except NotFound`` catches it whichever module it was
+imported from; ``ApiError`` (a ``ModelShipError``) is the base of them all and what an
+answer with no matching class becomes. Quote ``request_id`` when asking an operator:
+the server's logs and traces carry it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from modelship.core import errors
+
+
+class ApiError(errors.ModelShipError):
+    """An error answer: its HTTP status, machine-readable code, message and request id."""
+
+    def __init__(
+        self,
+        message: str = "internal error",
+        code: str | None = None,
+        request_id: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message, code)
+        self.args = (message, code, request_id, status)
+        self.request_id = request_id
+        if status is not None:
+            self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message} (request_id={self.request_id})"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.message!r}, code={self.code!r},"
+            f" status={self.status}, request_id={self.request_id!r})"
+        )
+
+
+class InvalidInput(ApiError, errors.InvalidInput):
+    """422: the request, an image or a text is not acceptable."""
+
+
+class UnsupportedMediaType(ApiError, errors.UnsupportedMediaType):
+    """415: not an image (sniffed by its bytes), or not a body type the route takes."""
+
+
+class PayloadTooLarge(ApiError, errors.PayloadTooLarge):
+    """413: the body, a file or the number of files is over the server's limit."""
+
+
+class NotFound(ApiError, errors.NotFound):
+    """404: no such project, job, item, export or model (or not this key's)."""
+
+
+class Unauthorized(ApiError, errors.Unauthorized):
+    """401: no API key, or an unknown or revoked one."""
+
+
+class Forbidden(ApiError, errors.Forbidden):
+    """403: the key lacks the scope this route needs."""
+
+
+class Conflict(ApiError, errors.Conflict):
+    """409: e.g. an archived project, an export not ready, an idempotency key reused."""
+
+
+class ServiceUnavailable(ApiError, errors.ServiceUnavailable):
+    """503: PostgreSQL, Redis or object storage cannot be reached."""
+
+
+class ModelNotReady(ApiError, errors.ModelNotReady):
+    """503: a model replica is loading or restarting."""
+
+
+class Overloaded(ApiError, errors.Overloaded):
+    """503: the service sheds load, or a model did not answer in time."""
+
+
+class RateLimited(ApiError, errors.RateLimited):
+    """429: too many requests from this key on this route."""
+
+
+_BY_CODE: dict[str, type[ApiError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidInput,
+        UnsupportedMediaType,
+        PayloadTooLarge,
+        NotFound,
+        Unauthorized,
+        Forbidden,
+        Conflict,
+        ServiceUnavailable,
+        ModelNotReady,
+        Overloaded,
+        RateLimited,
+    )
+}
+_BY_CODE["timeout"] = Overloaded  # the server's Overloaded for a model that did not answer
+_BY_STATUS: dict[int, type[ApiError]] = {
+    422: InvalidInput,
+    415: UnsupportedMediaType,
+    413: PayloadTooLarge,
+    404: NotFound,
+    401: Unauthorized,
+    403: Forbidden,
+    409: Conflict,
+    429: RateLimited,
+    503: ServiceUnavailable,
+}
+
+
+def error_from_reply(status: int, headers: Mapping[str, str], body: bytes) -> ApiError:
+    """Our error for an error answer: by its code, else by its status, else ``ApiError``.
+
+    A body that is not ours (a proxy's page) still gives the status and the
+    ``X-Request-ID`` header.
+    """
+    error: dict[str, Any] = {}
+    try:
+        parsed = json.loads(body)
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+            error = parsed["error"]
+    except ValueError:
+        pass
+    code = str(error.get("code") or "http_error")
+    message = str(error.get("message") or f"HTTP {status}")
+    request_id = error.get("request_id") or headers.get("x-request-id")
+    cls = _BY_CODE.get(code)
+    if cls is None or cls.status != status:  # a code of its own, e.g. unknown_project
+        cls = _BY_STATUS.get(status, ApiError)
+    exc = cls(message, code, str(request_id) if request_id else None, status)
+    if isinstance(exc, errors.RetryLater):
+        seconds = headers.get("retry-after", "")
+        exc.retry_after_s = int(seconds) if seconds.isdigit() else exc.retry_after_s
+    return exc

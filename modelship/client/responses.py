@@ -1,0 +1,68 @@
+"""What the labeling routes answer, for the client.
+
+The server declares the same bodies in ``modelship.http.schemas``, which the client does
+not import (it would pull in the server); a test keeps both JSON schemas identical.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from modelship.core.messages import Detection, Entity, ImageInfo, LabelScore, ModelInfo
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str = Field(description="Content hash of the model's weights.")
+
+
+class ClassifyImageResponse(BaseModel):
+    request_id: str
+    model: ModelRef
+    image: ImageInfo
+    labels: list[LabelScore]
+
+
+class ImageLabels(BaseModel):
+    index: int
+    image: ImageInfo
+    labels: list[LabelScore]
+
+
+class ClassifyImagesResponse(BaseModel):
+    request_id: str
+    model: ModelRef
+    results: list[ImageLabels]
+
+
+class TextLabels(BaseModel):
+    index: int
+    labels: list[LabelScore]
+
+
+class ClassifyTextResponse(BaseModel):
+    request_id: str
+    model: ModelRef
+    results: list[TextLabels]
+
+
+class DetectResponse(BaseModel):
+    request_id: str
+    model: ModelRef
+    image: ImageInfo
+    detections: list[Detection]
+
+
+class TextEntities(BaseModel):
+    index: int
+    entities: list[Entity]
+
+
+class EntitiesResponse(BaseModel):
+    request_id: str
+    model: ModelRef
+    results: list[TextEntities]
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
