@@ -4,7 +4,7 @@
 It imports only ``modelship.core`` (the records and errors the server shares), httpx,
 and pandas when ``to_dataframe`` is called, so it installs without the server::
 
-    from modelship.client import Client
+    from modelship.client import Client, to_dataframe
 
     with Client("http://127.0.0.1:8000", api_key="ms_...") as ms:
         project = ms.create_project("photos", "image-classification", "efficientnet-lite0")

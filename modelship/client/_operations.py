@@ -70,6 +70,7 @@ API = "/api/v1"
 TERMINAL_JOB = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 TERMINAL_ITEM = frozenset({ItemState.succeeded, ItemState.failed, ItemState.cancelled})
 TERMINAL_EXPORT = frozenset({"succeeded", "failed"})
+_TOO_MANY = frozenset({"too_many_files", "too_many_texts"})  # the server's codes for counts
 _PART_OVERHEAD = 512  # multipart headers and boundary of one file part, generously
 
 
@@ -399,8 +400,8 @@ class Api:
     def _upload(
         self, sizes: list[int], request: Callable[[int, int], Request], progress: Progress
     ) -> Operation[UploadResult]:
-        """Send batches within the limits; a batch the server calls too large is halved
-        (and so are the limits for the batches after it)."""
+        """Send batches within the limits; a batch the server finds too large is halved
+        (and so is the limit it broke, files or bytes, for the batches after it)."""
         result = UploadResult(items=[], duplicates=[], request_ids=[])
         max_count, max_bytes = self.batch_files, self.batch_bytes
         start = 0
@@ -417,7 +418,10 @@ class Api:
                 except PayloadTooLarge as exc:
                     if stop - start == 1 or exc.code == "file_too_large":
                         raise
-                    max_count, max_bytes = (stop - start) // 2, used // 2
+                    if exc.code in _TOO_MANY:
+                        max_count = (stop - start) // 2
+                    else:  # the body was over the server's byte limit
+                        max_bytes = used // 2
                     continue
                 page = reply.parse(UploadResponse)
                 offset = len(result.items) + len(result.duplicates)
@@ -476,6 +480,7 @@ class Api:
         try:
             return (
                 yield from self._poll(
+                    f"job {_id(job)}",
                     lambda: self.get_job(job),
                     lambda j: j.status in TERMINAL_JOB,
                     timeout_s,
@@ -487,6 +492,7 @@ class Api:
 
     def _poll(
         self,
+        what: str,
         fetch: Callable[[], Operation[R]],
         done: Callable[[R], bool],
         timeout_s: float | None,
@@ -499,7 +505,7 @@ class Api:
             if done(current):
                 return current
             if time.monotonic() + self.poll_s > deadline:
-                raise TimeoutError(f"{current!r} did not finish within {timeout_s}s")
+                raise TimeoutError(f"{what} did not finish within {timeout_s}s")
             yield Sleep(self.poll_s)
 
     def job_results(self, job: Ref, *, page_size: int = 1000) -> Operation[list[JobResult]]:
@@ -639,7 +645,10 @@ class Api:
         """Poll until the export succeeded or failed (its ``error`` says why)."""
         return (
             yield from self._poll(
-                lambda: self.get_export(export), lambda e: e.status in TERMINAL_EXPORT, timeout_s
+                f"export {_id(export)}",
+                lambda: self.get_export(export),
+                lambda e: e.status in TERMINAL_EXPORT,
+                timeout_s,
             )
         )
 

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import ray
 import uvicorn
+from fastapi import FastAPI
 
 from modelship.client import AsyncClient
 from modelship.core.settings import Settings
@@ -35,25 +36,77 @@ def _forbid_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ray, "init", refuse)
 
 
-@contextlib.asynccontextmanager
-async def running(runner: JobRunner) -> AsyncIterator[None]:
-    """The runner claiming and labeling in the background until the block ends."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(runner.run_forever(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        task.cancel()
+class Recording(httpx.HTTPTransport):
+    """The network transport, keeping each response (status and headers) it returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.responses: list[httpx.Response] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        self.responses.append(response)
+        return response
+
+
+class RecordingASGI(httpx.ASGITransport):
+    """The in-process transport, keeping each response it returned."""
+
+    def __init__(self, app: FastAPI) -> None:
+        super().__init__(app=app)
+        self.responses: list[httpx.Response] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        self.responses.append(response)
+        return response
+
+
+class BackgroundRunner:
+    """A job runner claiming and labeling in a task of this event loop; ``paused()``
+    holds it so a test can see a job before anything happens to it."""
+
+    def __init__(self, runner: JobRunner) -> None:
+        self._runner = runner
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._runner.run_forever(self._stop))
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._stop.set()
+        self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await self._task
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        await self.stop()
+        try:
+            yield
+        finally:
+            self.start()
+
+
+@pytest.fixture(scope="module")
+async def labeling(runner: JobRunner) -> AsyncIterator[BackgroundRunner]:
+    background = BackgroundRunner(runner)
+    background.start()
+    yield background
+    await background.stop()
 
 
 @pytest.fixture(scope="module")
 async def ms(
-    local: LocalLabeler, services: Services, job_settings: Settings, runner: JobRunner
+    local: LocalLabeler,
+    services: Services,
+    job_settings: Settings,
+    labeling: BackgroundRunner,
 ) -> AsyncIterator[AsyncClient]:
-    """An ``AsyncClient`` on the app in this event loop, its runner labeling meanwhile."""
+    """An ``AsyncClient`` on the app in this event loop, the runner labeling meanwhile."""
     app = create_api(
         local,
         local.configs,
@@ -61,7 +114,7 @@ async def ms(
         workflow=Workflow(services, PACKAGED_MODELS, job_settings),
     )
     transport = httpx.ASGITransport(app=app)
-    async with running(runner), AsyncClient("http://test", poll_s=0.05, transport=transport) as ms:
+    async with AsyncClient("http://test", poll_s=0.05, transport=transport) as ms:
         yield ms
 
 
@@ -98,8 +151,12 @@ class AppServer(threading.Thread):
                 app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
             )
             self._server = uvicorn.Server(config)
-            async with running(runner):
+            background = BackgroundRunner(runner)
+            background.start()
+            try:
                 await self._server.serve()
+            finally:
+                await background.stop()
         finally:
             await services.close()
 

@@ -13,6 +13,7 @@ import pytest
 
 from modelship.client import AsyncClient, NotFound, to_dataframe
 from modelship.core.records import ItemState, JobResult, JobStatus
+from tests.client.conftest import BackgroundRunner
 from tests.conftest import DATA
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -61,8 +62,8 @@ async def test_readme_walkthrough(ms: AsyncClient, tmp_path: Path) -> None:
     assert broken["state"] == "failed" and broken["error"].startswith("corrupt_image")
 
     queue = await ms.review_queue(project, limit=10)
-    pending = [entry.item for entry in queue.entries]
-    assert pending, "some photo should score under 0.8"
+    pending = [entry.item for entry in queue.entries if entry.item.id != by_name["cat.jpg"]]
+    assert pending, "the astronaut scores under 0.8"
     approved = await ms.approve(project, pending[0], reviewer="ada")
     assert approved.annotation is not None and approved.annotation.status == "approved"
     assert approved.reviews[-1].reviewer == "ada"
@@ -109,6 +110,23 @@ async def test_projects_items_and_archive(ms: AsyncClient) -> None:
     assert project.id in [p.id for p in await ms.list_projects(include_archived=True)]
     with pytest.raises(NotFound):
         await ms.get_job(uuid.uuid4())
+
+
+async def test_a_job_timed_out_then_cancelled(ms: AsyncClient, labeling: BackgroundRunner) -> None:
+    project = await ms.create_project(
+        f"cancel-{uuid.uuid4().hex[:6]}", "zero-shot-text-classification", "minilm"
+    )
+    await ms.upload_texts(project, ["one", "two", "three"])
+    async with labeling.paused():
+        job = await ms.create_job(project)
+        assert job.status is JobStatus.queued and job.total_items == 3
+        with pytest.raises(TimeoutError, match=str(job.id)):
+            await ms.wait_job(job, timeout_s=0.2)
+        cancelled = await ms.cancel_job(job)
+    assert cancelled.status is JobStatus.cancelled
+    done = await ms.wait_job(job, timeout_s=5)
+    assert done.counts[ItemState.cancelled] == 3 and done.progress == 1
+    assert {r.state for r in await ms.job_results(job)} == {ItemState.cancelled}
 
 
 async def test_labeling_calls(ms: AsyncClient) -> None:

@@ -1,0 +1,208 @@
+"""Retries after 429 and 503 as ``Retry-After`` says, uploads split to the server's limits,
+API keys, and what the client leaves out (the server's modules)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from modelship.client import (
+    NO_RETRIES,
+    ApiError,
+    AsyncClient,
+    Forbidden,
+    ModelNotReady,
+    PayloadTooLarge,
+    RateLimited,
+    RetryPolicy,
+    Unauthorized,
+    responses,
+)
+from modelship.core import errors
+from modelship.core.settings import Settings
+from modelship.http import schemas
+from modelship.http.app import create_api
+from modelship.service.labeling import LocalLabeler
+from modelship.service.workflow import Workflow
+from storage.keys import KeyStore
+from storage.ratelimit import RateLimiter
+from storage.services import Services
+from tests.client.conftest import RecordingASGI
+from tests.conftest import PACKAGED_MODELS, REDIS_URL
+from tests.unit.flow import png
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def limiter() -> AsyncIterator[RateLimiter]:
+    """The real limiter: one request at once, then one a second (``Retry-After: 1``)."""
+    prefix = f"modelship-test-{uuid.uuid4().hex[:8]}"
+    limiter = RateLimiter(REDIS_URL, per_minute=60, burst=1, fail_open=False, prefix=prefix)
+    yield limiter
+    await limiter.close()
+
+
+def _limited(local: LocalLabeler, limiter: RateLimiter) -> RecordingASGI:
+    return RecordingASGI(create_api(local, local.configs, Settings(), limiter=limiter))
+
+
+async def test_429_is_retried_after_retry_after(local: LocalLabeler, limiter: RateLimiter) -> None:
+    transport = _limited(local, limiter)
+    async with AsyncClient("http://test", transport=transport) as ms:
+        await ms.models()
+        started = time.monotonic()
+        assert await ms.models()
+        waited = time.monotonic() - started
+    assert [r.status_code for r in transport.responses] == [200, 429, 200]
+    assert transport.responses[1].headers["retry-after"] == "1"
+    assert 0.95 <= waited < 3
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [NO_RETRIES, RetryPolicy(max_wait_s=0.5)],  # Retry-After: 1 is longer: not waited for
+    ids=["no-retries", "impatient"],
+)
+async def test_429_raises_when_not_retried(
+    local: LocalLabeler, limiter: RateLimiter, policy: RetryPolicy
+) -> None:
+    transport = _limited(local, limiter)
+    async with AsyncClient("http://test", transport=transport, retry=policy) as ms:
+        await ms.models()
+        started = time.monotonic()
+        with pytest.raises(RateLimited) as limited:
+            await ms.models()
+        assert time.monotonic() - started < 0.5
+    assert isinstance(limited.value, errors.RateLimited)
+    assert (limited.value.status, limited.value.retry_after_s) == (429, 1)
+    assert limited.value.request_id == transport.responses[-1].headers["x-request-id"]
+
+
+def _flaky_app(failures: int) -> Starlette:
+    """A server that answers 503 (model loading, no Retry-After) ``failures`` times, then
+    200; and a proxy's 502 page that is not our error body."""
+    calls = {"n": 0}
+
+    async def models(request: Request) -> Response:
+        calls["n"] += 1
+        if calls["n"] <= failures:
+            body = {"error": {"code": "model_not_ready", "message": "loading", "request_id": "r1"}}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"models": []})
+
+    async def gateway(request: Request) -> Response:
+        return PlainTextResponse("<h1>bad gateway</h1>", 502, headers={"x-request-id": "r2"})
+
+    return Starlette(routes=[Route("/api/v1/models", models), Route("/api/v1/projects", gateway)])
+
+
+async def test_503_backs_off_then_gives_up_with_the_right_class() -> None:
+    quick = RetryPolicy(retries=2, backoff_s=0.01)
+    transport = httpx.ASGITransport(app=_flaky_app(failures=2))
+    async with AsyncClient("http://test", transport=transport, retry=quick) as ms:
+        assert await ms.models() == []
+    transport = httpx.ASGITransport(app=_flaky_app(failures=3))
+    async with AsyncClient("http://test", transport=transport, retry=quick) as ms:
+        with pytest.raises(ModelNotReady) as loading:
+            await ms.models()
+        assert (loading.value.status, loading.value.request_id) == (503, "r1")
+        with pytest.raises(ApiError) as proxy:
+            await ms.list_projects()
+    assert type(proxy.value) is ApiError
+    assert (proxy.value.status, proxy.value.code, proxy.value.request_id) == (
+        502,
+        "http_error",
+        "r2",
+    )
+
+
+async def test_uploads_are_split_to_the_servers_limits(ms: AsyncClient, tmp_path: Path) -> None:
+    """The server takes 8 files an upload here; the client sends up to 500 at first."""
+    project = await ms.create_project(
+        f"many-{uuid.uuid4().hex[:6]}", "image-classification", "efficientnet-lite0"
+    )
+    _write(tmp_path / "many", [png(seed) for seed in range(20)] + [png(3)])  # 20 repeats 3
+    seen: list[int] = []
+    upload = await ms.upload_folder(
+        project, tmp_path / "many", progress=lambda done, _: seen.append(done)
+    )
+    assert len(upload.items) == 20
+    assert [(d.index, d.filename) for d in upload.duplicates] == [(20, "f20.png")]
+    assert len(upload.request_ids) == 5 and seen == [5, 10, 15, 20, 21]  # 21 -> 10 -> 5
+
+    _write(tmp_path / "big", [_noise(400)])  # over this server's 400 kB an image
+    with pytest.raises(PayloadTooLarge) as large:
+        await ms.upload_folder(project, tmp_path / "big")
+    assert large.value.code == "file_too_large"
+
+
+def _write(folder: Path, files: list[bytes]) -> None:
+    folder.mkdir()
+    for index, data in enumerate(files):
+        (folder / f"f{index:02d}.png").write_bytes(data)
+
+
+def _noise(side: int) -> bytes:
+    """A PNG that does not compress: random pixels."""
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def test_api_keys(local: LocalLabeler, services: Services, job_settings: Settings) -> None:
+    settings = job_settings.model_copy(update={"auth_required": True})
+    app = create_api(
+        local, local.configs, settings, workflow=Workflow(services, PACKAGED_MODELS, settings)
+    )
+    keys = KeyStore(services.db, settings.secret_key.get_secret_value())
+    admin, _ = await keys.create("tenant-client", ["admin"], "notebook")
+    reader, _ = await keys.create("tenant-client", ["read"], "viewer")
+    transport = httpx.ASGITransport(app=app)
+
+    async with AsyncClient("http://test", transport=transport) as anonymous:
+        with pytest.raises(Unauthorized) as no_key:
+            await anonymous.list_projects()
+        assert no_key.value.request_id
+    async with AsyncClient("http://test", admin, transport=transport) as ms:
+        project = await ms.create_project("keyed", "image-classification", "efficientnet-lite0")
+    async with AsyncClient("http://test", reader, transport=transport) as ms:
+        assert [p.id for p in await ms.list_projects()] == [project.id]
+        with pytest.raises(Forbidden) as scope:
+            await ms.archive_project(project)
+        assert scope.value.code == "insufficient_scope"
+
+
+def test_label_answers_match_the_servers() -> None:
+    for name in ("ClassifyImageResponse", "ClassifyImagesResponse", "ClassifyTextResponse"):
+        ours, theirs = getattr(responses, name), getattr(schemas, name)
+        assert ours.model_json_schema() == theirs.model_json_schema(), name
+    for name in ("DetectResponse", "EntitiesResponse", "ModelsResponse"):
+        ours, theirs = getattr(responses, name), getattr(schemas, name)
+        assert ours.model_json_schema() == theirs.model_json_schema(), name
+
+
+def test_the_client_imports_nothing_of_the_server() -> None:
+    code = (
+        "import sys, modelship.client\n"
+        "server = ('modelship.http', 'modelship.service', 'modelship.ops', 'modelship.predictors',"
+        " 'storage', 'ray', 'fastapi', 'starlette', 'asyncpg', 'redis', 'torch', 'pandas')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(server)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
