@@ -277,13 +277,15 @@ class Api:
         auto_approve_threshold: float = 0.9,
     ) -> Operation[Project]:
         """A project labeling with ``model`` (a configured model doing ``task``)."""
-        spec = ProjectCreate(
-            name=name,
-            task=Task(task),
-            model=model,
-            labels=_labels(labels),
-            confidence_threshold=confidence_threshold,
-            auto_approve_threshold=auto_approve_threshold,
+        spec = ProjectCreate.model_validate(
+            {
+                "name": name,
+                "task": task,
+                "model": model,
+                "labels": _labels(labels),
+                "confidence_threshold": confidence_threshold,
+                "auto_approve_threshold": auto_approve_threshold,
+            }
         )
         return (yield from self._post(f"{API}/projects", Project, spec.model_dump(mode="json")))
 
@@ -626,11 +628,13 @@ class Api:
         include_images: bool = False,
     ) -> Operation[Export]:
         """Start writing an export (csv, json, jsonl, coco, yolo, voc, hf)."""
-        request = ExportCreate(
-            format=ExportFormat(format),
-            selection=ExportSelection(selection),
-            min_score=min_score,
-            include_images=include_images,
+        request = ExportCreate.model_validate(
+            {
+                "format": format,
+                "selection": selection,
+                "min_score": min_score,
+                "include_images": include_images,
+            }
         )
         return (
             yield from self._post(

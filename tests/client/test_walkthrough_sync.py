@@ -5,6 +5,7 @@ review decisions, a JSON Lines export downloaded; and its errors carry the reque
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from modelship.core.records import ItemState, JobStatus
 from tests.client.conftest import AppServer, Recording
 from tests.conftest import DATA
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "client.md"
 REVIEWS = [  # a line is an object with "text", or the text as a JSON string
     line if isinstance(line, str) else line["text"]
     for line in map(json.loads, (DATA / "reviews.jsonl").read_text().splitlines())
@@ -82,3 +84,17 @@ def test_errors_name_their_class_code_and_request(server: AppServer) -> None:
             ms.upload_folder(photos, DATA, "*.pdf")
         assert pdf.value.status == 415 and pdf.value.request_id
         assert ms.list_items(photos) == []  # nothing half-written
+
+
+def test_the_docs_walkthrough_runs_as_written(
+    server: AppServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/client.md's walkthrough, with the server's URL from ``MODELSHIP_URL``."""
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.S)
+    (walkthrough,) = [block for block in blocks if "ms.wait_job(" in block and "await" not in block]
+    monkeypatch.setenv("MODELSHIP_URL", server.url)
+    monkeypatch.delenv("MODELSHIP_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    exec(walkthrough.replace('"tests/data"', repr(str(DATA))), {})
+    coco = json.loads((tmp_path / "photos-coco.json").read_text())
+    assert len(coco["images"]) == len(list(DATA.glob("*.jpg")))
