@@ -15,7 +15,7 @@ from modelship.core.config import LabelSpec, ModelConfig, Task
 from modelship.core.messages import ItemOptions
 from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, Predictor, build_predictor
-from modelship.service.local import prepare_image
+from modelship.predictors.prepare import prepare_image
 
 
 def load(kind: str, cache: Any) -> Predictor[Any, Any]:

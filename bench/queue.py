@@ -17,6 +17,7 @@ from typing import Any
 
 from modelship.core.config import Task
 from modelship.core.records import ItemState, ProjectCreate
+from modelship.core.review import model_annotation
 from storage.catalog import Catalog, NewItem
 from storage.jobs import JobStore, Success
 from storage.postgres import Database
@@ -49,7 +50,8 @@ async def measure(dsn: str, items: int, batch: int, runners: int) -> dict[str, A
             claim_ms.append((time.perf_counter() - t0) * 1000)
             if claim is None:
                 return
-            done = [Success(i.item_id, "v1", "p", output) for i in claim.items]
+            status, assessment = model_annotation(claim.task, output, 0.5)
+            done = [Success(i.item_id, "v1", "p", output, status, assessment) for i in claim.items]
             await jobs.complete(name, claim, done, [], 3)
 
     started = time.perf_counter()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
-from typing import TypeVar
 from uuid import UUID
 
 from ray import serve
@@ -15,25 +13,22 @@ from starlette.types import ASGIApp
 from modelship.core import ray_compat, tracing
 from modelship.core.config import ModelConfig
 from modelship.core.context import request_scope
-from modelship.core.errors import ModelShipError, request_results
+from modelship.core.errors import ModelShipError
 from modelship.core.logs import to_serve_logs
 from modelship.core.messages import ItemOptions, ItemResult, ModelInfo
 from modelship.core.metrics import ServeMetrics
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
-from modelship.http.errors import translate
-from modelship.service.serving import cluster_handle, label_call
+from modelship.service.serving import ServeLabeler, cluster_handle
 from modelship.service.workflow import Workflow
 from storage.ratelimit import RateLimiter
 from storage.services import Services
 
-T = TypeVar("T")
 logger = logging.getLogger("modelship.ingress")
 
-_READY_TIMEOUT_S = 2.0
 # Requests arriving together share downstream calls: at most this many per call, and this
 # many shared calls at once (more requests wait for one to finish, and join the next).
-# Measured side by side, 16 clients sending 1 text each: 55 → 66 items/s (+21%).
+# (docs/benchmark.md: +21% items/s for 16 clients sending one text each.)
 _COALESCE_MAX_REQUESTS = 16
 _COALESCE_IN_FLIGHT = 8
 
@@ -42,16 +37,10 @@ _COALESCE_IN_FLIGHT = 8
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
 @serve.ingress()
 class Ingress:
-    """Routes labeling requests: images Preprocessor → ModelReplica, chained; texts
-    straight to their ModelReplica, which tokenises them (``label_call``).
-
-    The Preprocessor's response is passed into the model call unawaited. Over Ray's
-    object store (``_by_reference``) prepared tensors would skip the Ingress; in Serve's
-    throughput mode calls go over gRPC and the router brings the response through here.
-    Measured side by side (8 clients x 16 images): 55.5 and 54.4 images/s by value, 56.5
-    and 50.1 by reference, the Ingress at ~1.6 ms of CPU an image either way. Project,
-    upload, job, review and export routes go to storage; the JobRunner does the job
-    labeling and the Exporter writes exports.
+    """The graph's HTTP surface: the FastAPI app (``create_api``) over this replica as its
+    ``Labeler``, which shares one labeling call between requests arriving together.
+    Project, upload, job, review and export routes go to storage; the JobRunner labels
+    jobs and the Exporter writes exports.
 
     Args:
         preprocessor: handle to the Preprocessor deployment.
@@ -73,8 +62,7 @@ class Ingress:
     ) -> None:
         to_serve_logs()
         self._configs = configs
-        self._preprocessor = cluster_handle(preprocessor)
-        self._models = {name: cluster_handle(handle) for name, handle in models.items()}
+        self._labeler = ServeLabeler(preprocessor, models, settings.model_call_timeout_s)
         self._settings = settings
         self._runner = runner
         self._exporter = cluster_handle(exporter) if exporter else None
@@ -93,13 +81,10 @@ class Ingress:
             else None
         )
 
-    @property
-    def configs(self) -> list[ModelConfig]:
-        return self._configs
-
     def __serve_build_asgi_app__(self) -> ASGIApp:
         return create_api(
             self,
+            self._configs,
             self._settings,
             behind_serve_proxy=True,
             workflow=self._workflow,
@@ -121,29 +106,17 @@ class Ingress:
         except Exception:  # the Exporter resumes unfinished exports when it restarts
             logger.exception("export %s was interrupted", export_id)
 
-    async def _call(self, awaitable: Awaitable[T]) -> T:
-        try:
-            return await asyncio.wait_for(awaitable, self._settings.model_call_timeout_s)
-        except Exception as exc:
-            raise translate(exc) from exc
-
-    async def label_images(
-        self, config: ModelConfig, images: list[bytes], options: ItemOptions
-    ) -> list[ItemResult]:
-        return await self._label(config, options, list(images))
-
-    async def label_texts(
-        self, config: ModelConfig, texts: list[str], options: ItemOptions
-    ) -> list[ItemResult]:
-        return await self._label(config, options, list(texts))
-
-    async def _label(
-        self, config: ModelConfig, options: ItemOptions, payloads: list[bytes | str]
-    ) -> list[ItemResult]:
-        outcome = await self._coalesced((config.name, options, payloads))
+    async def label(
+        self, model: str, payloads: list[bytes | str], options: ItemOptions
+    ) -> list[ItemResult | ModelShipError]:
+        """Label through a call shared with the requests arriving at the same moment."""
+        outcome = await self._coalesced((model, options, payloads))
         if isinstance(outcome, BaseException):
             raise outcome
-        return request_results(payloads, outcome)
+        return outcome
+
+    async def info(self, model: str) -> ModelInfo:
+        return await self._labeler.info(model)
 
     @serve.batch(
         max_batch_size=_COALESCE_MAX_REQUESTS,
@@ -180,10 +153,7 @@ class Ingress:
                     request_scope(ids[members[0]] if ids else None),
                     tracing.span("coalesce", requests=len(members), request_ids=ids),
                 ):
-                    call = label_call(
-                        self._preprocessor, self._models[model], model, payloads, options
-                    )
-                    results = await self._call(call)
+                    results = await self._labeler.label(model, payloads, options)
             except Exception as exc:
                 for i in members:
                     outcomes[i] = exc
@@ -195,23 +165,3 @@ class Ingress:
 
         await asyncio.gather(*(one_group(*group) for group in groups))
         return outcomes
-
-    async def model_infos(self) -> list[ModelInfo]:
-        return list(await asyncio.gather(*(self._info(config) for config in self._configs)))
-
-    async def _info(self, config: ModelConfig) -> ModelInfo:
-        try:
-            info: ModelInfo = await asyncio.wait_for(
-                self._models[config.name].info.remote(), _READY_TIMEOUT_S
-            )
-            return info
-        except Exception:
-            return ModelInfo(
-                name=config.name,
-                task=config.task,
-                version=None,
-                labels=[label.name for label in config.labels] if config.labels else None,
-                batching=config.batching,
-                device=None,
-                ready=False,
-            )

@@ -11,41 +11,15 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from modelship.core.errors import ModelNotReady, ModelShipError
 from modelship.core.logs import to_serve_logs
-from modelship.core.messages import ItemOptions, ItemResult, ModelInfo
 from modelship.core.metrics import ServeMetrics
 from modelship.core.settings import Settings
 from modelship.service.runner import JobRunner
-from modelship.service.serving import cluster_handle, label_call
+from modelship.service.serving import ServeLabeler
 from storage.jobs import JobStore
 from storage.services import Services
 
 logger = logging.getLogger("modelship.jobs")
-
-
-class ServeLabeler:
-    """The runner's ``Labeler`` over deployment handles: the online path, item by item."""
-
-    def __init__(
-        self, preprocessor: DeploymentHandle, models: dict[str, DeploymentHandle], timeout_s: float
-    ) -> None:
-        self._preprocessor = cluster_handle(preprocessor)
-        self._models = {name: cluster_handle(handle) for name, handle in models.items()}
-        self._timeout_s = timeout_s
-
-    async def version(self, model: str) -> str:
-        info: ModelInfo = await asyncio.wait_for(self._models[model].info.remote(), self._timeout_s)
-        if info.version is None:
-            raise ModelNotReady(f"model {model} has not loaded")
-        return info.version
-
-    async def label(
-        self, model: str, payloads: list[Any], options: ItemOptions
-    ) -> list[ItemResult | ModelShipError]:
-        # An item that could not be prepared comes back as its error, in its place.
-        call = label_call(self._preprocessor, self._models[model], model, payloads, options)
-        return await asyncio.wait_for(call, self._timeout_s)
 
 
 _DRAIN_S = 30  # a stopping replica finishes its batches this long, then gives leases back

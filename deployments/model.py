@@ -22,9 +22,9 @@ from modelship.core.logs import to_serve_logs
 from modelship.core.messages import ItemOptions, ItemResult, ModelInfo, Output, Prepared
 from modelship.core.metrics import ServeMetrics
 from modelship.core.settings import Settings
-from modelship.predictors import ModelStore, Predictor, build_predictor
+from modelship.predictors import ModelStore, Predictor, build_predictor, describe
 from modelship.predictors.base import batching_order
-from modelship.service.local import image_info, prepare_payload
+from modelship.predictors.prepare import image_info, prepare_payload
 
 logger = logging.getLogger("modelship.model")
 
@@ -181,15 +181,7 @@ class ModelReplica:
                 self._executing -= 1
 
     def info(self) -> ModelInfo:
-        return ModelInfo(
-            name=self._config.name,
-            task=self._config.task,
-            version=self._predictor.version,
-            labels=self._predictor.labels(),
-            batching=self._batching,
-            device=self._predictor.device,
-            ready=True,
-        )
+        return describe(self._config, self._predictor, self._batching)
 
     def stats(self) -> dict[str, Any]:
         """Batches and items since start, the latest batch sizes, and the process id."""

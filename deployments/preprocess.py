@@ -13,7 +13,7 @@ from modelship.core.logs import to_serve_logs
 from modelship.core.messages import ItemOptions, Prepared
 from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, Predictor, build_predictor
-from modelship.service.local import prepare_payload
+from modelship.predictors.prepare import prepare_payload
 
 
 @serve.deployment(

@@ -22,9 +22,9 @@ from modelship.core.config import Task
 from modelship.core.context import current_request_id
 from modelship.core.errors import Conflict, InvalidInput, NotFound
 from modelship.core.records import ErrorCount, ItemState, Job, JobResult, JobStatus, Project
+from modelship.core.review import Assessment
 from storage.catalog import audit
 from storage.postgres import Database
-from storage.reviews import annotate
 
 _OPEN = "(ji.state = 'queued' OR (ji.state = 'leased' AND ji.lease_expires_at < now()))"
 
@@ -56,10 +56,14 @@ class Claim:
 
 @dataclass(frozen=True)
 class Success:
+    """A labeled item, with the annotation its prediction gets (decided by the caller)."""
+
     item_id: UUID
     model_version: str
     params_hash: str
     output: list[dict[str, Any]]
+    status: str  # "auto_approved" or "pending"
+    assessment: Assessment
 
 
 @dataclass(frozen=True)
@@ -342,7 +346,7 @@ class JobStore:
                     success.item_id,
                     prediction_id,
                 )
-                decisions.append(await annotate(conn, claim, success, prediction_id))
+                decisions.append(await _annotate(conn, claim.project_id, success, prediction_id))
                 counted += 1
             for failure in failures:
                 state = "failed" if failure.attempts >= max_attempts else "queued"
@@ -488,3 +492,29 @@ def _job(row: asyncpg.Record, counts: dict[ItemState, int], errors: list[ErrorCo
         started_at=started,
         finished_at=row["finished_at"],
     )
+
+
+async def _annotate(
+    conn: asyncpg.Connection, project_id: UUID, success: Success, prediction_id: int
+) -> str:
+    """Write the item's annotation from a new prediction; a person's decision is never
+    overwritten by a model."""
+    assessment = success.assessment
+    await conn.execute(
+        "INSERT INTO annotations (item_id, project_id, prediction_id, status, value, top_label,"
+        " score, uncertainty, updated_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'model')"
+        " ON CONFLICT (item_id) DO UPDATE SET prediction_id = EXCLUDED.prediction_id,"
+        " status = EXCLUDED.status, value = EXCLUDED.value, top_label = EXCLUDED.top_label,"
+        " score = EXCLUDED.score, uncertainty = EXCLUDED.uncertainty,"
+        " updated_by = 'model', updated_at = now()"
+        " WHERE annotations.status IN ('pending', 'auto_approved')",
+        success.item_id,
+        project_id,
+        prediction_id,
+        success.status,
+        assessment.value,
+        assessment.top_label,
+        assessment.score,
+        assessment.uncertainty,
+    )
+    return success.status

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from modelship.core.errors import NotFound
+from modelship.core.errors import Conflict, NotFound
 from modelship.core.records import (
     Annotation,
     BulkApproveRequest,
@@ -19,16 +20,28 @@ from modelship.core.records import (
     ReviewAction,
     ReviewQueueEntry,
     ReviewRecord,
-    ReviewRequest,
 )
-from modelship.core.review import assess, auto_approved, decide
 from storage.catalog import audit
 from storage.postgres import Database
 
-if TYPE_CHECKING:
-    from storage.jobs import Claim, Success
-
 _HUMAN = ("approved", "corrected", "rejected")
+_TARGET_FIELDS = ("width", "height", "text", "status", "value", "prediction_id")
+
+
+@dataclass(frozen=True)
+class ReviewTarget:
+    """An item as a review decision needs it: its size or text, its current annotation
+    (``status`` None: not labeled yet)."""
+
+    item_id: UUID
+    width: int | None
+    height: int | None
+    text: str | None
+    status: str | None
+    value: list[dict[str, Any]] | None
+    prediction_id: int | None
+
+
 _ITEM = "i.id, i.project_id, i.content_hash, i.media_type, i.byte_size, i.width, i.height,"
 _ITEM += " i.filename, i.created_at"
 _ANNOTATION = (
@@ -40,35 +53,6 @@ _STRATEGIES = {
     "random": "md5(a.item_id::text || $4), a.item_id",
     "label": "a.uncertainty DESC, a.item_id",
 }
-
-
-async def annotate(
-    conn: asyncpg.Connection, claim: Claim, success: Success, prediction_id: int
-) -> str:
-    """The item's label from a new prediction: auto-approved at or above the project's
-    threshold, else pending (returned). A person's decision is never overwritten by a model."""
-    assessment = assess(claim.task, success.output)
-    status = (
-        "auto_approved" if auto_approved(assessment, claim.auto_approve_threshold) else "pending"
-    )
-    await conn.execute(
-        "INSERT INTO annotations (item_id, project_id, prediction_id, status, value, top_label,"
-        " score, uncertainty, updated_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'model')"
-        " ON CONFLICT (item_id) DO UPDATE SET prediction_id = EXCLUDED.prediction_id,"
-        " status = EXCLUDED.status, value = EXCLUDED.value, top_label = EXCLUDED.top_label,"
-        " score = EXCLUDED.score, uncertainty = EXCLUDED.uncertainty,"
-        " updated_by = 'model', updated_at = now()"
-        " WHERE annotations.status IN ('pending', 'auto_approved')",
-        success.item_id,
-        claim.project_id,
-        prediction_id,
-        status,
-        assessment.value,
-        assessment.top_label,
-        assessment.score,
-        assessment.uncertainty,
-    )
-    return status
 
 
 def _annotation(row: asyncpg.Record) -> Annotation:
@@ -154,29 +138,61 @@ class ReviewStore:
             ],
         )
 
-    async def review(
-        self, tenant: str, project: Project, item_id: UUID, request: ReviewRequest
-    ) -> ItemDetail:
-        """Apply one decision and record it (who, when, before, after) in one transaction."""
-        async with self._db.transaction() as conn:
+    async def target(self, project_id: UUID, item_id: UUID) -> ReviewTarget:
+        """The item as a review decision needs it (404 if not in the project)."""
+        async with self._db.connection() as conn:
             row = await conn.fetchrow(
                 "SELECT i.width, i.height, i.text, a.status, a.value, a.prediction_id"
                 " FROM items i LEFT JOIN annotations a ON a.item_id = i.id"
-                " WHERE i.id = $1 AND i.project_id = $2 FOR UPDATE OF i",
+                " WHERE i.id = $1 AND i.project_id = $2",
                 item_id,
-                project.id,
+                project_id,
             )
-            if row is None:
-                raise NotFound(f"no item {item_id} in this project", "unknown_item")
-            current = row["value"]
-            status, value = decide(
-                project, request, current, row["width"], row["height"], row["text"]
+        if row is None:
+            raise NotFound(f"no item {item_id} in this project", "unknown_item")
+        return ReviewTarget(item_id, **{key: row[key] for key in _TARGET_FIELDS})
+
+    async def record(
+        self,
+        tenant: str,
+        project_id: UUID,
+        target: ReviewTarget,
+        action: ReviewAction,
+        status: str,
+        value: list[dict[str, Any]],
+        reviewer: str,
+    ) -> None:
+        """Apply a decision made on ``target`` and record it (who, when, before, after) in
+        one transaction; 409 if the annotation changed since ``target`` was read."""
+        async with self._db.transaction() as conn:
+            updated = await conn.execute(
+                "UPDATE annotations SET status = $2, value = $3, top_label = $4,"
+                " updated_by = $5, updated_at = now() WHERE item_id = $1 AND status = $6"
+                " AND prediction_id = $7",
+                target.item_id,
+                status,
+                value,
+                value[0]["label"] if value else None,
+                reviewer,
+                target.status,
+                target.prediction_id,
             )
-            await _apply(conn, project.id, item_id, row, status, value, request)
-            await audit(
-                conn, tenant, request.reviewer, f"review.{request.action}", f"item:{item_id}"
+            if updated.split()[-1] != "1":
+                raise Conflict(
+                    "the item's label changed meanwhile; read it again", "review_conflict"
+                )
+            before = {"status": target.status, "value": target.value}
+            await _record(
+                conn,
+                target.prediction_id,
+                target.item_id,
+                project_id,
+                action,
+                reviewer,
+                before,
+                {"status": status, "value": value},
             )
-        return await self.detail(project.id, item_id)
+            await audit(conn, tenant, reviewer, f"review.{action}", f"item:{target.item_id}")
 
     async def bulk_approve(self, tenant: str, project: Project, request: BulkApproveRequest) -> int:
         async with self._db.transaction() as conn:
@@ -189,10 +205,25 @@ class ReviewStore:
                 request.min_score,
                 request.label,
             )
-            single = ReviewRequest(action=ReviewAction.approve, reviewer=request.reviewer)
+            await conn.execute(
+                "UPDATE annotations SET status = 'approved', updated_by = $2, updated_at = now()"
+                " WHERE item_id = ANY($1::uuid[])",
+                [row["item_id"] for row in rows],
+                request.reviewer,
+            )
             for row in rows:
-                value = row["value"]
-                await _apply(conn, project.id, row["item_id"], row, "approved", value, single)
+                before = {"status": row["status"], "value": row["value"]}
+                after = {"status": "approved", "value": row["value"]}
+                await _record(
+                    conn,
+                    row["prediction_id"],
+                    row["item_id"],
+                    project.id,
+                    ReviewAction.approve,
+                    request.reviewer,
+                    before,
+                    after,
+                )
             await audit(
                 conn,
                 tenant,
@@ -232,35 +263,26 @@ class ReviewStore:
         return _stats(project, items, by_status, {r["label"]: r["n"] for r in finals}, judged)
 
 
-async def _apply(
+async def _record(
     conn: asyncpg.Connection,
-    project_id: UUID,
+    prediction_id: int | None,
     item_id: UUID,
-    before: asyncpg.Record,
-    status: str,
-    value: list[dict[str, Any]],
-    request: ReviewRequest,
+    project_id: UUID,
+    action: ReviewAction,
+    reviewer: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
 ) -> None:
-    top = value[0]["label"] if value else None
-    await conn.execute(
-        "UPDATE annotations SET status = $2, value = $3, top_label = $4, updated_by = $5,"
-        " updated_at = now() WHERE item_id = $1",
-        item_id,
-        status,
-        value,
-        top,
-        request.reviewer,
-    )
     await conn.execute(
         "INSERT INTO reviews (prediction_id, item_id, project_id, action, reviewer, before, after)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        before["prediction_id"],
+        prediction_id,
         item_id,
         project_id,
-        request.action.value,
-        request.reviewer,
-        {"status": before["status"], "value": before["value"]},
-        {"status": status, "value": value},
+        action.value,
+        reviewer,
+        before,
+        after,
     )
 
 

@@ -7,8 +7,7 @@ them into HTTP responses is ``modelship/http_errors.py``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TypeVar, cast
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -105,17 +104,3 @@ class ConfigurationError(ModelShipError):
     """Settings or model configuration that cannot work; raised at start, not per request."""
 
     code = "configuration_error"
-
-
-def request_results(
-    payloads: Sequence[bytes | str], results: Sequence[T | ModelShipError]
-) -> list[T]:
-    """One request's results, or the error of its first item that failed (naming the image:
-    a request may carry several)."""
-    for index, (payload, result) in enumerate(zip(payloads, results, strict=True)):
-        if isinstance(result, ModelShipError):
-            if isinstance(payload, bytes):
-                result.message = f"image {index}: {result.message}"
-                result.args = (result.message, *result.args[1:])
-            raise result
-    return cast(list[T], list(results))

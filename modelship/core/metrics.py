@@ -32,6 +32,8 @@ class Metrics(Protocol):
 
     def queue_depth(self, items: int) -> None: ...
 
+    def job_items_failed(self, cause: str, items: int) -> None: ...
+
     def export(self, format: str, status: str, seconds: float) -> None: ...
 
 
@@ -49,6 +51,9 @@ class _NoMetrics:
         pass
 
     def queue_depth(self, items: int) -> None:
+        pass
+
+    def job_items_failed(self, cause: str, items: int) -> None:
         pass
 
     def export(self, format: str, status: str, seconds: float) -> None:
@@ -109,6 +114,12 @@ class ServeMetrics:
             "modelship_job_queue_items",
             description="Job items queued or leased (not yet finished).",
         )
+        self._failed = Counter(
+            "modelship_job_items_failed",
+            description="Job items that ended failed: cause 'item' (the item itself, every"
+            " attempt) or 'lease_expired' (its runner died on every attempt).",
+            tag_keys=_keys("cause"),
+        )
         self._exports = Counter(
             "modelship_exports",
             description="Exports finished, by format and status.",
@@ -138,6 +149,9 @@ class ServeMetrics:
 
     def queue_depth(self, items: int) -> None:
         self._queue.set(items)
+
+    def job_items_failed(self, cause: str, items: int) -> None:
+        self._failed.inc(items, tags={"cause": cause})
 
     def export(self, format: str, status: str, seconds: float) -> None:
         self._exports.inc(tags={"format": format, "status": status})

@@ -49,6 +49,16 @@ def auto_approved(assessment: Assessment, threshold: float) -> bool:
     return assessment.score is not None and assessment.score >= threshold
 
 
+def model_annotation(
+    task: Task, output: list[dict[str, Any]], auto_approve_threshold: float
+) -> tuple[str, Assessment]:
+    """A new prediction's annotation: auto-approved at or above the project's threshold,
+    else pending a person's review."""
+    assessment = assess(task, output)
+    approved = auto_approved(assessment, auto_approve_threshold)
+    return ("auto_approved" if approved else "pending"), assessment
+
+
 def corrected_value(
     project: Project,
     request: ReviewRequest,

@@ -6,13 +6,10 @@ Every error body has the same shape: ``{"error": {"code", "message", "request_id
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from ray import exceptions as ray_exceptions
-from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException
 
 from modelship.core.errors import (
@@ -25,6 +22,7 @@ from modelship.core.errors import (
     Unauthorized,
 )
 from modelship.http.schemas import ErrorBody, ErrorResponse
+from modelship.service.serving import call_error
 
 logger = logging.getLogger("modelship.http")
 
@@ -39,10 +37,6 @@ _HTTP_CODES = {
 
 def translate(exc: BaseException) -> ModelShipError:
     """Our error for any exception raised while serving a request."""
-    if isinstance(exc, ray_exceptions.RayTaskError) and isinstance(exc.cause, ModelShipError):
-        return exc.cause
-    if isinstance(exc, ModelShipError):
-        return exc
     if isinstance(exc, RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
@@ -51,13 +45,7 @@ def translate(exc: BaseException) -> ModelShipError:
         error = ModelShipError(str(exc.detail), _HTTP_CODES.get(exc.status_code, "http_error"))
         error.status = exc.status_code
         return error
-    if isinstance(exc, BackPressureError):
-        return Overloaded("too many requests queued for this model; retry later")
-    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-        return Overloaded("the model did not answer in time; retry later", "timeout")
-    if isinstance(exc, (ray_exceptions.ActorDiedError, ray_exceptions.ActorUnavailableError)):
-        return ModelNotReady("a model replica is restarting; retry later")
-    return ModelShipError()
+    return call_error(exc)
 
 
 def error_response(exc: BaseException, request_id: str) -> JSONResponse:

@@ -7,19 +7,15 @@ import asyncio
 import statistics
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import psutil
 from pydantic import BaseModel
 
 from modelship.core.messages import ModelInfo
 from storage.services import Services
-
-
-class _Models(Protocol):
-    async def model_infos(self) -> list[ModelInfo]: ...
 
 
 class CheckResult(BaseModel):
@@ -71,9 +67,15 @@ class RequestWindow:
 
 
 class HealthMonitor:
-    """Runs the checks and keeps the last ``history`` reports."""
+    """Runs the checks (``models`` describes every configured model) and keeps the last
+    ``history`` reports."""
 
-    def __init__(self, models: _Models, services: Services | None, history: int = 100) -> None:
+    def __init__(
+        self,
+        models: Callable[[], Awaitable[list[ModelInfo]]],
+        services: Services | None,
+        history: int = 100,
+    ) -> None:
         self._models = models
         self._services = services
         self.history: deque[HealthReport] = deque(maxlen=history)
@@ -81,7 +83,7 @@ class HealthMonitor:
 
     async def check(self) -> HealthReport:
         started = time.perf_counter()
-        infos = await self._models.model_infos()
+        infos = await self._models()
         model_ms = (time.perf_counter() - started) * 1000
         checks = [
             CheckResult(

@@ -15,7 +15,6 @@ from starlette.exceptions import HTTPException
 
 from modelship.core.config import IMAGE_TASKS, Inbound
 from modelship.core.errors import (
-    Conflict,
     InvalidInput,
     PayloadTooLarge,
     ServiceUnavailable,
@@ -79,13 +78,13 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
     async def list_projects(
         request: Request, tenant: Tenant, include_archived: bool = False
     ) -> ProjectsResponse:
-        projects = await flow().catalog.projects(tenant, include_archived)
+        projects = await flow().projects(tenant, include_archived)
         visible = set(visible_to(request, [p.id for p in projects]))
         return ProjectsResponse(projects=[p for p in projects if p.id in visible])
 
     @router.get("/projects/{project_id}", response_model=Project, tags=["projects"])
     async def get_project(tenant: Tenant, project_id: UUID) -> Project:
-        return await flow().catalog.project(tenant, project_id)
+        return await flow().project(tenant, project_id)
 
     @router.patch("/projects/{project_id}", response_model=Project, tags=["projects"])
     async def update_project(
@@ -95,7 +94,7 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
 
     @router.post("/projects/{project_id}/archive", response_model=Project, tags=["projects"])
     async def archive_project(tenant: Tenant, actor: Actor, project_id: UUID) -> Project:
-        return await flow().catalog.archive_project(tenant, project_id, actor)
+        return await flow().archive_project(tenant, project_id, actor)
 
     @router.post(
         "/projects/{project_id}/items",
@@ -107,7 +106,7 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
     async def upload_items(
         tenant: Tenant, actor: Actor, project_id: UUID, request: Request
     ) -> UploadResponse:
-        project = await flow().catalog.project(tenant, project_id)
+        project = await flow().project(tenant, project_id)
         uploads = await _read_uploads(request, settings, images=project.task in IMAGE_TASKS)
         created, duplicates = await flow().upload(tenant, project_id, uploads, actor)
         return UploadResponse(request_id=request_id(request), items=created, duplicates=duplicates)
@@ -116,8 +115,7 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
     async def list_items(
         tenant: Tenant, project_id: UUID, cursor: Cursor = None, limit: Limit = 100
     ) -> ItemsPage:
-        await flow().catalog.project(tenant, project_id)
-        items, after = await flow().catalog.items(project_id, _cursor(cursor), limit)
+        items, after = await flow().items(tenant, project_id, _cursor(cursor), limit)
         return ItemsPage(items=items, next_cursor=str(after) if after else None)
 
     @router.post(
@@ -149,18 +147,18 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
 
     @router.get("/jobs/{job_id}", response_model=Job, tags=["jobs"])
     async def get_job(tenant: Tenant, job_id: UUID) -> Job:
-        return await flow().jobs.job(tenant, job_id)
+        return await flow().job(tenant, job_id)
 
     @router.get("/jobs/{job_id}/results", response_model=JobResultsPage, tags=["jobs"])
     async def job_results(
         tenant: Tenant, job_id: UUID, cursor: Cursor = None, limit: Limit = 100
     ) -> JobResultsPage:
-        results, after = await flow().jobs.results(tenant, job_id, _cursor(cursor), limit)
+        results, after = await flow().job_results(tenant, job_id, _cursor(cursor), limit)
         return JobResultsPage(results=results, next_cursor=str(after) if after else None)
 
     @router.post("/jobs/{job_id}/cancel", response_model=Job, tags=["jobs"])
     async def cancel_job(tenant: Tenant, actor: Actor, job_id: UUID) -> Job:
-        return await flow().jobs.cancel(tenant, job_id, actor)
+        return await flow().cancel_job(tenant, job_id, actor)
 
     @router.post(
         "/projects/{project_id}/exports", status_code=202, response_model=Export, tags=["exports"]
@@ -174,8 +172,7 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
 
     @router.get("/exports/{export_id}", response_model=Export, tags=["exports"])
     async def get_export(tenant: Tenant, export_id: UUID) -> Export:
-        export, _ = await flow().exports.get(tenant, export_id)
-        return export
+        return await flow().export(tenant, export_id)
 
     @router.get(
         "/exports/{export_id}/download",
@@ -184,10 +181,8 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
         tags=["exports"],
     )
     async def download_export(tenant: Tenant, export_id: UUID) -> StreamingResponse:
-        export, key = await flow().exports.get(tenant, export_id)
-        if key is None:
-            raise Conflict(f"export {export_id} is {export.status}", "export_not_ready")
-        chunks = flow().services.objects.read_chunks(key)
+        export, key = await flow().export_file(tenant, export_id)
+        chunks = flow().read_chunks(key)
         first = await anext(chunks, b"")  # a missing object fails here, before the headers
 
         async def body() -> AsyncIterator[bytes]:

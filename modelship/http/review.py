@@ -44,8 +44,8 @@ def review_routes(workflow: Workflow | None) -> APIRouter:
     ) -> ReviewQueue:
         """Pending items for a person: the model's least certain first (active learning),
         a reproducible random sample (``seed``), or the uncertain ones of one label."""
-        await flow().catalog.project(tenant, project_id)
-        entries = await flow().reviews.queue(
+        entries = await flow().review_queue(
+            tenant,
             project_id,
             strategy,
             label if strategy == "label" else None,
@@ -56,28 +56,23 @@ def review_routes(workflow: Workflow | None) -> APIRouter:
 
     @router.get("/items/{item_id}", response_model=ItemDetail)
     async def item_detail(tenant: Tenant, project_id: UUID, item_id: UUID) -> ItemDetail:
-        await flow().catalog.project(tenant, project_id)
-        return await flow().reviews.detail(project_id, item_id)
+        return await flow().item_detail(tenant, project_id, item_id)
 
     @router.post("/items/{item_id}/review", response_model=ItemDetail)
     async def review_item(
         tenant: Tenant, project_id: UUID, item_id: UUID, request: ReviewRequest
     ) -> ItemDetail:
-        project = await flow().catalog.project(tenant, project_id)
-        return await flow().reviews.review(tenant, project, item_id, request)
+        return await flow().review(tenant, project_id, item_id, request)
 
     @router.post("/review/approve", response_model=BulkApproveResponse)
     async def bulk_approve(
         tenant: Tenant, project_id: UUID, request: BulkApproveRequest
     ) -> BulkApproveResponse:
-        project = await flow().catalog.project(tenant, project_id)
-        return BulkApproveResponse(
-            approved=await flow().reviews.bulk_approve(tenant, project, request)
-        )
+        approved = await flow().bulk_approve(tenant, project_id, request)
+        return BulkApproveResponse(approved=approved)
 
     @router.get("/stats", response_model=ProjectStats)
     async def stats(tenant: Tenant, project_id: UUID) -> ProjectStats:
-        project = await flow().catalog.project(tenant, project_id)
-        return await flow().reviews.stats(project)
+        return await flow().stats(tenant, project_id)
 
     return router

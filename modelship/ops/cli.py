@@ -120,9 +120,9 @@ def openapi() -> int:
     """Print the OpenAPI document (no Ray, no models needed)."""
     from modelship.core.settings import Settings
     from modelship.http.app import create_api
-    from modelship.service.local import LocalBackend
+    from modelship.service.labeling import LocalLabeler
 
-    app = create_api(LocalBackend([], Settings()), Settings())
+    app = create_api(LocalLabeler([], Settings()), [], Settings())
     print(json.dumps(app.openapi(), indent=2))
     return 0
 

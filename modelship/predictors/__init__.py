@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelship.core.config import ModelConfig, Task
+from modelship.core.config import BatchingConfig, ModelConfig, Task
 from modelship.core.errors import ConfigurationError
+from modelship.core.messages import ModelInfo
 from modelship.predictors.base import Predictor
 from modelship.predictors.store import ModelFiles, ModelStore
 
-__all__ = ["ModelFiles", "ModelStore", "Predictor", "build_predictor"]
+__all__ = ["ModelFiles", "ModelStore", "Predictor", "build_predictor", "describe"]
 
 AnyPredictor = Predictor[Any, Any]
 
@@ -47,3 +48,30 @@ def build_predictor(config: ModelConfig, files: ModelFiles, device: str = "cpu")
     ):
         raise ConfigurationError(f"{config.task} models need a model directory, not a file")
     return cls(config, files, device)
+
+
+def describe(
+    config: ModelConfig, predictor: AnyPredictor | None, batching: BatchingConfig | None = None
+) -> ModelInfo:
+    """What ``/api/v1/models`` says of a model: from its loaded predictor, or from its
+    configuration alone (not ready) when no replica answered."""
+    if predictor is None:
+        labels = [label.name for label in config.labels] if config.labels else None
+        return ModelInfo(
+            name=config.name,
+            task=config.task,
+            version=None,
+            labels=labels,
+            batching=batching or config.batching,
+            device=None,
+            ready=False,
+        )
+    return ModelInfo(
+        name=config.name,
+        task=config.task,
+        version=predictor.version,
+        labels=predictor.labels(),
+        batching=batching or config.batching,
+        device=predictor.device,
+        ready=True,
+    )

@@ -98,10 +98,8 @@ class TextPredictor(Predictor[str, PreparedText], ABC):
 
 def batching_order(items: Sequence[Prepared]) -> list[int]:
     """Indices of ``items`` with alike ones next to each other: texts by length, images by
-    input shape. Batches cut in this order from a queue carry little padding: MiniLM ran
-    127 items/s on batches of 32 random texts, 164 on batches cut from 256 sorted ones
-    (padded, before ``PackedEncoder``; packed, the order still keeps attention groups
-    few, and models that stay padded still need it)."""
+    input shape. Batches cut in this order from a queue carry little padding (figures:
+    docs/benchmark.md, "Batching order")."""
 
     def shape(item: Prepared) -> tuple[int, ...]:
         return (len(item),) if isinstance(item, PreparedText) else item.pixel_values.shape

@@ -93,10 +93,8 @@ def fold_for_inference(model: nn.Module) -> nn.Module:
     The stride-2 convolutions pad one more pixel after than before (right, bottom). Such a
     convolution equals one whose kernel is a row and a column wider, zero first, padded
     the larger amount on both sides: no padded copy of the activations is made, and the
-    outputs are bit for bit the same. One CPU thread, batches of 4: 22.2 → 18.4 ms an
-    image for the batch norms and symmetric padding (Intel); two single-threaded streams
-    of batches of 4, channels-last (AVX2 EPYC): 44-54 → 49-65 images/s for the asymmetric
-    padding and in-place ReLU6 together. Outputs within 1e-5 of the original.
+    outputs are bit for bit the same. Outputs stay within 1e-5 of the original; the
+    speed-up is in docs/benchmark.md.
     """
     for module in list(model.modules()):
         for conv_name, bn_name in _CONV_BN:
@@ -126,10 +124,9 @@ class EfficientNetLite0(_ImageClassifier):
     """The packaged ImageNet EfficientNet-Lite0 (224 px, inputs scaled to [-1, 1]).
 
     Prepared images stay 8-bit RGB, height x width x channels, and are scaled on the
-    model's device: a quarter of the bytes between the Preprocessor and the replica
-    (pickling 16 images and back: 0.86 ms an image as floats, 0.06 as bytes). The
-    batch reaches the model channels-last, as the weights are: on one CPU thread, batches
-    of 4 ran 35-37 ms an image instead of 48-50 (AVX2 EPYC).
+    model's device: a quarter of the bytes between the Preprocessor and the replica. The
+    batch reaches the model channels-last, as the weights are (both measured in
+    docs/benchmark.md).
     """
 
     size = input_side = 224

@@ -4,8 +4,7 @@ A padded batch runs every linear layer on ``batch * longest`` rows; the texts of
 dynamic batch differ in length, so much of that is padding. Here the batch's tokens are
 concatenated into one ``(tokens, hidden)`` matrix for the linear layers (80% of the
 forward on CPU), and only attention, which must not mix texts, runs per group of
-similar lengths, padded. In-process on one thread, MiniLM on batches of 16 random texts
-from the benchmark went 91 → 118 items/s; on batches of 32 sorted ones 122 → 124.
+similar lengths, padded (figures: docs/benchmark.md, "Packed encoders").
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The job runner's loop, without Ray: claim a batch, label it, record the outcomes.
 
 The Serve ``JobRunner`` deployment runs this with a labeler backed by the Preprocessor
-and ModelReplica handles; tests run it with the in-process ``LocalLabeler``. Either way
+and ModelReplica handles (``ServeLabeler``); tests run it with the in-process
+``LocalLabeler``. Either way
 an item gets exactly the prediction the synchronous routes give for the same bytes.
 """
 
@@ -13,16 +14,19 @@ import hashlib
 import json
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any
+from uuid import UUID
 
 from modelship.core import tracing
 from modelship.core.config import LabelSpec
 from modelship.core.context import request_scope
 from modelship.core.errors import ModelShipError
-from modelship.core.messages import ItemOptions, ItemResult
+from modelship.core.messages import ItemOptions
 from modelship.core.metrics import NO_METRICS, Metrics
+from modelship.core.review import model_annotation
 from modelship.core.settings import Settings
 from modelship.core.tracing import SpanKind
+from modelship.service.labeling import Labeler, model_version
 from storage.jobs import Claim, ClaimedItem, Failure, JobStore, Success
 from storage.objects import ObjectNotFound, ObjectStore
 from storage.redis import Cache
@@ -32,21 +36,6 @@ logger = logging.getLogger("modelship.jobs")
 _REAP_EVERY_S = 5.0
 _VERSION_TTL_S = 10.0
 _MAX_BACKOFF_S = 10.0
-
-
-class Labeler(Protocol):
-    """Labels payloads with a configured model, one outcome per payload."""
-
-    async def version(self, model: str) -> str: ...
-
-    async def label(
-        self, model: str, payloads: list[Any], options: ItemOptions
-    ) -> list[ItemResult | ModelShipError]:
-        """A result, or the error that item alone caused (undecodable, too large...).
-
-        Anything that is not the item's fault (a replica restarting, a timeout) raises.
-        """
-        ...
 
 
 def job_options(
@@ -83,7 +72,7 @@ class JobRunner:
         labeler: runs the models.
         settings: batch size, lease, attempts, poll interval.
         owner: this runner's lease owner name, unique per process.
-        metrics: where predictions' review decisions and the queue depth are recorded.
+        metrics: where review decisions, the queue depth and failed items are recorded.
     """
 
     def __init__(
@@ -128,7 +117,8 @@ class JobRunner:
         settings = self._settings
         if time.monotonic() - self._last_reap > _REAP_EVERY_S:
             self._last_reap = time.monotonic()
-            await self._jobs.reap(settings.job_max_attempts)
+            if reaped := await self._jobs.reap(settings.job_max_attempts):
+                self._metrics.job_items_failed("lease_expired", reaped)
             self._metrics.queue_depth(await self._jobs.open_items())
         claim = await self._jobs.claim(
             self.owner, settings.job_batch_size, settings.job_lease_s, settings.job_max_attempts
@@ -170,6 +160,8 @@ class JobRunner:
             on_decision=lambda decision: self._metrics.decision(claim.task, decision),
         )
         self.items_done += counted
+        if ended := sum(f.attempts >= settings.job_max_attempts for f in failures):
+            self._metrics.job_items_failed("item", ended)
         logger.info(
             "job batch settled",
             extra={
@@ -204,7 +196,7 @@ class JobRunner:
         }
         cached = await self._cache.get_many(list(keys.values()))
         successes = [
-            Success(i.item_id, version, params, cached[keys[i.item_id]])
+            _success(claim, i.item_id, version, params, cached[keys[i.item_id]])
             for i in claim.items
             if keys[i.item_id] in cached
         ]
@@ -232,7 +224,7 @@ class JobRunner:
                 )
                 continue
             output = [o.model_dump() for o in outcome.output]
-            successes.append(Success(item.item_id, outcome.version, params, output))
+            successes.append(_success(claim, item.item_id, outcome.version, params, output))
             fresh[self._cache.prediction_key(outcome.version, params, item.content_hash)] = output
         await self._cache.put_many(fresh)
         return successes, failures
@@ -247,7 +239,7 @@ class JobRunner:
         cached = self._versions.get(model)
         if cached is not None and time.monotonic() - cached[1] < _VERSION_TTL_S:
             return cached[0]
-        version = await self._labeler.version(model)
+        version = await model_version(self._labeler, model)
         self._versions[model] = (version, time.monotonic())
         return version
 
@@ -255,3 +247,11 @@ class JobRunner:
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
+
+
+def _success(
+    claim: Claim, item_id: UUID, version: str, params: str, output: list[dict[str, Any]]
+) -> Success:
+    """An item's outcome, with the annotation its prediction gets in the project."""
+    status, assessment = model_annotation(claim.task, output, claim.auto_approve_threshold)
+    return Success(item_id, version, params, output, status, assessment)

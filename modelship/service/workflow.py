@@ -1,9 +1,10 @@
-"""Projects, uploads and jobs: the product's workflow over storage, without HTTP.
+"""Projects, uploads, jobs, review and exports: the product's workflow over storage,
+without HTTP.
 
-The routes in ``modelship.http.projects`` parse requests and call this; it checks what
-the database cannot (models, tasks, file contents) and keeps object storage and
-PostgreSQL consistent: files are written first, rows last, and files whose rows did not
-commit are deleted.
+Every project, job, review and export route parses its request and calls one method
+here. This checks what the database cannot (models, tasks, file contents, review
+decisions) and keeps object storage and PostgreSQL consistent: files are written first,
+rows last, and files whose rows did not commit are deleted.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 import mimetypes
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -20,19 +21,27 @@ from modelship.core.config import IMAGE_TASKS, ModelConfig, Task
 from modelship.core.errors import Conflict, InvalidInput, ModelShipError
 from modelship.core.inputs import read_image_header
 from modelship.core.records import (
+    BulkApproveRequest,
     Duplicate,
     Export,
     ExportCreate,
     Item,
+    ItemDetail,
     Job,
     JobCreate,
+    JobResult,
     Project,
     ProjectCreate,
+    ProjectStats,
     ProjectUpdate,
+    ReviewQueueEntry,
+    ReviewRequest,
 )
+from modelship.core.review import decide
 from modelship.core.settings import Settings
 from modelship.exports import check
 from modelship.service.exporter import run_export
+from modelship.service.labeling import pick_model
 from modelship.service.runner import job_options
 from storage.catalog import Catalog, NewItem
 from storage.exports import EXPORT_TASKS, ExportStore
@@ -94,22 +103,29 @@ class Workflow:
         self.reviews = ReviewStore(services.db)
         self._background: set[asyncio.Task[None]] = set()
         self.services = services
-        self._configs = {config.name: config for config in configs}
+        self._configs = list(configs)
         self._settings = settings
 
-    def _model(self, name: str, task: Task) -> ModelConfig:
-        config = self._configs.get(name)
-        if config is None:
-            raise InvalidInput(f"no model named {name!r} is configured", "unknown_model")
-        if config.task != task:
-            raise InvalidInput(f"model {name!r} does {config.task}, not {task}", "wrong_task")
-        return config
-
     async def create_project(self, tenant: str, spec: ProjectCreate, actor: str) -> Project:
-        config = self._model(spec.model, spec.task)
+        config = pick_model(self._configs, spec.model, {spec.task})
         if spec.task == Task.zero_shot_text_classification and not (spec.labels or config.labels):
             raise InvalidInput("zero-shot projects need labels", "labels_required")
         return await self.catalog.create_project(tenant, spec, actor)
+
+    async def projects(self, tenant: str, include_archived: bool) -> list[Project]:
+        return await self.catalog.projects(tenant, include_archived)
+
+    async def project(self, tenant: str, project_id: UUID) -> Project:
+        return await self.catalog.project(tenant, project_id)
+
+    async def archive_project(self, tenant: str, project_id: UUID, actor: str) -> Project:
+        return await self.catalog.archive_project(tenant, project_id, actor)
+
+    async def items(
+        self, tenant: str, project_id: UUID, after: UUID | None, limit: int
+    ) -> tuple[list[Item], UUID | None]:
+        await self.catalog.project(tenant, project_id)
+        return await self.catalog.items(project_id, after, limit)
 
     async def update_project(
         self, tenant: str, project_id: UUID, change: ProjectUpdate, actor: str
@@ -206,7 +222,7 @@ class Workflow:
         project = await self.catalog.project(tenant, project_id)
         if project.archived:
             raise Conflict(f"project {project_id} is archived", "project_archived")
-        config = self._model(project.model, project.task)
+        config = pick_model(self._configs, project.model, {project.task})
         options = job_options(
             config.top_k, project.confidence_threshold, project.labels or config.labels
         )
@@ -217,6 +233,49 @@ class Workflow:
         if created:
             await self.services.cache.notify_jobs()
         return job, created
+
+    async def job(self, tenant: str, job_id: UUID) -> Job:
+        return await self.jobs.job(tenant, job_id)
+
+    async def job_results(
+        self, tenant: str, job_id: UUID, after: UUID | None, limit: int
+    ) -> tuple[list[JobResult], UUID | None]:
+        return await self.jobs.results(tenant, job_id, after, limit)
+
+    async def cancel_job(self, tenant: str, job_id: UUID, actor: str) -> Job:
+        return await self.jobs.cancel(tenant, job_id, actor)
+
+    async def review_queue(
+        self, tenant: str, project_id: UUID, strategy: str, label: str | None, limit: int, seed: str
+    ) -> list[ReviewQueueEntry]:
+        await self.catalog.project(tenant, project_id)
+        return await self.reviews.queue(project_id, strategy, label, limit, seed)
+
+    async def item_detail(self, tenant: str, project_id: UUID, item_id: UUID) -> ItemDetail:
+        await self.catalog.project(tenant, project_id)
+        return await self.reviews.detail(project_id, item_id)
+
+    async def review(
+        self, tenant: str, project_id: UUID, item_id: UUID, request: ReviewRequest
+    ) -> ItemDetail:
+        """Decide a person's action on the item's current label, then record it (409 if the
+        label changed in between)."""
+        project = await self.catalog.project(tenant, project_id)
+        target = await self.reviews.target(project.id, item_id)
+        status, value = decide(
+            project, request, target.value, target.width, target.height, target.text
+        )
+        await self.reviews.record(
+            tenant, project.id, target, request.action, status, value, request.reviewer
+        )
+        return await self.reviews.detail(project.id, item_id)
+
+    async def bulk_approve(self, tenant: str, project_id: UUID, request: BulkApproveRequest) -> int:
+        project = await self.catalog.project(tenant, project_id)
+        return await self.reviews.bulk_approve(tenant, project, request)
+
+    async def stats(self, tenant: str, project_id: UUID) -> ProjectStats:
+        return await self.reviews.stats(await self.catalog.project(tenant, project_id))
 
     async def create_export(
         self, tenant: str, project_id: UUID, request: ExportCreate, actor: str
@@ -232,3 +291,21 @@ class Workflow:
         task = asyncio.create_task(run_export(self.services, export_id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def export(self, tenant: str, export_id: UUID) -> Export:
+        export, _ = await self.exports.get(tenant, export_id)
+        return export
+
+    async def export_file(self, tenant: str, export_id: UUID) -> tuple[Export, str]:
+        """The export and the object key of its file (409 until it is written)."""
+        export, key = await self.exports.get(tenant, export_id)
+        if key is None:
+            raise Conflict(f"export {export_id} is {export.status}", "export_not_ready")
+        return export, key
+
+    def read_chunks(self, key: str) -> AsyncIterator[bytes]:
+        return self.services.objects.read_chunks(key)
+
+    async def check_services(self) -> dict[str, bool]:
+        """Whether PostgreSQL, Redis and object storage answer, by name."""
+        return {name: up for name, (up, _) in (await self.services.check()).items()}

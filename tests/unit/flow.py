@@ -17,7 +17,7 @@ from modelship.core.errors import ModelShipError
 from modelship.core.messages import ItemOptions, ItemResult
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
-from modelship.service.local import LocalBackend, LocalLabeler
+from modelship.service.labeling import LocalLabeler
 from modelship.service.runner import JobRunner
 from modelship.service.workflow import Workflow
 from storage.jobs import JobStore
@@ -43,8 +43,8 @@ class CountingLabeler(LocalLabeler):
 
 
 @pytest.fixture(scope="module")
-def backend(settings: Settings) -> LocalBackend:
-    return LocalBackend(PACKAGED_MODELS, settings)
+def local(settings: Settings) -> LocalLabeler:
+    return LocalLabeler(PACKAGED_MODELS, settings)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,8 @@ async def services(job_settings: Settings) -> AsyncIterator[Services]:
 
 
 @pytest.fixture(scope="module")
-def labeler(backend: LocalBackend, job_settings: Settings) -> CountingLabeler:
-    return CountingLabeler(backend, job_settings)
+def labeler(local: LocalLabeler, job_settings: Settings) -> CountingLabeler:
+    return CountingLabeler(PACKAGED_MODELS, job_settings, local.predictors)
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +80,10 @@ def runner(services: Services, labeler: CountingLabeler, job_settings: Settings)
 
 @pytest.fixture(scope="module")
 async def client(
-    backend: LocalBackend, services: Services, job_settings: Settings
+    local: LocalLabeler, services: Services, job_settings: Settings
 ) -> AsyncIterator[httpx.AsyncClient]:
     workflow = Workflow(services, PACKAGED_MODELS, job_settings)
-    app = create_api(backend, job_settings, workflow=workflow)
+    app = create_api(local, local.configs, job_settings, workflow=workflow)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         yield http

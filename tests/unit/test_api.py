@@ -12,7 +12,7 @@ import pytest
 from modelship.core.config import ModelConfig, Task
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
-from modelship.service.local import LocalBackend
+from modelship.service.labeling import LocalLabeler
 from tests.conftest import PACKAGED_MODELS, payload
 from tests.unit.flow import assert_error
 
@@ -20,13 +20,13 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest.fixture(scope="module")
-def backend(settings: Settings) -> LocalBackend:
-    return LocalBackend(PACKAGED_MODELS, settings)
+def local(settings: Settings) -> LocalLabeler:
+    return LocalLabeler(PACKAGED_MODELS, settings)
 
 
 @pytest.fixture
-async def client(backend: LocalBackend) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_api(backend, Settings(max_body_bytes=2_000_000))
+async def client(local: LocalLabeler) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_api(local, local.configs, Settings(max_body_bytes=2_000_000))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         yield http
@@ -243,7 +243,7 @@ def text_models_client(
         ),
         ModelConfig(name="ner", task=Task.token_classification, source=str(tiny_ner_dir)),
     ]
-    app = create_api(LocalBackend(configs, settings), settings)
+    app = create_api(LocalLabeler(configs, settings), configs, settings)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
 
@@ -312,8 +312,8 @@ async def test_security_headers_on_every_response(client: httpx.AsyncClient) -> 
     assert "https://cdn.jsdelivr.net" in docs.headers["content-security-policy"]
 
 
-async def test_cors_answers_only_allowlisted_origins(backend: LocalBackend) -> None:
-    app = create_api(backend, Settings(cors_origins=["https://labels.example"]))
+async def test_cors_answers_only_allowlisted_origins(local: LocalLabeler) -> None:
+    app = create_api(local, local.configs, Settings(cors_origins=["https://labels.example"]))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         preflight = {"access-control-request-method": "POST"}
@@ -330,11 +330,11 @@ async def test_cors_answers_only_allowlisted_origins(backend: LocalBackend) -> N
         plain = await http.get("/api/v1/models", headers={"origin": "https://evil.example"})
         assert "access-control-allow-origin" not in plain.headers
     # no allowlist: no CORS at all
-    none = await client_without_cors(backend)
+    none = await client_without_cors(local)
     assert "access-control-allow-origin" not in none.headers
 
 
-async def client_without_cors(backend: LocalBackend) -> httpx.Response:
-    transport = httpx.ASGITransport(app=create_api(backend, Settings()))
+async def client_without_cors(local: LocalLabeler) -> httpx.Response:
+    transport = httpx.ASGITransport(app=create_api(local, local.configs, Settings()))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         return await http.get("/api/v1/models", headers={"origin": "https://labels.example"})

@@ -16,7 +16,7 @@ import pytest
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
 from modelship.http.auth import SCOPES
-from modelship.service.local import LocalBackend
+from modelship.service.labeling import LocalLabeler
 from modelship.service.runner import JobRunner
 from modelship.service.workflow import Workflow
 from storage.keys import KeyStore
@@ -35,10 +35,13 @@ def auth_settings(job_settings: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 async def secured(
-    backend: LocalBackend, services: Services, auth_settings: Settings
+    local: LocalLabeler, services: Services, auth_settings: Settings
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = create_api(
-        backend, auth_settings, workflow=Workflow(services, PACKAGED_MODELS, auth_settings)
+        local,
+        local.configs,
+        auth_settings,
+        workflow=Workflow(services, PACKAGED_MODELS, auth_settings),
     )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:

@@ -8,7 +8,7 @@ from pydantic import SecretStr
 
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
-from modelship.service.local import LocalBackend
+from modelship.service.labeling import LocalLabeler
 from modelship.service.workflow import Workflow
 from storage.services import Services
 from tests.conftest import PACKAGED_MODELS
@@ -54,12 +54,12 @@ async def test_request_summary_and_history(client: httpx.AsyncClient) -> None:
     assert len(reports) == count + 1 and reports[-1]["status"] == "healthy"
 
 
-async def test_a_service_down_is_unhealthy(backend: LocalBackend, job_settings: Settings) -> None:
+async def test_a_service_down_is_unhealthy(local: LocalLabeler, job_settings: Settings) -> None:
     down = job_settings.model_copy(
         update={"database_url": SecretStr("postgresql://postgres@127.0.0.1:1/none")}
     )
     services = Services.from_settings(down)
-    app = create_api(backend, down, workflow=Workflow(services, PACKAGED_MODELS, down))
+    app = create_api(local, local.configs, down, workflow=Workflow(services, PACKAGED_MODELS, down))
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://test"
     ) as http:

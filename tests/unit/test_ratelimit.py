@@ -9,7 +9,7 @@ import pytest
 
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
-from modelship.service.local import LocalBackend
+from modelship.service.labeling import LocalLabeler
 from storage.ratelimit import RateLimiter
 from tests.conftest import REDIS_URL
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 def _app(limiter: RateLimiter) -> httpx.AsyncClient:
-    app = create_api(LocalBackend([], Settings()), Settings(), limiter=limiter)
+    app = create_api(LocalLabeler([], Settings()), [], Settings(), limiter=limiter)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 
 

@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
+from modelship.core.errors import Conflict
+from modelship.core.records import ReviewAction
 from modelship.core.settings import Settings
 from modelship.service.runner import JobRunner
 from modelship.service.workflow import Workflow
@@ -236,3 +238,30 @@ async def test_detection_corrections_are_checked_against_the_image(
     ]
     empty = await client.post(url, json={"action": "correct", "detections": []})
     assert empty.json()["annotation"]["value"] == []
+
+
+async def test_a_decision_on_a_label_that_changed_meanwhile_is_a_conflict(
+    client: httpx.AsyncClient, runner: JobRunner, services: Services, job_settings: Settings
+) -> None:
+    """Decisions are made on the label read, and recorded only if it is still the same."""
+    project, ids = await _labeled_texts(client, runner, threshold=1.0)
+    item = uuid.UUID(next(iter(ids.values())))
+    workflow = Workflow(services, PACKAGED_MODELS, job_settings)
+    stale = await workflow.reviews.target(uuid.UUID(project["id"]), item)
+    assert stale.status == "pending"
+    url = f"/api/v1/projects/{project['id']}/items/{item}/review"
+    assert (await client.post(url, json={"action": "reject"})).status_code == 200
+    with pytest.raises(Conflict) as caught:
+        await workflow.reviews.record(
+            job_settings.tenant,
+            uuid.UUID(project["id"]),
+            stale,
+            ReviewAction.approve,
+            "approved",
+            [],
+            "x",
+        )
+    assert caught.value.code == "review_conflict"
+    detail = await _detail(client, project, str(item))
+    assert detail["annotation"]["status"] == "rejected"
+    assert [r["action"] for r in detail["reviews"]] == ["reject"]

@@ -17,7 +17,7 @@ import uvicorn
 
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
-from modelship.service.local import LocalBackend
+from modelship.service.labeling import LocalLabeler
 from storage.ratelimit import RateLimiter
 from tests.conftest import MINILM, REDIS_URL
 
@@ -34,7 +34,7 @@ def server(settings: Settings) -> Iterator[str]:
         fail_open=False,
         prefix=f"modelship-test-{uuid.uuid4().hex[:8]}",
     )
-    app = create_api(LocalBackend([MINILM], settings), settings, limiter=limiter)
+    app = create_api(LocalLabeler([MINILM], settings), [MINILM], settings, limiter=limiter)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -19,8 +19,8 @@ from modelship.predictors.image_classification import (
     HFImageClassifier,
     fold_for_inference,
 )
+from modelship.predictors.prepare import prepare_image
 from modelship.predictors.store import content_version
-from modelship.service.local import prepare_image
 from tests.conftest import EFFICIENTNET, payload
 
 

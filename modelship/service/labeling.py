@@ -1,0 +1,118 @@
+"""Labeling, however the models run: the one ``Labeler`` protocol, which model a request
+means, and the in-process labeler (no Ray) that tests and the CLI use."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from modelship.core.config import ModelConfig, Task
+from modelship.core.errors import InvalidInput, ModelNotReady, ModelShipError, NotFound
+from modelship.core.messages import ItemOptions, ItemResult, ModelInfo
+from modelship.core.settings import Settings
+from modelship.predictors import ModelStore, Predictor, build_predictor, describe
+from modelship.predictors.prepare import image_info, prepare_payload
+
+
+class Labeler(Protocol):
+    """Labels payloads with a configured model: the Ingress (sharing calls between
+    requests), the JobRunner (over deployment handles) and ``LocalLabeler`` (in-process)."""
+
+    async def label(
+        self, model: str, payloads: list[bytes | str], options: ItemOptions
+    ) -> list[ItemResult | ModelShipError]:
+        """A result per payload, or the error that item alone caused (undecodable, too
+        large...). Anything that is not the item's fault (a replica restarting, a timeout)
+        raises."""
+        ...
+
+    async def info(self, model: str) -> ModelInfo:
+        """The loaded model's description; raises when no replica answers."""
+        ...
+
+
+def pick_model(configs: Sequence[ModelConfig], name: str | None, tasks: set[Task]) -> ModelConfig:
+    """The named model (404 if unknown, 422 if it does another task), or the first fit."""
+    if name is None:
+        for config in configs:
+            if config.task in tasks:
+                return config
+        raise NotFound(f"no model is configured for {', '.join(sorted(tasks))}", "no_model")
+    for config in configs:
+        if config.name == name:
+            if config.task not in tasks:
+                raise InvalidInput(
+                    f"model {name!r} does {config.task}, not {', '.join(sorted(tasks))}",
+                    "wrong_task",
+                )
+            return config
+    raise NotFound(f"unknown model {name!r}", "unknown_model")
+
+
+async def model_infos(
+    labeler: Labeler, configs: Sequence[ModelConfig], timeout_s: float
+) -> list[ModelInfo]:
+    """Every configured model's description; one whose replica does not answer in time is
+    described from its configuration, as not ready."""
+
+    async def one(config: ModelConfig) -> ModelInfo:
+        try:
+            return await asyncio.wait_for(labeler.info(config.name), timeout_s)
+        except Exception:
+            return describe(config, None)
+
+    return list(await asyncio.gather(*(one(config) for config in configs)))
+
+
+async def model_version(labeler: Labeler, model: str) -> str:
+    """The loaded model's version (what a prediction is recorded with)."""
+    version = (await labeler.info(model)).version
+    if version is None:
+        raise ModelNotReady(f"model {model} has not loaded")
+    return version
+
+
+class LocalLabeler:
+    """A ``Labeler`` running every model in this process, on a worker thread.
+
+    Args:
+        configs: the models to load.
+        settings: decode limits and where models are cached.
+        predictors: already loaded predictors by model name, to share them.
+    """
+
+    def __init__(
+        self,
+        configs: Sequence[ModelConfig],
+        settings: Settings,
+        predictors: Mapping[str, Predictor[Any, Any]] | None = None,
+    ) -> None:
+        self.configs = list(configs)
+        self._settings = settings
+        if predictors is None:
+            store = ModelStore(settings.models_dir)
+            loaded: dict[str, Predictor[Any, Any]] = {}
+            for config in configs:
+                loaded[config.name] = build_predictor(config, store.resolve(config.source))
+                loaded[config.name].load()
+            predictors = loaded
+        self.predictors = dict(predictors)
+
+    async def label(
+        self, model: str, payloads: list[bytes | str], options: ItemOptions
+    ) -> list[ItemResult | ModelShipError]:
+        predictor = self.predictors[model]
+        prepared = [prepare_payload(predictor, p, options, self._settings) for p in payloads]
+        good = [p for p in prepared if not isinstance(p, ModelShipError)]
+        outputs = iter(await asyncio.to_thread(predictor.predict, good) if good else [])
+        return [
+            p
+            if isinstance(p, ModelShipError)
+            else ItemResult(next(outputs), predictor.version, image_info(p))
+            for p in prepared
+        ]
+
+    async def info(self, model: str) -> ModelInfo:
+        config = next(config for config in self.configs if config.name == model)
+        return describe(config, self.predictors[model])
