@@ -1,0 +1,206 @@
+"""The RayService through the Kubernetes API: apply a rendered one, read its status, change
+a worker group's or a deployment's replica bounds.
+
+It goes through the ``kubernetes`` client's ``CustomObjectsApi`` (group ``ray.io``, version
+``v1``), as KubeRay's own Python client does; any object with the same methods will do
+(``CustomObjects``), which is how the tests drive it without an API server.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import yaml
+
+GROUP = "ray.io"
+VERSION = "v1"
+PLURAL = "rayservices"
+
+
+class CustomObjects(Protocol):
+    """The part of ``kubernetes.client.CustomObjectsApi`` used here. Failures raise an
+    exception with the HTTP ``status`` (``kubernetes.client.ApiException``)."""
+
+    def get_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, name: str
+    ) -> Any: ...
+
+    def create_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, body: Any
+    ) -> Any: ...
+
+    def replace_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, name: str, body: Any
+    ) -> Any: ...
+
+
+class ScaleError(ValueError):
+    """A scale request that cannot apply (unknown group or deployment, min above max)."""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """What ``modelship cluster status`` reports about one RayService."""
+
+    name: str
+    ready: bool
+    conditions: dict[str, str] = field(default_factory=dict)
+    cluster: str | None = None
+    applications: dict[str, str] = field(default_factory=dict)
+    deployments: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)
+
+    def table(self) -> str:
+        lines = [f"RayService {self.name}: {'ready' if self.ready else 'NOT READY'}"]
+        lines += [f"  condition {name}: {value}" for name, value in self.conditions.items()]
+        lines.append(f"  active cluster: {self.cluster or '-'}")
+        lines += [f"  group {name}: {bounds}" for name, bounds in self.groups.items()]
+        lines += [f"  application {name}: {state}" for name, state in self.applications.items()]
+        lines += [f"  deployment {name}: {state}" for name, state in self.deployments.items()]
+        return "\n".join(lines)
+
+
+class RayServices:
+    """RayServices of one namespace."""
+
+    def __init__(self, api: CustomObjects, namespace: str) -> None:
+        self._api = api
+        self._namespace = namespace
+
+    def get(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self._api.get_namespaced_custom_object(
+            GROUP, VERSION, self._namespace, PLURAL, name
+        )
+        return found
+
+    def apply(self, manifest: dict[str, Any]) -> str:
+        """Create the RayService, or replace the spec of the one there (its
+        ``resourceVersion`` kept, so a concurrent change fails instead of being lost).
+
+        Returns:
+            ``"created"`` or ``"updated"``.
+        """
+        name = manifest["metadata"]["name"]
+        try:
+            existing = self.get(name)
+        except Exception as exc:
+            if getattr(exc, "status", None) != 404:
+                raise
+            self._api.create_namespaced_custom_object(
+                GROUP, VERSION, self._namespace, PLURAL, manifest
+            )
+            return "created"
+        body = copy.deepcopy(manifest)
+        body["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+        self._api.replace_namespaced_custom_object(
+            GROUP, VERSION, self._namespace, PLURAL, name, body
+        )
+        return "updated"
+
+    def status(self, name: str) -> ServiceStatus:
+        """The RayService's conditions, its active cluster's groups, and Serve's view of
+        each application and deployment, as KubeRay last recorded them."""
+        service = self.get(name)
+        status = service.get("status") or {}
+        conditions = {
+            c["type"]: f"{c.get('status')} ({c.get('reason', '')})".replace(" ()", "")
+            for c in status.get("conditions") or []
+        }
+        active = status.get("activeServiceStatus") or {}
+        apps = active.get("applicationStatuses") or {}
+        groups = {
+            g["groupName"]: f"min {g.get('minReplicas', 0)}, max {g.get('maxReplicas', '-')}"
+            for g in service["spec"]["rayClusterConfig"].get("workerGroupSpecs") or []
+        }
+        return ServiceStatus(
+            name=name,
+            ready=conditions.get("Ready", "").startswith("True"),
+            conditions=conditions,
+            cluster=active.get("rayClusterName"),
+            applications={app: s.get("status", "?") for app, s in apps.items()},
+            deployments={
+                deployment: d.get("status", "?")
+                for s in apps.values()
+                for deployment, d in (s.get("serveDeploymentStatuses") or {}).items()
+            },
+            groups=groups,
+        )
+
+    def scale_group(
+        self, name: str, group: str, min_replicas: int | None, max_replicas: int | None
+    ) -> dict[str, Any]:
+        """Change a worker group's autoscaling bounds in place (KubeRay does not start a new
+        cluster for replica counts)."""
+        service = self.get(name)
+        groups = service["spec"]["rayClusterConfig"].get("workerGroupSpecs") or []
+        spec = next((g for g in groups if g["groupName"] == group), None)
+        if spec is None:
+            known = ", ".join(g["groupName"] for g in groups)
+            raise ScaleError(f"no worker group {group!r} (there are: {known})")
+        low, high = _bounds(
+            spec.get("minReplicas", 0), spec.get("maxReplicas"), min_replicas, max_replicas
+        )
+        spec["minReplicas"], spec["maxReplicas"] = low, high
+        spec["replicas"] = min(max(spec.get("replicas", low), low), high)
+        return self._replace(name, service)
+
+    def scale_deployment(
+        self, name: str, deployment: str, min_replicas: int | None, max_replicas: int | None
+    ) -> dict[str, Any]:
+        """Change one Serve deployment's ``autoscaling_config`` bounds in serveConfigV2;
+        KubeRay applies a Serve config change without a new cluster."""
+        service = self.get(name)
+        config = yaml.safe_load(service["spec"]["serveConfigV2"])
+        entries = [d for app in config["applications"] for d in app.get("deployments") or []]
+        entry = next((d for d in entries if d["name"] == deployment), None)
+        if entry is None:
+            known = ", ".join(d["name"] for d in entries)
+            raise ScaleError(f"no deployment {deployment!r} (there are: {known})")
+        autoscaling = entry.setdefault("autoscaling_config", {})
+        low, high = _bounds(
+            autoscaling.get("min_replicas", 1),
+            autoscaling.get("max_replicas", 1),
+            min_replicas,
+            max_replicas,
+        )
+        autoscaling["min_replicas"], autoscaling["max_replicas"] = low, high
+        service["spec"]["serveConfigV2"] = yaml.safe_dump(config, sort_keys=False)
+        return self._replace(name, service)
+
+    def _replace(self, name: str, service: dict[str, Any]) -> dict[str, Any]:
+        service.pop("status", None)
+        replaced: dict[str, Any] = self._api.replace_namespaced_custom_object(
+            GROUP, VERSION, self._namespace, PLURAL, name, service
+        )
+        return replaced
+
+
+def kubernetes_api(context: str | None = None) -> CustomObjects:
+    """The real ``CustomObjectsApi``: in-cluster credentials in a pod, else the kubeconfig."""
+    try:
+        from kubernetes import client, config
+    except ImportError as exc:  # an optional dependency: only apply/status/scale need it
+        raise RuntimeError(
+            "modelship cluster apply|status|scale need the kubernetes client:"
+            " pip install kubernetes==36.0.3"
+        ) from exc
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config(context=context)
+    api: CustomObjects = client.CustomObjectsApi()
+    return api
+
+
+def _bounds(
+    current_min: int, current_max: int | None, new_min: int | None, new_max: int | None
+) -> tuple[int, int]:
+    low = current_min if new_min is None else new_min
+    high = current_max if new_max is None else new_max
+    if high is None:
+        raise ScaleError("no max_replicas set: give --max")
+    if low < 0 or high < 1 or low > high:
+        raise ScaleError(f"min {low} and max {high}: need 0 <= min <= max and max >= 1")
+    return low, high

@@ -1,0 +1,169 @@
+"""``modelship cluster``: render as a real subprocess (bad configs exit non-zero naming the
+field); apply, status and scale against ``FakeCustomObjects``, which keeps objects as the
+API server would and checks each write against KubeRay's CRD."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from modelship.ops import cluster
+from modelship.ops.cluster.options import ClusterOptions
+from modelship.ops.cluster.render import render
+from tests.cluster.conftest import CONFIG, ROOT
+from tests.cluster.fake_kube import FakeCustomObjects
+
+NAMESPACE = "modelship"
+
+
+def modelship(*args: str) -> subprocess.CompletedProcess[str]:
+    cli = Path(sys.executable).with_name("modelship")
+    if not cli.exists():
+        pytest.fail(f"{cli} not found: install the project (pip install -e .)")
+    return subprocess.run([str(cli), *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def cluster_command(api: FakeCustomObjects, *argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="modelship")
+    cluster.add_parser(parser.add_subparsers(dest="command", required=True))
+    return cluster.run(parser.parse_args(["cluster", *argv]), api=api)
+
+
+def test_render_prints_the_manifests_render_makes() -> None:
+    run = modelship("cluster", "render", "--kind", "service")
+    assert run.returncode == 0, run.stderr
+    assert list(yaml.safe_load_all(run.stdout)) == render(CONFIG, ClusterOptions(), "service")
+
+
+def _bad_task(config: dict[str, Any]) -> None:
+    config["applications"][0]["args"]["models"][2]["task"] = "image-segmentation"
+
+
+def _no_runner_entry(config: dict[str, Any]) -> None:
+    deployments = config["applications"][0]["deployments"]
+    deployments[:] = [d for d in deployments if d["name"] != "JobRunner"]
+
+
+def _port_not_a_number(config: dict[str, Any]) -> None:
+    config["http_options"]["port"] = "eighty"
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (_bad_task, "applications[0].args.models[2].task"),
+        (_no_runner_entry, "applications[0].deployments: no entry for JobRunner"),
+        (_port_not_a_number, "http_options.port"),
+    ],
+)
+def test_render_of_an_invalid_config_exits_non_zero_naming_the_field(
+    tmp_path: Path, change: Any, named: str
+) -> None:
+    config = yaml.safe_load(CONFIG.read_text())
+    change(config)
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = modelship("cluster", "render", "--config", str(path))
+    assert run.returncode == 2
+    assert named in run.stderr
+    assert run.stdout == ""
+
+
+def test_invalid_options_exit_non_zero_naming_the_option(tmp_path: Path) -> None:
+    options = tmp_path / "options.yaml"
+    options.write_text(yaml.safe_dump({"gpu_group": {"min_replicas": 5, "max_replicas": 2}}))
+    api = FakeCustomObjects()
+    assert cluster_command(api, "apply", "--config", str(CONFIG), "--options", str(options)) == 2
+    assert api.writes == 0
+
+
+def test_apply_creates_then_updates_the_rayservice(tmp_path: Path) -> None:
+    api = FakeCustomObjects()
+    assert cluster_command(api, "apply", "--config", str(CONFIG)) == 0
+    stored = api.get_namespaced_custom_object("ray.io", "v1", NAMESPACE, "rayservices", "modelship")
+    (expected, _policy) = render(CONFIG, ClusterOptions(), "service")
+    assert stored["spec"] == expected["spec"]
+    first = stored["metadata"]["resourceVersion"]
+
+    options = tmp_path / "options.yaml"
+    options.write_text(yaml.safe_dump({"image": "registry.example/modelship:0.2.0"}))
+    assert cluster_command(api, "apply", "--config", str(CONFIG), "--options", str(options)) == 0
+    stored = api.get_namespaced_custom_object("ray.io", "v1", NAMESPACE, "rayservices", "modelship")
+    assert stored["metadata"]["resourceVersion"] != first
+    assert stored["metadata"]["generation"] == 2
+    head = stored["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["image"] == "registry.example/modelship:0.2.0"
+    assert api.writes == 2
+
+
+def test_status_reports_conditions_groups_and_deployments(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    api = FakeCustomObjects()
+    assert cluster_command(api, "status") == 1  # nothing there yet: the API's 404, said so
+    assert "404" in capsys.readouterr().err
+    cluster_command(api, "apply", "--config", str(CONFIG))
+    assert cluster_command(api, "status") == 1  # KubeRay has not reported yet
+    api.set_status(
+        NAMESPACE,
+        "rayservices",
+        "modelship",
+        {
+            "conditions": [{"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints"}],
+            "activeServiceStatus": {
+                "rayClusterName": "modelship-x7k2p",
+                "applicationStatuses": {
+                    "modelship": {
+                        "status": "RUNNING",
+                        "serveDeploymentStatuses": {
+                            "Ingress": {"status": "HEALTHY"},
+                            "Model-minilm-zero-shot": {"status": "UPSCALING"},
+                        },
+                    }
+                },
+            },
+        },
+    )
+    capsys.readouterr()
+    assert cluster_command(api, "status") == 0
+    table = capsys.readouterr().out
+    assert "RayService modelship: ready" in table
+    assert "active cluster: modelship-x7k2p" in table
+    assert "group gpu: min 1, max 4" in table
+    assert "deployment Model-minilm-zero-shot: UPSCALING" in table
+
+
+def test_scale_changes_group_and_deployment_bounds_in_place(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    api = FakeCustomObjects()
+    cluster_command(api, "apply", "--config", str(CONFIG))
+    assert cluster_command(api, "scale", "--group", "gpu", "--min", "2", "--max", "8") == 0
+    assert cluster_command(api, "scale", "--deployment", "Model-nudenet-320n", "--max", "6") == 0
+    stored = api.get_namespaced_custom_object("ray.io", "v1", NAMESPACE, "rayservices", "modelship")
+    (gpu,) = [
+        g for g in stored["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] == "gpu"
+    ]
+    assert (gpu["minReplicas"], gpu["replicas"], gpu["maxReplicas"]) == (2, 2, 8)
+    served = yaml.safe_load(stored["spec"]["serveConfigV2"])
+    (nudenet,) = [
+        d for d in served["applications"][0]["deployments"] if d["name"] == "Model-nudenet-320n"
+    ]
+    assert nudenet["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 6,
+        "target_ongoing_requests": 8,
+    }
+    writes = api.writes
+    capsys.readouterr()
+    assert cluster_command(api, "scale", "--group", "tpu", "--max", "2") == 2
+    assert "no worker group 'tpu' (there are: cpu, gpu)" in capsys.readouterr().err
+    assert cluster_command(api, "scale", "--group", "cpu", "--min", "5", "--max", "3") == 2
+    assert cluster_command(api, "scale", "--deployment", "Nope", "--min", "1") == 2
+    assert api.writes == writes
