@@ -14,9 +14,9 @@ and pandas when ``to_dataframe`` is called, so it installs without the server::
 """
 
 from modelship.client._async import AsyncClient
-from modelship.client._operations import UploadResult
 from modelship.client._protocol import NO_RETRIES, RetryPolicy
 from modelship.client._sync import Client
+from modelship.client._uploads import UploadResult
 from modelship.client.errors import (
     ApiError,
     Conflict,

@@ -8,11 +8,8 @@ generators, so the two clients only move bytes and sleep.
 
 from __future__ import annotations
 
-import email.utils
-import math
 import os
 import re
-import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +18,7 @@ from typing import IO, Any, TypeVar
 
 from pydantic import BaseModel
 
-from modelship.client.errors import error_from_reply
+from modelship.client.errors import error_from_reply, retry_after
 from modelship.core.errors import ModelShipError
 
 T = TypeVar("T")
@@ -110,20 +107,6 @@ class RetryPolicy:
 NO_RETRIES = RetryPolicy(retries=0)
 
 
-def retry_after(value: str | None) -> float | None:
-    """A ``Retry-After`` header in seconds: delay-seconds or an HTTP date (RFC 9110)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def send(request: Request, policy: RetryPolicy) -> Operation[Reply]:
     """Send ``request``, retrying as ``policy`` says; an error answer raises our error."""
     attempt = 0
@@ -200,7 +183,3 @@ class Download:
             self._part.replace(self.path)
         else:
             self._part.unlink(missing_ok=True)
-
-
-def monotonic_deadline(timeout_s: float | None) -> float:
-    return time.monotonic() + timeout_s if timeout_s is not None else math.inf

@@ -9,7 +9,10 @@ the server's logs and traces carry it.
 
 from __future__ import annotations
 
+import email.utils
 import json
+import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -116,6 +119,20 @@ _BY_STATUS: dict[int, type[ApiError]] = {
 }
 
 
+def retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds: delay-seconds or an HTTP date (RFC 9110)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
 def error_from_reply(status: int, headers: Mapping[str, str], body: bytes) -> ApiError:
     """Our error for an error answer: by its code, else by its status, else ``ApiError``.
 
@@ -137,6 +154,6 @@ def error_from_reply(status: int, headers: Mapping[str, str], body: bytes) -> Ap
         cls = _BY_STATUS.get(status, ApiError)
     exc = cls(message, code, str(request_id) if request_id else None, status)
     if isinstance(exc, errors.RetryLater):
-        seconds = headers.get("retry-after", "")
-        exc.retry_after_s = int(seconds) if seconds.isdigit() else exc.retry_after_s
+        asked = retry_after(headers.get("retry-after"))
+        exc.retry_after_s = math.ceil(asked) if asked is not None else exc.retry_after_s
     return exc

@@ -3,6 +3,7 @@ API keys, and what the client leaves out (the server's modules)."""
 
 from __future__ import annotations
 
+import email.utils
 import io
 import os
 import subprocess
@@ -33,6 +34,7 @@ from modelship.client import (
     Unauthorized,
     responses,
 )
+from modelship.client._protocol import Reply
 from modelship.core import errors
 from modelship.core.settings import Settings
 from modelship.http import schemas
@@ -130,6 +132,22 @@ async def test_503_backs_off_then_gives_up_with_the_right_class() -> None:
         "http_error",
         "r2",
     )
+
+
+def test_retry_after_is_seconds_or_a_date() -> None:
+    policy = RetryPolicy(retries=2, backoff_s=0.25, max_wait_s=60)
+
+    def wait(attempt: int, status: int, retry_after: str | None = None) -> float | None:
+        headers = httpx.Headers({"retry-after": retry_after} if retry_after else {})
+        return policy.delay(attempt, Reply(status, headers))
+
+    in_30_s = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert wait(0, 429, "7") == 7
+    assert 28 <= (wait(0, 503, in_30_s) or 0) <= 30
+    assert wait(0, 503, "Wed, 21 Oct 2015 07:28:00 GMT") == 0  # already past
+    assert (wait(0, 503), wait(1, 503), wait(2, 503)) == (0.25, 0.5, None)  # then give up
+    assert wait(0, 429, "61") is None  # longer than max_wait_s: raised to the caller
+    assert wait(0, 500) is None and wait(0, 404) is None
 
 
 async def test_uploads_are_split_to_the_servers_limits(ms: AsyncClient, tmp_path: Path) -> None:

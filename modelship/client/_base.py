@@ -1,0 +1,115 @@
+"""What every group of operations shares: how things are named, requests sent and parsed,
+pages followed and statuses polled."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+from uuid import UUID
+
+from pydantic import BaseModel
+
+from modelship.client._protocol import (
+    Operation,
+    Request,
+    RetryPolicy,
+    Sleep,
+    send,
+)
+from modelship.core.config import LabelSpec
+from modelship.core.records import ItemsPage, JobResultsPage
+
+R = TypeVar("R", bound=BaseModel)
+P = TypeVar("P", bound=ItemsPage | JobResultsPage)  # the cursor-paged listings
+X = TypeVar("X")
+API = "/api/v1"
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> UUID: ...
+
+
+Ref = UUID | str | _HasId
+"""A project, job, item or export: its id, or the record itself."""
+Labels = Sequence[str | LabelSpec | Mapping[str, Any]]
+"""Label names, or ``LabelSpec``s (with a description and few-shot examples)."""
+
+
+def ref(value: Ref) -> str:
+    """The id in a URL."""
+    return str(value) if isinstance(value, UUID | str) else str(value.id)
+
+
+def label_specs(labels: Labels | None) -> list[LabelSpec] | None:
+    if labels is None:
+        return None
+    return [
+        label
+        if isinstance(label, LabelSpec)
+        else LabelSpec(name=label)
+        if isinstance(label, str)
+        else LabelSpec.model_validate(label)
+        for label in labels
+    ]
+
+
+class Base:
+    """The operations' configuration and shared steps.
+
+    Args:
+        retry: when a request is sent again.
+        poll_s: how often ``wait_job`` and ``wait_export`` ask.
+        batch_files: most files in one upload request.
+        batch_bytes: most bytes in one upload request.
+    """
+
+    def __init__(
+        self, retry: RetryPolicy, poll_s: float, batch_files: int, batch_bytes: int
+    ) -> None:
+        self.retry = retry
+        self.poll_s = poll_s
+        self.batch_files = batch_files
+        self.batch_bytes = batch_bytes
+
+    def _get(self, path: str, model: type[R], **params: object) -> Operation[R]:
+        query = {k: str(v) for k, v in params.items() if v is not None}
+        reply = yield from send(Request("GET", path, params=query or None), self.retry)
+        return reply.parse(model)
+
+    def _post(self, path: str, model: type[R], body: Any = None, **kw: Any) -> Operation[R]:
+        reply = yield from send(Request("POST", path, json=body, **kw), self.retry)
+        return reply.parse(model)
+
+    def _pages(
+        self, path: str, page: type[P], rows: Callable[[P], list[X]], page_size: int
+    ) -> Operation[list[X]]:
+        """Every row of a cursor-paged listing."""
+        found: list[X] = []
+        cursor: str | None = None
+        while True:
+            answer = yield from self._get(path, page, cursor=cursor, limit=page_size)
+            found += rows(answer)
+            if (cursor := answer.next_cursor) is None:
+                return found
+
+    def _poll(
+        self,
+        what: str,
+        fetch: Callable[[], Operation[R]],
+        done: Callable[[R], bool],
+        timeout_s: float | None,
+        seen: Callable[[R], None] = lambda _: None,
+    ) -> Operation[R]:
+        """Fetch every ``poll_s`` until ``done``; TimeoutError after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s if timeout_s is not None else math.inf
+        while True:
+            current = yield from fetch()
+            seen(current)
+            if done(current):
+                return current
+            if time.monotonic() + self.poll_s > deadline:
+                raise TimeoutError(f"{what} did not finish within {timeout_s}s")
+            yield Sleep(self.poll_s)
