@@ -42,7 +42,7 @@ def test_no_secret_value_reaches_any_manifest() -> None:
     values["REDIS_PASSWORD"] = secrets.token_hex(16)
     cli = Path(sys.executable).with_name("modelship")
     run = subprocess.run(
-        [str(cli), "cluster", "render", "--config", str(CONFIG)],
+        [str(cli), "cluster", "render", "--kind", "all", "--config", str(CONFIG)],
         cwd=ROOT,
         env={**os.environ, **values},
         capture_output=True,

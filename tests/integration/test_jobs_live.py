@@ -210,10 +210,11 @@ def test_a_rolling_restart_drains_requests_and_gives_leases_back(
 
     restarted = copy.deepcopy(serve_config)  # new actor options: new replicas of these two
     deployments = restarted["applications"][0]["deployments"]
+    changed = {f"Model-{MODEL}": {"num_cpus": 0.45}, "JobRunner": {"num_cpus": 0.11}}
     for deployment in deployments:
-        if deployment["name"] == f"Model-{MODEL}":
-            deployment["ray_actor_options"] = {"num_cpus": 0.45}
-    deployments.append({"name": "JobRunner", "ray_actor_options": {"num_cpus": 0.11}})
+        if deployment["name"] in changed:
+            deployment["ray_actor_options"] = changed.pop(deployment["name"])
+    assert not changed, f"no entry in the config for {sorted(changed)}"
     try:
         with ThreadPoolExecutor(6) as pool:
             in_flight = [pool.submit(label, n) for n in range(6)]

@@ -32,7 +32,9 @@ def test_it_is_a_serve_deploy_config(config: dict[str, Any]) -> None:
 def test_overrides_name_real_deployments_and_fit_two_cores(config: dict[str, Any]) -> None:
     app = config["applications"][0]
     args = LabelingAppArgs.model_validate(app["args"])
-    expected = {"Ingress", "Preprocessor"} | {m.deployment_name for m in args.models}
+    expected = {"Ingress", "Preprocessor", "JobRunner", "Exporter"} | {
+        m.deployment_name for m in args.models
+    }
     overrides = {d["name"] for d in app["deployments"]}
     assert overrides == expected
     assert all("autoscaling_config" in d for d in app["deployments"])

@@ -24,12 +24,12 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("cluster", help="run ModelShip on a KubeRay cluster")
     actions = parser.add_subparsers(dest="cluster_action", required=True)
 
-    render = actions.add_parser("render", help="print the RayService, RayJob, NetworkPolicies")
+    render = actions.add_parser("render", help="print the RayService (or RayJob) manifests")
     _options_arguments(render)
     render.add_argument(
         "--kind",
-        choices=["all", "service", "job", "serve"],
-        default="all",
+        choices=["service", "job", "all", "serve"],
+        default="service",
         help="service: RayService and its NetworkPolicy; job: the RayJob and its; "
         "serve: only the cluster's Serve config (for serve deploy on one host)",
     )
@@ -134,7 +134,7 @@ def _options_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="RayService name (default modelship)")
     parser.add_argument("--namespace", help="Kubernetes namespace (default modelship)")
     parser.add_argument(
-        "--job-arg", action="append", help="argument for jobs.label_dataset (repeat)"
+        "--job-arg", action="append", help="--job-arg=ARG: one argument of jobs.label_dataset"
     )
 
 
