@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from modelship.ops import cluster
+
 DEFAULT_CONFIG = Path("config/serve_config.yaml")
 
 
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     revoke = key_actions.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
+    cluster.add_parser(sub)
     ns = parser.parse_args(argv)
     if ns.command == "serve":
         return serve(ns.config)
@@ -179,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         return keys(ns)
     if ns.command == "smoke":
         return smoke(ns)
+    if ns.command == "cluster":
+        return cluster.run(ns)
     return openapi()
 
 
