@@ -44,7 +44,7 @@ from modelship.service.workflow import Workflow
 from storage.keys import KeyStore
 from storage.ratelimit import RateLimiter
 from storage.services import Services
-from tests.client.conftest import RecordingASGI
+from tests.client.servers import RecordingASGI
 from tests.conftest import PACKAGED_MODELS, REDIS_URL
 from tests.unit.flow import png
 

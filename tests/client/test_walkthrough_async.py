@@ -13,7 +13,7 @@ import pytest
 
 from modelship.client import AsyncClient, NotFound, to_dataframe
 from modelship.core.records import ItemState, JobResult, JobStatus
-from tests.client.conftest import BackgroundRunner
+from tests.client.servers import BackgroundRunner
 from tests.conftest import DATA
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

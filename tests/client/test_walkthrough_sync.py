@@ -14,7 +14,7 @@ import pytest
 from modelship.client import Client, InvalidInput, NotFound, UnsupportedMediaType, to_dataframe
 from modelship.core import errors
 from modelship.core.records import ItemState, JobStatus
-from tests.client.conftest import AppServer, Recording
+from tests.client.servers import AppServer, Recording
 from tests.conftest import DATA
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "client.md"
