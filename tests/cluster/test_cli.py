@@ -5,6 +5,7 @@ API server would and checks each write against KubeRay's CRD."""
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,11 +23,18 @@ from tests.cluster.fake_kube import FakeCustomObjects
 NAMESPACE = "modelship"
 
 
-def modelship(*args: str) -> subprocess.CompletedProcess[str]:
+def modelship(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     cli = Path(sys.executable).with_name("modelship")
     if not cli.exists():
         pytest.fail(f"{cli} not found: install the project (pip install -e .)")
-    return subprocess.run([str(cli), *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(cli), *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def cluster_command(api: FakeCustomObjects, *argv: str) -> int:
@@ -75,11 +83,22 @@ def test_render_of_an_invalid_config_exits_non_zero_naming_the_field(
     assert run.stdout == ""
 
 
-def test_invalid_options_exit_non_zero_naming_the_option(tmp_path: Path) -> None:
+def test_status_without_kubernetes_credentials_says_so(tmp_path: Path) -> None:
+    run = modelship("cluster", "status", env={"KUBECONFIG": str(tmp_path / "none")})
+    assert run.returncode == 1
+    assert "no Kubernetes credentials (kubeconfig)" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_invalid_options_exit_non_zero_naming_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     options = tmp_path / "options.yaml"
     options.write_text(yaml.safe_dump({"gpu_group": {"min_replicas": 5, "max_replicas": 2}}))
     api = FakeCustomObjects()
-    assert cluster_command(api, "apply", "--config", str(CONFIG), "--options", str(options)) == 2
+    argv = ("apply", "--config", str(CONFIG), "--options", str(options))
+    assert cluster_command(api, *argv) == 2
+    assert "options gpu_group: Value error, min_replicas must not exceed" in capsys.readouterr().err
     assert api.writes == 0
 
 

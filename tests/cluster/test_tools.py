@@ -129,7 +129,8 @@ def test_compose_services_ports_switches_and_paths() -> None:
     }
     assert str(CLUSTER / "monitoring") in mounts["prometheus"]
     assert "prometheus.yml" in " ".join(services["prometheus"]["command"])
-    assert str(CLUSTER / "monitoring" / "grafana") in mounts["grafana"]
+    assert str(CLUSTER / "monitoring" / "grafana") in mounts["grafana"]  # provisioning
+    assert str(CLUSTER / "monitoring") in mounts["grafana"]  # where it finds the dashboards
 
 
 def test_env_example_documents_every_variable_compose_reads() -> None:

@@ -57,7 +57,12 @@ def add_parser(subparsers: Any) -> None:
 def run(ns: argparse.Namespace, api: Any = None) -> int:
     """Carry out a parsed ``modelship cluster`` command; ``api`` stands in for the
     Kubernetes ``CustomObjectsApi`` (``kube.CustomObjects``) when given."""
-    from modelship.ops.cluster.kube import RayServices, ScaleError, kubernetes_api
+    from modelship.ops.cluster.kube import (
+        KubeUnavailable,
+        RayServices,
+        ScaleError,
+        kubernetes_api,
+    )
     from modelship.ops.cluster.render import render, render_serve_config, to_yaml
     from modelship.ops.cluster.serve_config import ConfigError
 
@@ -101,6 +106,9 @@ def run(ns: argparse.Namespace, api: Any = None) -> int:
     except ScaleError as exc:
         print(f"modelship cluster scale: {exc}", file=sys.stderr)
         return 2
+    except KubeUnavailable as exc:
+        print(f"modelship cluster {action}: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         status = getattr(exc, "status", None)
         if status is None:

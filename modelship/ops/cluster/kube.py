@@ -36,6 +36,10 @@ class CustomObjects(Protocol):
     ) -> Any: ...
 
 
+class KubeUnavailable(RuntimeError):
+    """No Kubernetes client or no credentials to reach an API server."""
+
+
 class ScaleError(ValueError):
     """A scale request that cannot apply (unknown group or deployment, min above max)."""
 
@@ -182,14 +186,16 @@ def kubernetes_api(context: str | None = None) -> CustomObjects:
     try:
         from kubernetes import client, config
     except ImportError as exc:  # an optional dependency: only apply/status/scale need it
-        raise RuntimeError(
-            "modelship cluster apply|status|scale need the kubernetes client:"
-            " pip install kubernetes==36.0.3"
+        raise KubeUnavailable(
+            "apply, status and scale need the kubernetes client: pip install kubernetes==36.0.3"
         ) from exc
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config(context=context)
+        try:
+            config.load_kube_config(context=context)
+        except (config.ConfigException, OSError) as exc:
+            raise KubeUnavailable(f"no Kubernetes credentials (kubeconfig): {exc}") from exc
     api: CustomObjects = client.CustomObjectsApi()
     return api
 
