@@ -1,5 +1,6 @@
 """The image and the single-host compose file, checked by the real tools: hadolint for
-cluster/Dockerfile (no Docker engine runs here), Debian's docker-compose for compose.yaml.
+cluster/Dockerfile (no Docker engine runs here), Debian's docker-compose for compose.yaml
+and Debian's caddy for the Caddyfile.
 A missing tool fails the test with how to install it; nothing is skipped."""
 
 from __future__ import annotations
@@ -83,6 +84,29 @@ def test_image_is_the_pinned_ray_with_a_clean_final_stage() -> None:
     users = re.findall(r"^USER (\S+)$", final, re.MULTILINE)
     assert users[-1] == "1000:100"
     assert "sudo" in final.split("USER 1000:100")[0]  # removed before the switch
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_caddyfile_is_valid_for_caddy(tmp_path: Path, broken: bool) -> None:
+    binary = tool("caddy", "apt-get install -y --no-install-recommends caddy")
+    caddyfile = tmp_path / "Caddyfile"
+    text = (CLUSTER / "Caddyfile").read_text()
+    caddyfile.write_text(text.replace("reverse_proxy", "reverse_proxi") if broken else text)
+    run = subprocess.run(
+        [binary, "validate", "--adapter", "caddyfile", "--config", str(caddyfile)],
+        env={
+            **os.environ,
+            "MODELSHIP_DOMAIN": "localhost",
+            "XDG_DATA_HOME": str(tmp_path),
+            "XDG_CONFIG_HOME": str(tmp_path),
+            "HOME": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (run.returncode != 0) == broken, run.stderr
+    assert ("Valid configuration" in run.stdout + run.stderr) != broken
 
 
 def test_compose_validates_with_every_secret_set() -> None:
