@@ -8,6 +8,7 @@ needs nothing else. Every credential comes from a Secret by reference.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -108,7 +109,7 @@ def cluster_spec(
             "upscalingMode": "Default",
             "idleTimeoutSeconds": options.autoscaler_idle_timeout_s,
             "resources": _resources(PodSize(cpu="500m", memory="512Mi")),
-            "securityContext": _CONTAINER_SECURITY,
+            "securityContext": copy.deepcopy(_CONTAINER_SECURITY),
         },
         "authOptions": {"mode": "token", "secretName": options.secrets.ray_auth},
         "headGroupSpec": {
@@ -189,7 +190,7 @@ def _pod(
         "envFrom": env_from(options),
         "ports": [{"name": name, "containerPort": port} for name, port in ports.items()],
         "resources": _resources(size, gpu.gpus if gpu else 0),
-        "securityContext": _CONTAINER_SECURITY,
+        "securityContext": copy.deepcopy(_CONTAINER_SECURITY),
     }
     spec: dict[str, Any] = {
         "securityContext": {
