@@ -2,12 +2,13 @@
 nulls, apply the schema's defaults, then check with JSON Schema where every object that
 declares its properties refuses unknown ones (strict). CEL rules are not checked.
 
-The CRDs (KubeRay v1.7.0) live in the shared folder beside the repository.
+The CRDs are KubeRay v1.7.0's (Apache-2.0, ``crds/LICENSE``), gzipped beside this file.
 """
 
 from __future__ import annotations
 
 import copy
+import gzip
 import os
 from functools import cache
 from pathlib import Path
@@ -16,12 +17,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-CRDS = Path(
-    os.environ.get(
-        "MODELSHIP_KUBERAY_CRDS",
-        Path(__file__).resolve().parents[3] / "shared" / "kuberay" / "crds",
-    )
-)
+CRDS = Path(os.environ.get("MODELSHIP_KUBERAY_CRDS", Path(__file__).resolve().parent / "crds"))
 
 
 class CrdMissing(RuntimeError):
@@ -33,8 +29,9 @@ def schema(kind: str, version: str = "v1") -> dict[str, Any]:
     """The strict OpenAPI v3 schema of ``kind`` (e.g. RayService) at ``version``."""
     if not CRDS.is_dir():
         raise CrdMissing(f"KubeRay CRDs not found at {CRDS} (set MODELSHIP_KUBERAY_CRDS)")
-    for path in sorted(CRDS.glob(f"*_{kind.lower()}s.yaml")):
-        crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    for path in sorted(CRDS.glob(f"*_{kind.lower()}s.yaml*")):
+        text = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        crd = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         if crd["spec"]["names"]["kind"] != kind:
             continue
         for served in crd["spec"]["versions"]:
