@@ -10,7 +10,7 @@ from typing import Any
 
 from modelship.client._base import API, Base, Labels, R, label_specs
 from modelship.client._protocol import FilePart, Operation, Request, send
-from modelship.client.responses import (
+from modelship.core.labeling import (
     ClassifyImageResponse,
     ClassifyImagesResponse,
     ClassifyTextResponse,

@@ -22,6 +22,18 @@ from starlette.exceptions import HTTPException
 from modelship.core.config import ModelConfig, Task
 from modelship.core.errors import InvalidInput, ModelShipError, UnsupportedMediaType
 from modelship.core.inputs import check_texts, parse_model
+from modelship.core.labeling import (
+    ClassifyImageResponse,
+    ClassifyImagesResponse,
+    ClassifyTextResponse,
+    DetectResponse,
+    EntitiesResponse,
+    ImageLabels,
+    ModelRef,
+    ModelsResponse,
+    TextEntities,
+    TextLabels,
+)
 from modelship.core.messages import ItemOptions, ItemResult, ModelInfo
 from modelship.core.metrics import NO_METRICS, Metrics
 from modelship.core.settings import Settings
@@ -38,21 +50,11 @@ from modelship.http.middleware import (
 from modelship.http.projects import project_routes
 from modelship.http.review import review_routes
 from modelship.http.schemas import (
-    ClassifyImageResponse,
-    ClassifyImagesResponse,
-    ClassifyTextResponse,
-    DetectResponse,
-    EntitiesResponse,
     ErrorResponse,
     HealthResponse,
-    ImageLabels,
     ImageParams,
     ImageRequest,
     ImagesRequest,
-    ModelRef,
-    ModelsResponse,
-    TextEntities,
-    TextLabels,
     TextRequest,
 )
 from modelship.service.labeling import Labeler, model_infos, pick_model

@@ -1,4 +1,5 @@
-"""HTTP request and response bodies of the labeling routes."""
+"""HTTP request bodies of the labeling routes, health and error bodies (the labeling
+answers are in ``modelship.core.labeling``, shared with the Python client)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from typing import Self
 from pydantic import BaseModel, Field, model_validator
 
 from modelship.core.config import Inbound, LabelSpec, Name, unique_labels
-from modelship.core.messages import Detection, Entity, ImageInfo, LabelScore, ModelInfo
 
 # --- HTTP requests --------------------------------------------------------------------
 
@@ -56,63 +56,6 @@ class TextRequest(Inbound):
 
 
 # --- HTTP responses -------------------------------------------------------------------
-
-
-class ModelRef(BaseModel):
-    name: str
-    version: str = Field(description="Content hash of the model's weights.")
-
-
-class ClassifyImageResponse(BaseModel):
-    request_id: str
-    model: ModelRef
-    image: ImageInfo
-    labels: list[LabelScore]
-
-
-class ImageLabels(BaseModel):
-    index: int
-    image: ImageInfo
-    labels: list[LabelScore]
-
-
-class ClassifyImagesResponse(BaseModel):
-    request_id: str
-    model: ModelRef
-    results: list[ImageLabels]
-
-
-class TextLabels(BaseModel):
-    index: int
-    labels: list[LabelScore]
-
-
-class ClassifyTextResponse(BaseModel):
-    request_id: str
-    model: ModelRef
-    results: list[TextLabels]
-
-
-class DetectResponse(BaseModel):
-    request_id: str
-    model: ModelRef
-    image: ImageInfo
-    detections: list[Detection]
-
-
-class TextEntities(BaseModel):
-    index: int
-    entities: list[Entity]
-
-
-class EntitiesResponse(BaseModel):
-    request_id: str
-    model: ModelRef
-    results: list[TextEntities]
-
-
-class ModelsResponse(BaseModel):
-    models: list[ModelInfo]
 
 
 class HealthResponse(BaseModel):

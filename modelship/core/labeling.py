@@ -1,8 +1,4 @@
-"""What the labeling routes answer, for the client.
-
-The server declares the same bodies in ``modelship.http.schemas``, which the client does
-not import (it would pull in the server); a test keeps both JSON schemas identical.
-"""
+"""What the labeling routes answer: one declaration for the API and the Python client."""
 
 from __future__ import annotations
 
