@@ -187,6 +187,14 @@ class Catalog:
             )
         return {row["content_hash"]: row["id"] for row in rows}
 
+    async def referenced_keys(self, keys: list[str]) -> set[str]:
+        """Those of ``keys`` that an item row names (committed uploads)."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT object_key FROM items WHERE object_key = ANY($1::text[])", keys
+            )
+        return {row["object_key"] for row in rows}
+
     async def add_items(
         self, tenant: str, project_id: UUID, new: list[NewItem], actor: str
     ) -> tuple[list[Item], dict[str, UUID]]:

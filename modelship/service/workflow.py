@@ -159,7 +159,7 @@ class Workflow:
             await self._put_objects(new, [uploads[i] for i in first.values()])
             created, raced = await self.catalog.add_items(tenant, project_id, new, actor)
         except BaseException:
-            await self._delete_objects(written)
+            await asyncio.shield(self._delete_orphans(written))
             raise
         ids = {item.content_hash: item.id for item in created} | known | raced
         lost = [item.object_key for item in new if item.content_hash in raced and item.object_key]
@@ -203,6 +203,19 @@ class Workflow:
                 if item.object_key and isinstance(upload.data, bytes)
             )
         )
+
+    async def _delete_orphans(self, keys: list[str]) -> None:
+        """After a failed or cancelled upload, delete the files no committed row names: the
+        rows may have committed before the failure. When that cannot be known, keep them (an
+        orphan costs bytes; deleting a committed item's file loses data)."""
+        if not keys:
+            return
+        try:
+            kept = await self.catalog.referenced_keys(keys)
+        except Exception as exc:
+            logger.warning("upload failed; keeping %d files it wrote: %r", len(keys), exc)
+            return
+        await self._delete_objects([key for key in keys if key not in kept])
 
     async def _delete_objects(self, keys: list[str]) -> None:
         for key in keys:

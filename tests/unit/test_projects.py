@@ -17,11 +17,12 @@ from pydantic import SecretStr
 
 from modelship.core.errors import ModelShipError
 from modelship.core.messages import ItemOptions, ItemResult
+from modelship.core.records import ProjectCreate
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
 from modelship.service.labeling import LocalLabeler
 from modelship.service.runner import JobRunner
-from modelship.service.workflow import Workflow
+from modelship.service.workflow import Upload, Workflow
 from storage.jobs import JobStore
 from storage.services import Services
 from tests.conftest import PACKAGED_MODELS, payload
@@ -176,6 +177,34 @@ async def test_image_upload_stores_files_and_reports_duplicates(
     page = (await client.get(url, params={"limit": 2})).json()
     rest = (await client.get(url, params={"cursor": page["next_cursor"]})).json()
     assert len(page["items"]) == 2 and len(rest["items"]) == 1 and rest["next_cursor"] is None
+
+
+async def test_an_upload_failing_after_its_rows_committed_keeps_their_files(
+    services: Services, job_settings: Settings
+) -> None:
+    """A client gone, or an error, after the commit: the items exist, so their files stay;
+    only files no row names are deleted."""
+    workflow = Workflow(services, PACKAGED_MODELS, job_settings)
+    spec = ProjectCreate(
+        name=f"gone-{uuid.uuid4().hex[:8]}", task="image-classification", model="efficientnet-lite0"
+    )
+    project = await workflow.create_project(job_settings.tenant, spec, "test")
+    real_add_items = workflow.catalog.add_items
+
+    async def commit_then_fail(*args: Any) -> Any:
+        await real_add_items(*args)
+        raise asyncio.CancelledError  # the request was cancelled once the rows committed
+
+    workflow.catalog.add_items = commit_then_fail  # type: ignore[method-assign]
+    uploads = [Upload(payload("cat.jpg"), "cat.jpg"), Upload(png(7), "seven.png")]
+    with pytest.raises(asyncio.CancelledError):
+        await workflow.upload(job_settings.tenant, project.id, uploads, "test")
+    items, _ = await workflow.items(job_settings.tenant, project.id, None, 10)
+    assert len(items) == 2
+    async with services.db.connection() as conn:
+        keys = await conn.fetch("SELECT object_key FROM items WHERE project_id = $1", project.id)
+    stored = {await services.objects.get(row["object_key"]) for row in keys}
+    assert stored == {payload("cat.jpg"), png(7)}
 
 
 @pytest.mark.parametrize(
