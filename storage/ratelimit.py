@@ -59,8 +59,9 @@ class RateLimiter:
         self._fail_open = fail_open
         self._prefix = prefix
 
-    async def check(self, client: str, route: str) -> None:
-        """Take a token for ``client`` on ``route``.
+    async def check(self, client: str, route: str, scale: float = 1.0) -> None:
+        """Take a token for ``client`` on ``route`` (whose rate and burst are ``scale``
+        times the configured ones).
 
         Raises:
             RateLimited: none left (429 with ``Retry-After``).
@@ -70,7 +71,7 @@ class RateLimiter:
         try:
             with tracing.span("redis EVALSHA", SpanKind.CLIENT, **{"db.system.name": "redis"}):
                 allowed, wait = await self._take(
-                    keys=[key], args=[self._rate, self._burst, time.time()]
+                    keys=[key], args=[self._rate * scale, self._burst * scale, time.time()]
                 )
         except REDIS_ERRORS as exc:
             if self._fail_open:

@@ -12,7 +12,7 @@ import binascii
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -37,7 +37,7 @@ from modelship.core.labeling import (
 from modelship.core.messages import ItemOptions, ItemResult, ModelInfo
 from modelship.core.metrics import NO_METRICS, Metrics
 from modelship.core.settings import Settings
-from modelship.http.auth import Authenticator, route_of
+from modelship.http.auth import Authenticator, AuthMiddleware
 from modelship.http.errors import error_response
 from modelship.http.health import HealthMonitor, RequestWindow, system_resources
 from modelship.http.middleware import (
@@ -162,22 +162,13 @@ def create_api(
 ) -> FastAPI:
     """Build the ASGI app for one ingress replica, labeling with ``labeler`` the models in
     ``configs`` (project routes need a ``workflow``;
-    ``limiter`` rate-limits every route under ``/api``, per client and route)."""
+    ``limiter`` rate-limits every route under ``/api``: per address, then per key and
+    route)."""
 
     keys = (
         KeyStore(workflow.services.db, settings.secret_key.get_secret_value()) if workflow else None
     )
     authenticate = Authenticator(keys, settings, workflow.catalog if workflow else None)
-
-    async def guard(request: Request) -> None:
-        """Every route: the API key and its scope, then the rate limit (per key, or per
-        address when auth is off)."""
-        principal = await authenticate(request)
-        route = route_of(request)
-        if limiter is not None and route.startswith("/api/"):
-            client = request.client.host if request.client else "unknown"
-            who = f"key:{principal.key_id}" if principal else f"ip:{client}"
-            await limiter.check(who, f"{request.method} {route}")
 
     app = FastAPI(
         title="ModelShip",
@@ -187,7 +178,6 @@ def create_api(
         redoc_url=None,
         responses=_ERRORS,
         separate_input_output_schemas=False,
-        dependencies=[Depends(guard)],
     )
     app.state.settings = settings
     app.add_middleware(
@@ -195,6 +185,7 @@ def create_api(
         max_bytes=settings.max_body_bytes,
         upload_max_bytes=settings.max_upload_bytes,
     )
+    app.add_middleware(AuthMiddleware, authenticate=authenticate, limiter=limiter)
     app.add_middleware(RequestIdMiddleware, set_header=not behind_serve_proxy)
     if settings.cors_origins:
         app.add_middleware(

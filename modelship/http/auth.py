@@ -13,11 +13,22 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import Depends, Request
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from modelship.core.errors import Forbidden, NotFound, ServiceUnavailable, Unauthorized
+from modelship.core.errors import (
+    Forbidden,
+    ModelShipError,
+    NotFound,
+    ServiceUnavailable,
+    Unauthorized,
+)
 from modelship.core.settings import Settings
+from modelship.http.errors import error_response
+from modelship.http.middleware import request_id
 from storage.catalog import Catalog
 from storage.keys import KeyStore, Principal
+from storage.ratelimit import RateLimiter
 
 SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/models"): "read",
@@ -48,10 +59,6 @@ SCOPES: dict[tuple[str, str], str] = {
 }
 
 
-def route_of(request: Request) -> str:
-    return str(getattr(request.scope.get("route"), "path", request.url.path))
-
-
 class Authenticator:
     """Resolves the request's principal; ``None`` keys means auth is off (dev profile)."""
 
@@ -62,8 +69,7 @@ class Authenticator:
         self._settings = settings
         self._catalog = catalog
 
-    async def __call__(self, request: Request) -> Principal | None:
-        route = route_of(request)
+    async def __call__(self, request: Request, route: str) -> Principal | None:
         if not self._settings.auth_enabled or not route.startswith("/api/"):
             return None
         if self._keys is None:
@@ -98,6 +104,62 @@ class Authenticator:
             if found is None or not principal.sees(found):
                 raise NotFound(f"no {kind} {raw}", f"unknown_{kind}")
             return
+
+
+ADDRESS_SCALE = 10  # an address's budget across routes, in per-route budgets
+
+
+class AuthMiddleware:
+    """Authenticates every API route before its body is read, so a request with a bad key
+    costs a header's worth of work, not its body's.
+
+    The route is found in ``SCOPES`` (every API route is listed there). With a
+    ``limiter``, each client address is limited first, across routes and at
+    ``ADDRESS_SCALE`` times the per-route rate (failed authentications included), then
+    each key (or address, with auth off) per route.
+    """
+
+    def __init__(
+        self, app: ASGIApp, authenticate: Authenticator, limiter: RateLimiter | None = None
+    ) -> None:
+        self.app = app
+        self.authenticate = authenticate
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = _api_route(scope) if scope["type"] == "http" else None
+        if found is None:  # not an API route (probes, OpenAPI, docs, 404s, 405s)
+            await self.app(scope, receive, send)
+            return
+        route, params = found
+        scope.setdefault("state", {})  # shared with the route's request: the principal too
+        request = Request({**scope, "path_params": params})
+        try:
+            address = request.client.host if request.client else "unknown"
+            if self.limiter is not None:
+                await self.limiter.check(f"ip:{address}", "*", ADDRESS_SCALE)
+            principal = await self.authenticate(request, route)
+            if self.limiter is not None:
+                who = f"key:{principal.key_id}" if principal else f"ip:{address}"
+                await self.limiter.check(who, f"{request.method} {route}")
+        except ModelShipError as exc:
+            await error_response(exc, request_id(request))(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+_ROUTES = [(method, path, compile_path(path)[0]) for method, path in SCOPES]
+
+
+def _api_route(scope: Scope) -> tuple[str, dict[str, str]] | None:
+    """The API route template ``scope`` asks for, and its path parameters."""
+    if not scope["path"].startswith("/api/"):
+        return None
+    for method, path, pattern in _ROUTES:
+        match = pattern.match(scope["path"])
+        if match and method == scope["method"]:
+            return path, match.groupdict()
+    return None
 
 
 def _uuid(value: str) -> UUID | None:

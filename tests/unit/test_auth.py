@@ -15,13 +15,14 @@ import pytest
 
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
-from modelship.http.auth import SCOPES
+from modelship.http.auth import ADDRESS_SCALE, SCOPES
 from modelship.service.labeling import LocalLabeler
 from modelship.service.runner import JobRunner
 from modelship.service.workflow import Workflow
 from storage.keys import KeyStore
+from storage.ratelimit import RateLimiter
 from storage.services import Services
-from tests.conftest import PACKAGED_MODELS
+from tests.conftest import PACKAGED_MODELS, REDIS_URL
 from tests.unit.flow import LABELS, assert_error, drain
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -96,6 +97,42 @@ async def test_keys_scopes_and_probes(secured: httpx.AsyncClient, keys: KeyStore
     await keys.revoke(principal.key_id)
     response = await secured.post("/api/v1/classify/text", json=body, headers=bearer(labeler))
     assert_error(response, 401, "unauthorized")
+
+
+async def test_a_bad_key_is_refused_before_the_body_is_read(
+    secured: httpx.AsyncClient,
+) -> None:
+    sent = 0
+
+    async def twenty_megabytes() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(320):
+            sent += 1
+            yield b" " * 65_536
+
+    response = await secured.post(
+        "/api/v1/classify/text",
+        content=twenty_megabytes(),
+        headers={**bearer("ms_fake_key"), "content-type": "application/json"},
+    )
+    assert_error(response, 401, "unauthorized")
+    assert sent <= 1  # the app never asked for the body
+
+
+async def test_failed_authentications_are_rate_limited_by_address(
+    local: LocalLabeler, services: Services, auth_settings: Settings
+) -> None:
+    limiter = RateLimiter(REDIS_URL, 1, 1, True, f"auth-test-{uuid4().hex[:8]}")
+    workflow = Workflow(services, PACKAGED_MODELS, auth_settings)
+    app = create_api(local, local.configs, auth_settings, workflow=workflow, limiter=limiter)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        codes = [
+            (await http.get(f"/api/v1/jobs/{uuid4()}", headers=bearer("ms_x_guess"))).status_code
+            for _ in range(ADDRESS_SCALE + 1)
+        ]
+    await limiter.close()
+    assert codes == [401] * ADDRESS_SCALE + [429]
 
 
 async def test_audit_records_name_the_key_that_acted(
