@@ -26,7 +26,11 @@ class Task(StrEnum):
 IMAGE_TASKS = frozenset({Task.image_classification, Task.object_detection})
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")]
-LabelName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+# No control characters (C0, DEL, C1): names end up in XML (VOC), CSV and logs.
+PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]+$"
+LabelName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=PRINTABLE)
+]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 
 

@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -19,6 +19,7 @@ import filetype
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ValidationError
 
+from modelship.core.config import LabelSpec
 from modelship.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from modelship.core.settings import Settings
 
@@ -163,6 +164,17 @@ def check_texts(texts: list[str], settings: Settings, max_count: int | None = No
                 f"text {index} has {len(text)} characters; the limit is {settings.max_text_chars}",
                 "text_too_long",
             )
+
+
+def check_labels(labels: Sequence[LabelSpec] | None, settings: Settings) -> None:
+    """Refuse label sets that would embed more texts than ``max_label_texts`` (422)."""
+    count = sum(1 + len(label.examples) for label in labels or ())
+    if count > settings.max_label_texts:
+        raise InvalidInput(
+            f"{count} label texts (names and examples) exceed the limit of"
+            f" {settings.max_label_texts}",
+            "too_many_label_texts",
+        )
 
 
 TEXT_FILE_TYPES = (".jsonl", ".ndjson", ".json", ".csv", ".txt")

@@ -10,11 +10,21 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from modelship.core.config import Inbound, LabelName, LabelSpec, Name, Task, unique_labels
+from modelship.core.config import (
+    PRINTABLE,
+    Inbound,
+    LabelName,
+    LabelSpec,
+    Name,
+    Task,
+    unique_labels,
+)
 
 # --- projects, items and jobs ---------------------------------------------------------
 
-ProjectName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+ProjectName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=PRINTABLE)
+]
 Threshold = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -173,7 +183,7 @@ class JobResultsPage(BaseModel):
 
 AnnotationStatus = Literal["pending", "auto_approved", "approved", "corrected", "rejected"]
 ReviewerName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=PRINTABLE)
 ]
 
 

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(
         10_000, gt=0, description="Longest single text accepted, in characters."
     )
+    max_label_texts: int = Field(
+        256,
+        gt=0,
+        description="Most label texts (names or descriptions, and examples) one zero-shot"
+        " request or project may carry: each is embedded, on the model replica every other"
+        " request shares.",
+    )
     model_call_timeout_s: float = Field(
         30.0, gt=0, description="How long the ingress waits for a model before 503."
     )
@@ -119,6 +126,14 @@ class Settings(BaseSettings):
     job_poll_s: float = Field(
         2.0, gt=0, description="Idle runners look for work this often without a wake-up."
     )
+    batch_allowed_prefixes: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Folders and fsspec URL prefixes (s3://bucket/datasets) batch jobs may read;"
+            " anything else is refused before a job starts. Empty: data_dir and the object"
+            " store."
+        ),
+    )
 
     @property
     def auth_enabled(self) -> bool:
@@ -128,11 +143,19 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         return self.model_cache_dir or self.data_dir / "models"
 
+    @property
+    def batch_prefixes(self) -> list[str]:
+        """Where batch jobs may read: ``batch_allowed_prefixes``, or by default the data
+        dir and the object store."""
+        if self.batch_allowed_prefixes:
+            return list(self.batch_allowed_prefixes)
+        return [str(self.data_dir), self.object_store_url or str(self.data_dir / "objects")]
+
     @model_validator(mode="after")
     def _check_profile(self) -> Settings:
+        if self.profile is not Profile.dev and self.secret_key.get_secret_value() == DEFAULT_SECRET:
+            raise ValueError(f"MODELSHIP_SECRET_KEY must be set in the {self.profile} profile")
         if self.profile is Profile.production:
-            if self.secret_key.get_secret_value() == DEFAULT_SECRET:
-                raise ValueError("MODELSHIP_SECRET_KEY must be set in the production profile")
             if self.database_url is None or self.redis_url is None:
                 raise ValueError(
                     "the production profile refuses embedded services: set "

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 
 from modelship.core.config import ModelConfig, Task
 from modelship.core.errors import InvalidInput, ModelShipError, UnsupportedMediaType
-from modelship.core.inputs import check_texts, parse_model
+from modelship.core.inputs import check_labels, check_texts, parse_model
 from modelship.core.labeling import (
     ClassifyImageResponse,
     ClassifyImagesResponse,
@@ -238,6 +238,7 @@ def create_api(
         config = pick_model(configs, body.model, tasks)
         texts = body.all_texts
         check_texts(texts, settings)
+        check_labels(body.labels, settings)
         labels = body.labels or config.labels
         options = ItemOptions(
             top_k=body.top_k or config.top_k,

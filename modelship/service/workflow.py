@@ -19,7 +19,7 @@ from uuid import UUID
 
 from modelship.core.config import IMAGE_TASKS, ModelConfig, Task
 from modelship.core.errors import Conflict, InvalidInput, ModelShipError
-from modelship.core.inputs import read_image_header
+from modelship.core.inputs import check_labels, read_image_header
 from modelship.core.records import (
     BulkApproveRequest,
     Duplicate,
@@ -107,6 +107,7 @@ class Workflow:
         self._settings = settings
 
     async def create_project(self, tenant: str, spec: ProjectCreate, actor: str) -> Project:
+        check_labels(spec.labels, self._settings)
         config = pick_model(self._configs, spec.model, {spec.task})
         if spec.task == Task.zero_shot_text_classification and not (spec.labels or config.labels):
             raise InvalidInput("zero-shot projects need labels", "labels_required")
@@ -130,6 +131,7 @@ class Workflow:
     async def update_project(
         self, tenant: str, project_id: UUID, change: ProjectUpdate, actor: str
     ) -> Project:
+        check_labels(change.labels, self._settings)
         return await self.catalog.update_project(tenant, project_id, change, actor)
 
     async def upload(

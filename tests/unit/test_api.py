@@ -198,6 +198,12 @@ async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
         ({"text": "a", "model": "nope"}, 404, "unknown_model"),
         ({"text": "a", "model": "efficientnet-lite0"}, 422, "wrong_task"),
         ({"text": "a", "labels": [{"name": "x"}, {"name": "x"}]}, 422, "invalid_request"),
+        ({"text": "a", "labels": [{"name": "a\x07b"}]}, 422, "invalid_request"),
+        (  # 20 labels x (1 name + 31 examples) = 640 texts to embed, over the 256 allowed
+            {"text": "a", "labels": [{"name": f"l{i}", "examples": ["e"] * 31} for i in range(20)]},
+            422,
+            "too_many_label_texts",
+        ),
     ],
 )
 async def test_bad_text_requests(

@@ -46,6 +46,7 @@ def test_statuses() -> None:
 def test_settings_read_the_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELSHIP_MAX_TEXTS_PER_REQUEST", "7")
     monkeypatch.setenv("MODELSHIP_PROFILE", "staging")
+    monkeypatch.setenv("MODELSHIP_SECRET_KEY", "a-staging-secret")
     settings = Settings()
     assert settings.max_texts_per_request == 7
     assert settings.profile is Profile.staging
@@ -59,6 +60,8 @@ def test_production_refuses_the_default_secret_and_embedded_services() -> None:
     }
     with pytest.raises(ValidationError, match="SECRET_KEY"):
         Settings(profile=Profile.production, **services)
+    with pytest.raises(ValidationError, match="SECRET_KEY"):
+        Settings(profile=Profile.staging)
     for missing in services:
         given = {k: v for k, v in services.items() if k != missing}
         with pytest.raises(ValidationError, match=r"embedded|OBJECT_STORE"):

@@ -95,6 +95,12 @@ def _spec(project: dict[str, Any]) -> dict[str, Any]:
     [
         ({"name": ""}, "invalid_request"),
         ({"name": "x" * 101}, "invalid_request"),
+        ({"name": "bad\u0000name"}, "invalid_request"),
+        ({"labels": [{"name": "tab\there"}]}, "invalid_request"),
+        (
+            {"labels": [{"name": f"l{i}", "examples": ["e"] * 31} for i in range(9)]},
+            "too_many_label_texts",
+        ),
         ({"labels": [{"name": "a"}, {"name": "a"}]}, "invalid_request"),
         ({"labels": [{"name": " "}]}, "invalid_request"),
         ({"labels": []}, "invalid_request"),
