@@ -1,10 +1,11 @@
 """Who may call which route: API keys (``Authorization: Bearer <key>``) and their scopes.
 
 Every route under ``/api/v1`` is listed in ``SCOPES`` with the scope it needs (a test keeps
-the table complete); ``admin`` allows everything. The key's tenant is the tenant of every
+the table complete), and so are the health routes beyond the live and ready probes;
+``admin`` allows everything. The key's tenant is the tenant of every
 read and write the request makes, so another tenant's projects, jobs, items and exports
-answer 404; a key bound to some projects (``keys create --project``) sees only those. Health
-probes, the OpenAPI document and the docs need no key.
+answer 404; a key bound to some projects (``keys create --project``) sees only those. The
+live and ready probes, the OpenAPI document and the docs need no key.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ SCOPES: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/projects/{project_id}/exports"): "export",
     ("GET", "/api/v1/exports/{export_id}"): "read",
     ("GET", "/api/v1/exports/{export_id}/download"): "export",
+    # Beyond live/ready, health shows hosts, versions and traffic: operators only.
+    ("GET", "/health"): "admin",
+    ("GET", "/health/detailed"): "admin",
+    ("GET", "/health/metrics"): "admin",
+    ("GET", "/health/history"): "admin",
 }
 
 
@@ -70,7 +76,7 @@ class Authenticator:
         self._catalog = catalog
 
     async def __call__(self, request: Request, route: str) -> Principal | None:
-        if not self._settings.auth_enabled or not route.startswith("/api/"):
+        if not self._settings.auth_enabled:
             return None
         if self._keys is None:
             raise ServiceUnavailable("API keys need storage, which is not configured")
@@ -153,8 +159,6 @@ _ROUTES = [(method, path, compile_path(path)[0]) for method, path in SCOPES]
 
 def _api_route(scope: Scope) -> tuple[str, dict[str, str]] | None:
     """The API route template ``scope`` asks for, and its path parameters."""
-    if not scope["path"].startswith("/api/"):
-        return None
     for method, path, pattern in _ROUTES:
         match = pattern.match(scope["path"])
         if match and method == scope["method"]:

@@ -75,13 +75,27 @@ class HealthMonitor:
         models: Callable[[], Awaitable[list[ModelInfo]]],
         services: Services | None,
         history: int = 100,
+        max_age_s: float = 5.0,
     ) -> None:
+        self._max_age_s = max_age_s
+        self._latest: tuple[float, HealthReport] | None = None
+        self._lock = asyncio.Lock()
         self._models = models
         self._services = services
         self.history: deque[HealthReport] = deque(maxlen=history)
         self.started = time.monotonic()
 
     async def check(self) -> HealthReport:
+        """The latest report if younger than ``max_age_s``, else a fresh one: however often
+        health is asked for, the services and models are checked at most that often."""
+        async with self._lock:
+            if self._latest and time.monotonic() - self._latest[0] < self._max_age_s:
+                return self._latest[1]
+            report = await self._check()
+            self._latest = (time.monotonic(), report)
+            return report
+
+    async def _check(self) -> HealthReport:
         started = time.perf_counter()
         infos = await self._models()
         model_ms = (time.perf_counter() - started) * 1000

@@ -63,10 +63,24 @@ async def test_every_api_route_names_its_scope(secured: httpx.AsyncClient) -> No
     routes = {
         (method.upper(), path)
         for path, operations in schema["paths"].items()
-        if path.startswith("/api/")
+        if path.startswith("/api/") or path.startswith("/health")
         for method in operations
     }
-    assert routes == set(SCOPES)
+    public = {("GET", "/health/live"), ("GET", "/health/ready")}
+    assert routes - public == set(SCOPES)
+
+
+async def test_health_beyond_the_probes_needs_an_admin_key(
+    secured: httpx.AsyncClient, keys: KeyStore
+) -> None:
+    reader, _ = await keys.create("tenant-h", ["read"], "reader")
+    admin, _ = await keys.create("tenant-h", ["admin"], "operator")
+    for path in ("/health", "/health/detailed", "/health/metrics", "/health/history"):
+        assert_error(await secured.get(path), 401, "unauthorized")
+        assert_error(await secured.get(path, headers=bearer(reader)), 403, "insufficient_scope")
+        assert (await secured.get(path, headers=bearer(admin))).status_code == 200, path
+    for path in ("/health/live", "/health/ready"):
+        assert (await secured.get(path)).status_code == 200
 
 
 async def test_keys_scopes_and_probes(secured: httpx.AsyncClient, keys: KeyStore) -> None:

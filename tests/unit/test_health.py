@@ -48,10 +48,13 @@ async def test_request_summary_and_history(client: httpx.AsyncClient) -> None:
     assert requests["latency_ms"]["p50"] > 0
     assert summary["system"]["cpu_count"] >= 1
 
-    count = len((await client.get("/health/history")).json()["reports"])
-    await client.get("/health")
+    # checks are cached for a few seconds: asking again reuses the latest report
+    first = (await client.get("/health/detailed")).json()
+    again = (await client.get("/health/detailed")).json()
+    assert again["checked_at"] == first["checked_at"]
     reports = (await client.get("/health/history")).json()["reports"]
-    assert len(reports) == count + 1 and reports[-1]["status"] == "healthy"
+    assert reports[-1]["checked_at"] == first["checked_at"] and reports[-1]["status"] == "healthy"
+    assert [r["checked_at"] for r in reports].count(first["checked_at"]) == 1
 
 
 async def test_a_service_down_is_unhealthy(local: LocalLabeler, job_settings: Settings) -> None:
