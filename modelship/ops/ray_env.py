@@ -5,10 +5,6 @@ starts (``modelship serve`` does it; on KubeRay they go in the pods' ``env``). A
 already in the environment wins, so any switch can be turned back off. Why each is on,
 with the figures: docs/benchmark.md.
 
-- ``RAY_AUTH_MODE=token``: the dashboard and the Job Submission API refuse calls without
-  the cluster's token (``~/.ray/auth_token`` locally), so nobody local can submit a job
-  that reads the service's secrets. Ray turns it on for a new ``ray.init`` cluster but not
-  for every way of starting one; this makes it explicit.
 - ``RAY_SERVE_THROUGHPUT_OPTIMIZED``: calls between deployments over gRPC, user code and
   the router on the replica's own event loop, the Ingress serving HTTP itself.
 - ``RAY_SERVE_ENABLE_HA_PROXY``: HAProxy in front instead of the Python proxy. HAProxy
@@ -39,7 +35,6 @@ def ray_environment(
     """
     tls = bool((http_options or {}).get("ssl_certfile"))
     wanted = {
-        "RAY_AUTH_MODE": "token",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "0" if tls else "1",
         "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",

@@ -11,7 +11,6 @@ from modelship.ops.ray_env import private_haproxy, ray_environment
 
 def test_haproxy_and_throughput_mode_by_default_with_logs_written_at_once() -> None:
     assert ray_environment({"host": "127.0.0.1", "port": 8000}, {}) == {
-        "RAY_AUTH_MODE": "token",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
@@ -26,8 +25,8 @@ def test_tls_keeps_serves_python_proxy() -> None:
 
 
 def test_a_switch_already_set_is_left_alone() -> None:
-    env = ray_environment(None, {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_AUTH_MODE": "disabled"})
-    assert "RAY_SERVE_ENABLE_HA_PROXY" not in env and "RAY_AUTH_MODE" not in env
+    env = ray_environment(None, {"RAY_SERVE_ENABLE_HA_PROXY": "0"})
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in env
     assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
 
 
