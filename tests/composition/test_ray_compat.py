@@ -4,7 +4,9 @@ cluster: a Ray upgrade that changes one fails here first."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
+import pytest
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -27,7 +29,7 @@ def _serve_request_id() -> str:
     return context._get_serve_request_context().request_id
 
 
-@serve.deployment
+@serve.deployment(max_ongoing_requests=8)
 class Caller:
     def __init__(self, echo: DeploymentHandle) -> None:
         self._bound = echo
@@ -51,48 +53,40 @@ class Caller:
     def serve_logger_has_handlers(self) -> bool:
         return bool(logging.getLogger(ray_compat.serve_logger_name()).handlers)
 
-
-@serve.deployment(max_ongoing_requests=8)
-class Batcher:
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.2)
-    async def ids(self, calls: list[int]) -> list[list[str]]:
+    async def batched_ids(self, calls: list[int]) -> list[list[str]]:
         ids = ray_compat.batch_request_ids()
         return [ids for _ in calls]
 
 
-def test_a_handle_remade_in_the_replica_calls_over_grpc(serve_cluster: int) -> None:
+@pytest.fixture(scope="module")
+def caller(serve_cluster: int) -> Iterator[DeploymentHandle]:
+    """One app for every test here (deploying costs seconds on 2 cores)."""
+    handle = serve.run(Caller.bind(Echo.bind()), name="ray-compat", route_prefix=None)
+    yield handle
+    serve.delete("ray-compat")
+
+
+def test_a_handle_remade_in_the_replica_calls_over_grpc(caller: DeploymentHandle) -> None:
     """deployment_handle: the session's cluster runs in Serve's throughput mode (gRPC
     between deployments); this test process imported Serve before, so the handle it binds
     keeps actor calls."""
-    caller = serve.run(Caller.bind(Echo.bind()), name="transport", route_prefix=None)
-    try:
-        assert caller.transports.remote().result() == {"bound": True, "remade": False}
-    finally:
-        serve.delete("transport")
+    assert caller.transports.remote().result() == {"bound": True, "remade": False}
 
 
-def test_request_scope_sets_serve_request_id_for_calls_and_restores_it(serve_cluster: int) -> None:
+def test_request_scope_sets_serve_request_id_for_calls_and_restores_it(
+    caller: DeploymentHandle,
+) -> None:
     """serve_request_id: calls made inside the scope carry its id; after it, Serve's
     context is the caller's own again."""
-    caller = serve.run(Caller.bind(Echo.bind()), name="scope", route_prefix=None)
-    try:
-        response = caller.scoped_id.remote("job-42")
-        seen, ours, after = response.result()
-        assert (seen, ours) == ("job-42", "job-42")
-        assert after != "job-42"
-        assert caller.serve_logger_has_handlers.remote().result()  # serve_logger_name
-    finally:
-        serve.delete("scope")
+    seen, ours, after = caller.scoped_id.remote("job-42").result()
+    assert (seen, ours) == ("job-42", "job-42")
+    assert after != "job-42"
+    assert caller.serve_logger_has_handlers.remote().result()  # serve_logger_name
 
 
-def test_batch_request_ids_lists_every_call_in_the_batch(serve_cluster: int) -> None:
+def test_batch_request_ids_lists_every_call_in_the_batch(caller: DeploymentHandle) -> None:
     """batch_request_ids: one id per call of the running ``@serve.batch`` batch."""
-    batcher = serve.run(Batcher.bind(), name="batch-ids", route_prefix=None)
-    try:
-        responses = [batcher.ids.remote(i) for i in range(3)]
-        results = [r.result() for r in responses]
-        assert all(len(ids) >= 1 and all(ids) for ids in results)
-        assert sum(len(ids) for ids in results) >= 3  # some calls shared a batch
-        assert any(len(ids) > 1 for ids in results)
-    finally:
-        serve.delete("batch-ids")
+    results = [r.result() for r in [caller.batched_ids.remote(i) for i in range(3)]]
+    assert all(len(ids) >= 1 and all(ids) for ids in results)
+    assert any(len(ids) > 1 for ids in results)  # some calls shared a batch
