@@ -28,6 +28,9 @@ def serve(config_path: Path) -> int:
 
     serve_bin = Path(sys.executable).with_name("serve")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # The dashboard and Job Submission API refuse calls without the cluster's token
+    # (~/.ray/auth_token): nobody local can submit a job that reads the service's secrets.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     http_options = yaml.safe_load(config_path.read_text()).get("http_options")
     os.environ.update(ray_environment(http_options, os.environ))
     os.execv(serve_bin, [str(serve_bin), "run", str(config_path)])
