@@ -1,0 +1,229 @@
+"""A batch labeling run, without Ray: the project, the model and its options, the job,
+what a chunk of the dataset adds and what a labeled batch records.
+
+``jobs.label_dataset`` drives a ``BatchRun`` over Ray Data; ``label_batch`` is what its
+actors run on each batch, with the predictor classes the model replicas use, so an item
+gets the labels the online routes give for the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from modelship.core.config import IMAGE_TASKS, ModelConfig
+from modelship.core.errors import Conflict, InvalidInput, ModelShipError, NotFound
+from modelship.core.messages import ItemOptions, ItemResult
+from modelship.core.records import (
+    Export,
+    ExportCreate,
+    ExportFormat,
+    ExportSelection,
+    Job,
+    Project,
+    ProjectCreate,
+)
+from modelship.core.review import model_annotation
+from modelship.core.settings import Settings
+from modelship.exports import check
+from modelship.predictors import ModelStore, Predictor
+from modelship.predictors.prepare import image_info, prepare_payload
+from modelship.service.datasets import Entry, check_source, list_entries
+from modelship.service.exporter import run_export
+from modelship.service.labeling import pick_model
+from modelship.service.runner import item_options, job_options, params_hash
+from modelship.service.workflow import Workflow
+from storage.batch import BatchItem, BatchStore, Pending
+from storage.exports import EXPORT_TASKS, ExportStore
+from storage.jobs import Failure, JobStore, Success
+from storage.services import Services
+
+logger = logging.getLogger("modelship.batch")
+
+LEASE_S = 300.0  # renewed while the run lives; a dead run's items fail this long after
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """What to label with what, and where the results go."""
+
+    project: str  # a project id, or a name: created for ``model`` when the tenant has none
+    source: str  # an fsspec URI (see ``modelship.service.datasets``)
+    model: str | None = None  # default: the project's model
+    tenant: str = "default"
+    actor: str = "batch"  # who the audit log names
+    export: ExportFormat | None = None
+    export_all: bool = False  # export every item, not only approved ones
+
+
+@dataclass(frozen=True)
+class Labeled:
+    """One item's outcome as a label actor returns it: the output as JSON, or an error."""
+
+    item_id: str
+    output: str
+    version: str
+    error: str
+
+
+class BatchRun:
+    """One run of a batch job over PostgreSQL and object storage; open it with ``start``."""
+
+    def __init__(
+        self,
+        services: Services,
+        settings: Settings,
+        request: BatchRequest,
+        project: Project,
+        config: ModelConfig,
+        version: str,
+        entries: list[Entry],
+    ) -> None:
+        self.services = services
+        self.settings = settings
+        self.request = request
+        self.project = project
+        self.config = config
+        self.version = version
+        self.entries = entries
+        self.options = job_options(
+            config.top_k, project.confidence_threshold, project.labels or config.labels
+        )
+        self.params = params_hash(self.options)
+        self.images = project.task in IMAGE_TASKS
+        self.job_id = UUID(int=0)
+        self._store = BatchStore(services.db)
+
+    @classmethod
+    async def start(
+        cls,
+        services: Services,
+        configs: Sequence[ModelConfig],
+        settings: Settings,
+        request: BatchRequest,
+    ) -> BatchRun:
+        """Check the source and the model, list the dataset, then commit the project (if
+        new) and a running job. Nothing is written when a check fails."""
+        check_source(request.source, settings)
+        workflow = Workflow(services, configs, settings)
+        project = await _find_project(workflow, request.tenant, request.project)
+        if project is not None and project.archived:
+            raise Conflict(f"project {project.id} is archived", "project_archived")
+        if project is None and request.model is None:
+            raise InvalidInput(f"no project {request.project!r}: name a model to create it")
+        model = request.model or (project.model if project else None)
+        tasks = {project.task} if project else {c.task for c in configs}
+        config = pick_model(configs, model, tasks)
+        images = (project.task if project else config.task) in IMAGE_TASKS
+        entries = await asyncio.to_thread(list_entries, request.source, images, settings)
+        store = ModelStore(settings.models_dir)
+        version = (await asyncio.to_thread(store.resolve, config.source)).version
+        if project is None:
+            spec = ProjectCreate(name=request.project, task=config.task, model=config.name)
+            project = await workflow.create_project(request.tenant, spec, request.actor)
+        run = cls(services, settings, request, project, config, version, entries)
+        run.job_id = await run._store.start(
+            request.tenant, project, config.name, run.options, request.actor
+        )
+        return run
+
+    @property
+    def owner(self) -> str:
+        """The lease owner of this run's job items."""
+        return f"batch:{self.job_id}"
+
+    @property
+    def item_options(self) -> ItemOptions:
+        return item_options(self.options)
+
+    async def add(self, rows: list[BatchItem]) -> list[Pending]:
+        """Add a chunk of the dataset to the project and the job; returns what to label."""
+        added = await self._store.add(
+            self.project.id, self.job_id, self.owner, rows, self.version, self.params, LEASE_S
+        )
+        for key in added.unused_keys:
+            await self.services.objects.delete(key)
+        return added.pending
+
+    async def record(self, labeled: Sequence[Labeled]) -> int:
+        """Write a labeled batch's predictions and annotations, or its items' failures."""
+        successes, failures = [], []
+        for row in labeled:
+            item_id = UUID(row.item_id)
+            if row.error:
+                failures.append(Failure(item_id, 1, row.error))
+                continue
+            if row.version != self.version:
+                raise ModelShipError(f"a label actor loaded {row.version}, not {self.version}")
+            output: list[dict[str, Any]] = json.loads(row.output)
+            status, assessment = model_annotation(
+                self.project.task, output, self.project.auto_approve_threshold
+            )
+            successes.append(Success(item_id, row.version, self.params, output, status, assessment))
+        return await self._store.record(
+            self.project.id, self.job_id, self.owner, self.config.name, successes, failures
+        )
+
+    async def renew(self) -> None:
+        await self._store.renew(self.job_id, self.owner, LEASE_S)
+
+    async def finish(self) -> Job:
+        """Close the job (items left unlabeled fail) and return it as the API shows it."""
+        await self._store.finish(self.job_id, self.owner)
+        return await self.job()
+
+    async def job(self) -> Job:
+        return await JobStore(self.services.db).job(self.request.tenant, self.job_id)
+
+    async def export(self) -> Export | None:
+        """Write the export the request asks for, here; None when it asks for none."""
+        if self.request.export is None:
+            return None
+        check(self.request.export, EXPORT_TASKS[self.project.task], False)
+        exports = ExportStore(self.services.db)
+        selection = ExportSelection.all if self.request.export_all else ExportSelection.approved
+        spec = ExportCreate(format=self.request.export, selection=selection)
+        export = await exports.create(self.request.tenant, self.project, spec, self.request.actor)
+        await run_export(self.services, export.id)
+        return (await exports.get(self.request.tenant, export.id))[0]
+
+
+async def _find_project(workflow: Workflow, tenant: str, ref: str) -> Project | None:
+    """The project ``ref`` names (its id, or its name among the tenant's), or None."""
+    try:
+        project_id = UUID(ref)
+    except ValueError:
+        projects = await workflow.projects(tenant, include_archived=False)
+        return next((p for p in projects if p.name == ref), None)
+    try:
+        return await workflow.project(tenant, project_id)
+    except NotFound:
+        raise NotFound(f"no project {ref}", "unknown_project") from None
+
+
+def label_batch(
+    predictor: Predictor[Any, Any],
+    payloads: Sequence[bytes | str | ModelShipError],
+    options: ItemOptions,
+    settings: Settings,
+) -> list[ItemResult | ModelShipError]:
+    """Label payloads as ``LocalLabeler.label`` does, on the calling thread: each item
+    prepared with every guard, the good ones predicted in one batch, each bad one (or an
+    error passed in) returned in its place."""
+    prepared = [
+        p if isinstance(p, ModelShipError) else prepare_payload(predictor, p, options, settings)
+        for p in payloads
+    ]
+    good = [p for p in prepared if not isinstance(p, ModelShipError)]
+    outputs = iter(predictor.predict(good) if good else [])
+    return [
+        p
+        if isinstance(p, ModelShipError)
+        else ItemResult(next(outputs), predictor.version, image_info(p))
+        for p in prepared
+    ]

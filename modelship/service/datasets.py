@@ -1,0 +1,267 @@
+"""Datasets a batch job reads, without Ray: where it may read, what a source lists, and
+one entry read into items (``jobs.label_dataset`` runs ``read_entry`` in Ray Data tasks).
+
+A source is an fsspec URI (a local path, ``file://``, ``s3://``...):
+
+- a folder: every file under it (hidden ones skipped), images or text files;
+- a ``.parquet`` file: its ``path`` column (images) or ``text`` column (texts);
+- for images, a manifest listing files, one per line (``.txt``), as strings or objects
+  with ``path`` (``.jsonl``), or in a ``path`` column (``.csv``); relative paths are
+  relative to the manifest; any other file is one image;
+- for texts, a text file read as an upload reads it (``.txt`` one text a line, ``.jsonl``,
+  ``.json``, ``.csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import mimetypes
+import os
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from modelship.core.errors import InvalidInput, ModelShipError
+from modelship.core.inputs import parse_text_file, read_image_header
+from modelship.core.settings import Settings
+from storage.batch import BatchItem, content_key
+
+_MANIFESTS = (".txt", ".jsonl", ".ndjson", ".csv")
+_TEXT = "text/plain"
+
+
+class SourceRefused(InvalidInput):
+    """A source a batch job may not or cannot read; refused before anything runs."""
+
+    def __init__(self, message: str, code: str = "source_refused") -> None:
+        super().__init__(message, code)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing a source lists: a file to read, or a text; ``error`` when it must not
+    be read (it becomes a failed item)."""
+
+    uri: str = ""
+    text: str = ""
+    error: str = ""
+
+
+def storage_options(uri: str, settings: Settings) -> dict[str, Any]:
+    """fsspec options for ``uri``: the object store's (endpoint, credentials) when it uses
+    the same protocol, else none (fsspec's defaults, e.g. credentials from the environment)."""
+    store = settings.object_store_url or ""
+    same = _protocol(uri) == _protocol(store) and _protocol(uri) != "file"
+    return dict(settings.object_store_options) if same else {}
+
+
+def allowed(uri: str, prefixes: list[str]) -> bool:
+    """Whether ``uri`` lies under one of ``prefixes``, after resolving ``..`` and, for local
+    paths, symbolic links (a link out of an allowed folder is outside it)."""
+    target = _normalize(uri)
+    for prefix in prefixes:
+        root = _normalize(prefix).rstrip("/")
+        if target == root or target.startswith(root + "/"):
+            return True
+    return False
+
+
+def check_source(uri: str, settings: Settings) -> None:
+    """Refuse a source outside ``Settings.batch_prefixes``."""
+    if not allowed(uri, settings.batch_prefixes):
+        raise SourceRefused(
+            f"{uri} is outside the allowed prefixes ({', '.join(settings.batch_prefixes)});"
+            " set MODELSHIP_BATCH_ALLOWED_PREFIXES to read there",
+            "source_not_allowed",
+        )
+
+
+def list_entries(uri: str, images: bool, settings: Settings) -> list[Entry]:
+    """What ``uri`` holds, in a stable order; refuses a source that is missing or empty."""
+    check_source(uri, settings)
+    fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri, settings))
+    try:
+        if fs.isdir(path):
+            files = [f for f in sorted(fs.find(path)) if not _hidden(f, path)]
+            entries = [Entry(uri=_uri(fs, f)) for f in files]
+        elif not fs.exists(path):
+            raise SourceRefused(f"nothing at {uri}", "source_missing")
+        elif path.lower().endswith(".parquet"):
+            entries = _parquet(fs, path, images, settings)
+        elif images and path.lower().endswith(_MANIFESTS):
+            entries = _manifest(fs, path, settings)
+        elif images:
+            entries = [Entry(uri=_uri(fs, path))]
+        else:
+            entries = [Entry(text=text) for text in parse_text_file(path, fs.cat_file(path))]
+    except ModelShipError as exc:
+        raise SourceRefused(f"{uri}: {exc.message}", exc.code) from None
+    except OSError as exc:
+        raise SourceRefused(f"could not read {uri}: {exc!r}", "source_unreadable") from None
+    if not entries:
+        raise SourceRefused(f"{uri} holds no items", "source_empty")
+    return entries
+
+
+def read_entry(
+    entry: Entry, images: bool, settings: Settings, tenant: str, project_id: UUID
+) -> list[tuple[BatchItem, bytes | None]]:
+    """The items an entry holds (one image, or a text file's texts), each with the bytes
+    to store under its ``object_key`` (images only). What cannot be read becomes an item
+    with an error, never an exception: one bad file must not stop the job."""
+    if entry.error:
+        return [(_unread(entry.uri, entry.error), None)]
+    if not entry.uri:
+        return [(text_item(entry.text, None, settings), None)]
+    limit = settings.max_image_bytes if images else settings.max_upload_bytes
+    try:
+        fs, path = fsspec.core.url_to_fs(entry.uri, **storage_options(entry.uri, settings))
+        size = fs.size(path)
+        if size > limit:
+            reason = f"file_too_large: {size} bytes; the limit is {limit}"
+            return [(_unread(entry.uri, reason), None)]
+        data: bytes = fs.cat_file(path)
+    except OSError as exc:
+        reason = f"unreadable_file: could not read {entry.uri} ({type(exc).__name__})"
+        return [(_unread(entry.uri, reason), None)]
+    if not images:
+        try:
+            texts = parse_text_file(path, data)
+        except ModelShipError as exc:
+            return [(_unread(entry.uri, f"{exc.code}: {exc.message}"), None)]
+        return [(text_item(text, entry.uri, settings), None) for text in texts]
+    return [image_item(data, entry.uri, settings, tenant, project_id)]
+
+
+def text_item(text: str, filename: str | None, settings: Settings) -> BatchItem:
+    """A text item; an empty or overlong text fails as an upload would refuse it."""
+    error = None
+    if not text.strip():
+        error = "empty_text: the text is empty"
+    elif len(text) > settings.max_text_chars:
+        error = f"text_too_long: {len(text)} characters; the limit is {settings.max_text_chars}"
+    return BatchItem(
+        content_hash=hashlib.sha256(text.encode()).hexdigest(),
+        media_type=_TEXT,
+        byte_size=len(text.encode()),
+        text=text,
+        filename=filename,
+        error=error,
+    )
+
+
+def image_item(
+    data: bytes, uri: str, settings: Settings, tenant: str, project_id: UUID
+) -> tuple[BatchItem, bytes | None]:
+    """An image checked by the upload guards (type, size, bombs) from its header; one that
+    fails them is an item with the reason and no stored file."""
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        header = read_image_header(data, settings)
+    except ModelShipError as exc:
+        item = BatchItem(
+            content_hash=digest,
+            media_type="application/octet-stream",
+            byte_size=len(data),
+            text="",
+            filename=uri,
+            error=f"{exc.code}: {exc.message}",
+        )
+        return item, None
+    extension = mimetypes.guess_extension(header.media_type) or ".bin"
+    item = BatchItem(
+        content_hash=digest,
+        media_type=header.media_type,
+        byte_size=len(data),
+        width=header.width,
+        height=header.height,
+        object_key=content_key(tenant, project_id, digest, extension),
+        filename=uri,
+    )
+    return item, data
+
+
+def _unread(uri: str, reason: str) -> BatchItem:
+    return BatchItem(
+        content_hash="source:" + hashlib.sha256(uri.encode()).hexdigest(),
+        media_type="application/octet-stream",
+        byte_size=0,
+        text="",
+        filename=uri,
+        error=reason,
+    )
+
+
+def _manifest(fs: fsspec.AbstractFileSystem, path: str, settings: Settings) -> list[Entry]:
+    content = fs.cat_file(path).decode("utf-8-sig")
+    lower = path.lower()
+    if lower.endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(content))
+        if "path" not in (reader.fieldnames or []):
+            raise InvalidInput("a CSV manifest needs a 'path' column", "invalid_manifest")
+        names = [row["path"] for row in reader if row.get("path")]
+    elif lower.endswith((".jsonl", ".ndjson")):
+        rows = [json.loads(line) for line in content.splitlines() if line.strip()]
+        names = [row.get("path", "") if isinstance(row, dict) else str(row) for row in rows]
+    else:
+        names = [line.strip() for line in content.splitlines() if line.strip()]
+    folder = _uri(fs, posixpath.dirname(path))
+    return [_listed(_join(folder, name), settings) for name in names if name]
+
+
+def _parquet(
+    fs: fsspec.AbstractFileSystem, path: str, images: bool, settings: Settings
+) -> list[Entry]:
+    import pyarrow.parquet as pq
+
+    column = "path" if images else "text"
+    with fs.open(path, "rb") as file:
+        table = pq.read_table(file)
+    if column not in table.column_names:
+        raise InvalidInput(f"the parquet file needs a {column!r} column", "invalid_manifest")
+    values = [value or "" for value in table.column(column).to_pylist()]
+    if not images:
+        return [Entry(text=str(value)) for value in values]
+    folder = _uri(fs, posixpath.dirname(path))
+    return [_listed(_join(folder, str(value)), settings) for value in values if value]
+
+
+def _listed(uri: str, settings: Settings) -> Entry:
+    """A manifest's entry, refused (as a failed item) when outside the allowed prefixes."""
+    if allowed(uri, settings.batch_prefixes):
+        return Entry(uri=uri)
+    return Entry(uri=uri, error=f"source_not_allowed: {uri} is outside the allowed prefixes")
+
+
+def _protocol(uri: str) -> str:
+    protocol = fsspec.core.split_protocol(uri)[0]
+    return "file" if protocol in (None, "file", "local") else protocol
+
+
+def _normalize(uri: str) -> str:
+    protocol, path = fsspec.core.split_protocol(uri)
+    if _protocol(uri) == "file":
+        return os.path.realpath(os.path.expanduser(path))
+    return f"{protocol}://{posixpath.normpath(path.lstrip('/'))}"
+
+
+def _uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    return path if isinstance(fs, LocalFileSystem) else str(fs.unstrip_protocol(path))
+
+
+def _join(folder: str, name: str) -> str:
+    if "://" in name or name.startswith("/"):
+        return name
+    return posixpath.join(folder, name)
+
+
+def _hidden(path: str, root: str) -> bool:
+    relative = posixpath.relpath(path, root.rstrip("/") or "/")
+    return any(part.startswith(".") for part in relative.split("/"))
