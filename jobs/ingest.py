@@ -1,0 +1,60 @@
+"""The first pass of a batch job, as Ray Data tasks: entries read into items, images
+stored in object storage (under content keys, so a rerun writes nothing new)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, fields
+from typing import Any
+from uuid import UUID
+
+import pyarrow as pa
+
+from modelship.core.settings import Settings
+from modelship.service.datasets import Entry, read_entry
+from storage.batch import BatchItem
+from storage.objects import ObjectNotFound, ObjectStore
+
+_PUT_CONCURRENCY = 8
+_TYPES = {"byte_size": pa.int64(), "width": pa.int32(), "height": pa.int32()}
+SCHEMA = pa.schema([(f.name, _TYPES.get(f.name, pa.string())) for f in fields(BatchItem)])
+
+
+def read_batch(
+    batch: dict[str, Any],
+    images: bool,
+    settings: Settings,
+    tenant: str,
+    project_id: str,
+    objects_url: str,
+) -> pa.Table:
+    """``map_batches`` function: a batch of entries (columns ``uri``, ``text``, ``error``)
+    in, their items out (columns of ``BatchItem``), images written to the object store."""
+    rows: list[dict[str, Any]] = []
+    files: dict[str, bytes] = {}
+    for uri, text, error in zip(batch["uri"], batch["text"], batch["error"], strict=True):
+        entry = Entry(uri=str(uri), text=str(text), error=str(error))
+        for item, data in read_entry(entry, images, settings, tenant, UUID(project_id)):
+            rows.append(asdict(item))
+            if data is not None and item.object_key is not None:
+                files[item.object_key] = data
+    if files:
+        store = ObjectStore(objects_url, settings.object_store_options)
+        asyncio.run(_store(store, files))
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+async def _store(store: ObjectStore, files: dict[str, bytes]) -> None:
+    """Write each file unless its key holds it already (a key is its content's hash)."""
+    limit = asyncio.Semaphore(_PUT_CONCURRENCY)
+
+    async def put(key: str, data: bytes) -> None:
+        async with limit:
+            try:
+                if await store.size(key) == len(data):
+                    return
+            except ObjectNotFound:
+                pass
+            await store.put(key, data)
+
+    await asyncio.gather(*(put(key, data) for key, data in files.items()))

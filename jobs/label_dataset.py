@@ -1,0 +1,281 @@
+"""Label a dataset with Ray Data: ``python -m jobs.label_dataset --project P --source URI
+--model NAME [--export FORMAT]``, on a local cluster or as a RayJob's entrypoint.
+
+Two passes over the cluster. First, tasks read the source's entries into items (images
+stored in object storage) and the driver adds them to the project and a job in
+PostgreSQL, in bulk; items labeled before by this model version and options are settled
+at once. Then an actor pool of the model's predictor (batch size, CPUs and GPUs from its
+``ModelConfig``) labels the rest, and the driver records each labeled batch. Progress
+goes to stdout as ``modelship-progress {json}`` lines (``modelship jobs status --wait``
+reads them); ``GET /api/v1/jobs/{id}`` shows the same job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import math
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import yaml
+from pydantic import ValidationError
+
+from modelship.core.config import LabelingAppArgs, ModelConfig
+from modelship.core.context import current_request_id
+from modelship.core.errors import ModelShipError
+from modelship.core.records import ExportFormat, ItemState, Job
+from modelship.core.settings import Settings
+from modelship.service.batch import LEASE_S, BatchRequest, BatchRun, Labeled
+from modelship.service.datasets import check_source
+from storage.batch import BatchItem, Pending
+from storage.services import Services
+
+logger = logging.getLogger("modelship.batch")
+
+PROGRESS = "modelship-progress"
+DEFAULT_CONFIG = Path("config/serve_config.yaml")
+_READ_BATCH = 64
+_CHUNK = 1024  # items per bulk write
+_PROGRESS_EVERY_S = 1.0
+
+T = TypeVar("T")
+
+
+async def label_dataset(
+    request: BatchRequest,
+    configs: list[ModelConfig],
+    settings: Settings,
+    actors: int = 1,
+    actor_cls: type | None = None,
+) -> Job:
+    """Run one batch job to its end on the connected Ray cluster; returns the job.
+
+    Args:
+        request: the project, source, model and export.
+        configs: the configured models.
+        settings: services, limits and the allowed prefixes.
+        actors: the most label actors at once (the pool starts with one).
+        actor_cls: the ``map_batches`` class labeling batches (``LabelActor``).
+    """
+    services = Services.from_settings(settings)
+    try:
+        run = await BatchRun.start(services, configs, settings, request)
+        progress = _Progress(run)
+        renewing = asyncio.create_task(_renew(run))
+        try:
+            pending = await _ingest(run, progress)
+            logger.info(
+                "job %s: %d entries, %d to label", run.job_id, len(run.entries), len(pending)
+            )
+            if pending:
+                await _label(run, progress, pending, actors, actor_cls)
+        finally:
+            renewing.cancel()
+            job = await run.finish()  # what is still leased (a failed run) fails, with a reason
+            await progress.report(force=True)
+        export = await run.export()
+        if export is not None:
+            print(f"export {export.id}: {export.status}, {export.rows} rows", flush=True)
+        return job
+    finally:
+        await services.close()
+
+
+async def _ingest(run: BatchRun, progress: _Progress) -> list[Pending]:
+    """First pass: tasks read the entries into items; the driver adds them in bulk."""
+    import ray.data
+
+    from jobs.ingest import read_batch
+
+    entries = [asdict(e) for e in run.entries]
+    dataset = ray.data.from_items(entries, override_num_blocks=_blocks(entries, _READ_BATCH))
+    read = dataset.map_batches(
+        functools.partial(
+            read_batch,
+            images=run.images,
+            settings=run.settings,
+            tenant=run.request.tenant,
+            project_id=str(run.project.id),
+            objects_url=run.services.urls.objects,
+        ),
+        batch_size=_READ_BATCH,
+        num_cpus=0.25,
+    )
+    pending: list[Pending] = []
+    async for table in _iterate(read.iter_batches(batch_size=_CHUNK, batch_format="pyarrow")):
+        assert isinstance(table, pa.Table)
+        pending += await run.add([BatchItem(**row) for row in table.to_pylist()])
+        await progress.report()
+    return pending
+
+
+async def _label(
+    run: BatchRun,
+    progress: _Progress,
+    pending: list[Pending],
+    actors: int,
+    actor_cls: type | None,
+) -> None:
+    """Second pass: an actor pool of the model labels what is pending; the driver records
+    each labeled batch. Texts go in length order: alike lengths batch with little padding."""
+    import ray.data
+
+    from jobs.predict import LabelActor
+
+    pending = sorted(pending, key=lambda p: len(p.text or ""))
+    rows = [
+        {"item_id": str(p.item_id), "object_key": p.object_key or "", "text": p.text or ""}
+        for p in pending
+    ]
+    config = run.config
+    size = config.batching.max_batch_size
+    dataset = ray.data.from_items(rows, override_num_blocks=_blocks(rows, size))
+    labeled = dataset.map_batches(
+        actor_cls or LabelActor,
+        batch_size=size,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
+        num_cpus=config.num_cpus,
+        num_gpus=config.num_gpus,
+        fn_constructor_kwargs={
+            "config": config,
+            "settings": run.settings,
+            "objects_url": run.services.urls.objects,
+            "version": run.version,
+            "options": run.options,
+        },
+    )
+    async for batch in _iterate(labeled.iter_batches(batch_size=256, batch_format="numpy")):
+        columns = (batch["item_id"], batch["output"], batch["version"], batch["error"])
+        await run.record([Labeled(*map(str, row)) for row in zip(*columns, strict=True)])
+        await progress.report()
+
+
+def _blocks(rows: list[Any], batch_size: int) -> int:
+    """A block per batch: Ray Data would otherwise cut small datasets into a block a row."""
+    return max(1, math.ceil(len(rows) / batch_size))
+
+
+async def _iterate(batches: Iterable[T]) -> AsyncIterator[T]:
+    """Ray Data's blocking iterator, stepped on a worker thread: the event loop (leases,
+    PostgreSQL) keeps running while the cluster works."""
+    iterator = iter(batches)
+    done = object()
+    while (batch := await asyncio.to_thread(next, iterator, done)) is not done:
+        yield batch  # type: ignore[misc]
+
+
+async def _renew(run: BatchRun) -> None:
+    while True:
+        await asyncio.sleep(LEASE_S / 3)
+        try:
+            await run.renew()
+        except Exception as exc:
+            logger.warning("could not renew the batch's leases: %r", exc)
+
+
+class _Progress:
+    """Prints the job's progress as the API computes it, at most once a second."""
+
+    def __init__(self, run: BatchRun) -> None:
+        self._run = run
+        self._last = 0.0
+
+    async def report(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last < _PROGRESS_EVERY_S:
+            return
+        self._last = time.monotonic()
+        job = await self._run.job()
+        counts = job.counts
+        line = {
+            "job_id": str(job.id),
+            "project_id": str(job.project_id),
+            "status": job.status.value,
+            "total": job.total_items,
+            "done": counts[ItemState.succeeded]
+            + counts[ItemState.failed]
+            + counts[ItemState.cancelled],
+            "succeeded": counts[ItemState.succeeded],
+            "failed": counts[ItemState.failed],
+        }
+        print(f"{PROGRESS} {json.dumps(line)}", flush=True)
+
+
+def load_args(path: Path) -> LabelingAppArgs:
+    """The models and settings of a serve config (its first application's ``args``), or
+    of a file holding those ``args`` alone."""
+    document: dict[str, Any] = yaml.safe_load(path.read_text())
+    args = document["applications"][0]["args"] if "applications" in document else document
+    return LabelingAppArgs.model_validate(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m jobs.label_dataset", description=__doc__)
+    parser.add_argument("--project", required=True, help="a project id, or a name (created if new)")
+    parser.add_argument("--source", required=True, help="folder, file or manifest: an fsspec URI")
+    parser.add_argument("--model", help="a configured model; default: the project's")
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="serve config with the models"
+    )
+    parser.add_argument("--tenant", help="default: MODELSHIP_TENANT")
+    parser.add_argument(
+        "--export", choices=[f.value for f in ExportFormat], help="export at the end"
+    )
+    parser.add_argument(
+        "--export-all", action="store_true", help="every item, not only approved ones"
+    )
+    parser.add_argument("--actors", type=int, default=1, help="most label actors at once")
+    parser.add_argument("--request-id", help="names the run in the job, logs and audit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when the job succeeded, 1 when it ran but failed, 2 when it was refused."""
+    ns = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        args = load_args(ns.config)
+        check_source(ns.source, args.settings)
+    except (OSError, KeyError, ValidationError, ModelShipError) as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    request = BatchRequest(
+        project=ns.project,
+        source=ns.source,
+        model=ns.model,
+        tenant=ns.tenant or args.settings.tenant,
+        actor=f"batch:{ns.request_id}" if ns.request_id else "batch",
+        export=ExportFormat(ns.export) if ns.export else None,
+        export_all=ns.export_all,
+    )
+    current_request_id.set(ns.request_id or f"batch-{uuid.uuid4().hex[:12]}")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    try:
+        job = asyncio.run(label_dataset(request, args.models, args.settings, ns.actors))
+    except ModelShipError as exc:  # 4xx: a check refused the request before the job began
+        print(f"{'refused' if exc.status < 500 else 'failed'}: {exc}", file=sys.stderr)
+        return 2 if exc.status < 500 else 1
+    print(
+        f"job {job.id}: {job.status.value}, {job.counts[ItemState.succeeded]} succeeded,"
+        f" {job.counts[ItemState.failed]} failed of {job.total_items}",
+        flush=True,
+    )
+    return 0 if job.status == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
