@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from modelship.ops import cluster, db
+from modelship.ops import cluster, db, ray_jobs
 
 DEFAULT_CONFIG = Path("config/serve_config.yaml")
 
@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     revoke.add_argument("key_id")
     cluster.add_parser(sub)
     db.add_parser(sub)
+    ray_jobs.add_parser(sub)
     ns = parser.parse_args(argv)
     if ns.command == "serve":
         return serve(ns.config)
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         return cluster.run(ns)
     if ns.command == "db":
         return db.run(ns)
+    if ns.command == "jobs":
+        return ray_jobs.run(ns)
     return openapi()
 
 
