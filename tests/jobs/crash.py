@@ -1,0 +1,32 @@
+"""A label actor that dies once mid-run, as a killed or preempted worker would."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jobs.predict import LabelActor
+
+
+class CrashOnce(LabelActor):
+    """The real ``LabelActor``; its process exits on its second batch while the file
+    ``<data_dir>/crash-once`` exists, deleting the file first, so only one actor dies."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._flag = Path(kwargs["settings"].data_dir) / "crash-once"
+        self._batches = 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._batches += 1
+        if self._batches == 2:
+            try:
+                self._flag.unlink()
+            except FileNotFoundError:
+                pass
+            else:
+                os._exit(1)
+        return super().__call__(batch)

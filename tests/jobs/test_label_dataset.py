@@ -1,0 +1,229 @@
+"""Batch labeling with Ray Data on a real local Ray cluster and PostgreSQL: 1,000 entries
+(texts and images, duplicates, broken files), checked against the online path.
+
+``label_dataset`` runs in this process, the Ray driver, as ``python -m
+jobs.label_dataset`` runs it in a RayJob; its tasks and label actors are real Ray workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from jobs.label_dataset import label_dataset, main
+from modelship.core.config import ModelConfig
+from modelship.core.errors import ModelShipError
+from modelship.core.messages import ItemOptions
+from modelship.core.records import ItemState, Job
+from modelship.core.settings import Settings
+from modelship.http.app import create_api
+from modelship.service.batch import BatchRequest
+from modelship.service.labeling import LocalLabeler
+from modelship.service.runner import item_options
+from modelship.service.workflow import Workflow
+from storage.services import Services
+from tests.conftest import DATA, EFFICIENTNET, MINILM
+from tests.jobs.conftest import BAD_IMAGES, GOOD_IMAGES, Datasets, texts
+from tests.unit.flow import assert_same_labels, job_results
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+MODELS = [MINILM, EFFICIENTNET]
+
+
+@pytest.fixture(scope="module")
+async def services(batch_settings: Settings) -> AsyncIterator[Services]:
+    services = Services.from_settings(batch_settings)
+    yield services
+    await services.close()
+
+
+@pytest.fixture(scope="module")
+def local(batch_settings: Settings) -> LocalLabeler:
+    """The in-process labeler the online path's tests use: the reference labels."""
+    return LocalLabeler(MODELS, batch_settings)
+
+
+@pytest.fixture(scope="module")
+async def api(
+    local: LocalLabeler, services: Services, batch_settings: Settings
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP API over the same database, to read jobs as clients see them."""
+    workflow = Workflow(services, MODELS, batch_settings)
+    app = create_api(local, MODELS, batch_settings, workflow=workflow)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield client
+
+
+async def run(
+    settings: Settings, project: str, source: Path | str, model: ModelConfig, **kwargs: Any
+) -> Job:
+    request = BatchRequest(project=project, source=str(source), model=model.name)
+    return await label_dataset(request, MODELS, settings, **kwargs)
+
+
+@pytest.fixture(scope="module")
+async def text_job(serve_cluster: int, batch_settings: Settings, datasets: Datasets) -> Job:
+    return await run(batch_settings, f"texts-{uuid.uuid4().hex[:6]}", datasets.texts, MINILM)
+
+
+@pytest.fixture(scope="module")
+async def image_job(serve_cluster: int, batch_settings: Settings, datasets: Datasets) -> Job:
+    return await run(
+        batch_settings, f"images-{uuid.uuid4().hex[:6]}", datasets.images, EFFICIENTNET
+    )
+
+
+async def options(services: Services, job: Job) -> ItemOptions:
+    """The options the job labeled with, as the service's job runner reads them."""
+    async with services.db.connection() as conn:
+        return item_options(await conn.fetchval("SELECT options FROM jobs WHERE id = $1", job.id))
+
+
+async def labels_by_hash(api: httpx.AsyncClient, job: Job) -> dict[str, dict[str, Any]]:
+    """The job's results as the API returns them, by the item's content hash."""
+    items: dict[str, str] = {}
+    cursor = None
+    while True:
+        params = {"limit": 500, **({"cursor": cursor} if cursor else {})}
+        page = (await api.get(f"/api/v1/projects/{job.project_id}/items", params=params)).json()
+        items |= {item["id"]: item["content_hash"] for item in page["items"]}
+        if (cursor := page["next_cursor"]) is None:
+            break
+    return {items[r["item_id"]]: r for r in await job_results(api, str(job.id), limit=500)}
+
+
+async def test_texts_get_the_online_labels(
+    text_job: Job,
+    api: httpx.AsyncClient,
+    local: LocalLabeler,
+    datasets: Datasets,
+    services: Services,
+) -> None:
+    distinct = sorted(set(datasets.text_entries))
+    assert len(distinct) == 850
+    shown = (await api.get(f"/api/v1/jobs/{text_job.id}")).json()
+    assert shown["status"] == "succeeded"
+    assert shown["total_items"] == 851  # one item per distinct text, and the broken file
+    assert shown["counts"] == {
+        "queued": 0, "leased": 0, "succeeded": 850, "failed": 1, "cancelled": 0
+    }  # fmt: skip
+    assert shown["progress"] == 1.0
+    [error] = shown["errors"]
+    assert error["error"].startswith("invalid_text_file: ") and error["count"] == 1
+
+    results = await labels_by_hash(api, text_job)
+    expected = await local.label(MINILM.name, list(distinct), await options(services, text_job))
+    for text, reference in zip(distinct, expected, strict=True):
+        assert not isinstance(reference, ModelShipError)
+        result = results[hashlib.sha256(text.encode()).hexdigest()]
+        assert result["state"] == "succeeded" and result["attempts"] == 1
+        assert result["model_version"] == reference.version
+        assert_same_labels(result["output"], [o.model_dump() for o in reference.output])
+
+
+async def test_images_get_the_online_labels_and_bad_ones_fail_alone(
+    image_job: Job, api: httpx.AsyncClient, local: LocalLabeler, services: Services
+) -> None:
+    shown = (await api.get(f"/api/v1/jobs/{image_job.id}")).json()
+    assert shown["status"] == "succeeded"
+    assert shown["total_items"] == len(GOOD_IMAGES) + len(BAD_IMAGES)  # duplicates are one item
+    assert shown["counts"]["succeeded"] == len(GOOD_IMAGES)
+    assert shown["counts"]["failed"] == len(BAD_IMAGES)
+
+    results = await labels_by_hash(api, image_job)
+    payloads: list[bytes | str] = [(DATA / name).read_bytes() for name in GOOD_IMAGES]
+    expected = await local.label(EFFICIENTNET.name, payloads, await options(services, image_job))
+    for data, reference in zip(payloads, expected, strict=True):
+        assert not isinstance(reference, ModelShipError)
+        assert isinstance(data, bytes)
+        result = results[hashlib.sha256(data).hexdigest()]
+        assert result["state"] == "succeeded"
+        assert_same_labels(result["output"], [o.model_dump() for o in reference.output])
+    failed = sorted(r["error"] for r in results.values() if r["state"] == "failed")
+    reasons = sorted(BAD_IMAGES.values())
+    assert [error.split(":")[0] for error in failed] == reasons, failed
+    assert all(len(error) > len(code) + 2 for error, code in zip(failed, reasons, strict=True))
+
+
+async def test_a_rerun_labels_nothing(
+    text_job: Job, image_job: Job, batch_settings: Settings, datasets: Datasets, services: Services
+) -> None:
+    async with services.db.connection() as conn:
+        before = await conn.fetchval("SELECT count(*) FROM predictions")
+    again = await run(batch_settings, str(text_job.project_id), datasets.texts, MINILM)
+    assert again.id != text_job.id and again.project_id == text_job.project_id
+    assert again.status == "succeeded" and again.total_items == 851
+    assert again.counts[ItemState.succeeded] == 850 and again.counts[ItemState.failed] == 1
+    async with services.db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM predictions") == before
+        attempts = await conn.fetch(
+            "SELECT DISTINCT attempts, state FROM job_items WHERE job_id = $1", again.id
+        )
+    # 0: settled from the earlier prediction; 1: the broken file, failed as it is read
+    assert {(r["attempts"], r["state"]) for r in attempts} == {(0, "succeeded"), (1, "failed")}
+
+
+async def test_a_killed_actor_still_labels_everything(
+    serve_cluster: int, batch_settings: Settings, datasets: Datasets
+) -> None:
+    source = datasets.root / "crash.txt"
+    source.write_text("".join(t + "\n" for t in texts(200, 200, seed="crash-")))
+    flag = Path(batch_settings.data_dir) / "crash-once"
+    flag.touch()
+    from tests.jobs.crash import CrashOnce
+
+    job = await run(
+        batch_settings, f"crash-{uuid.uuid4().hex[:6]}", source, MINILM, actor_cls=CrashOnce
+    )
+    assert not flag.exists()  # an actor died on its second batch
+    assert job.status == "succeeded"
+    assert job.total_items == 200 and job.counts[ItemState.succeeded] == 200
+
+
+async def test_a_source_outside_the_allowed_prefixes_is_refused(
+    tmp_path: Path,
+    batch_settings: Settings,
+    datasets: Datasets,
+    services: Services,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Refused by the entrypoint before Ray, a model or the database is touched."""
+    assert batch_settings.database_url is not None
+    config = tmp_path / "config.yaml"
+    settings = batch_settings.model_dump(
+        mode="json", include={"data_dir", "batch_allowed_prefixes", "object_store_url"}
+    )
+    settings["database_url"] = batch_settings.database_url.get_secret_value()
+    config.write_text(
+        yaml.safe_dump({"models": [MINILM.model_dump(mode="json")], "settings": settings})
+    )
+    project = f"refused-{uuid.uuid4().hex[:6]}"
+    arguments = ["--config", str(config), "--project", project, "--model", MINILM.name]
+    command = [sys.executable, "-m", "jobs.label_dataset", *arguments, "--source", "/etc"]
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"},  # were a cluster tried, it would hang
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2, stderr
+    assert "outside the allowed prefixes" in stderr.decode()
+    assert str(datasets.root) in stderr.decode()
+    for source in [f"{datasets.root}/../outside", "s3://elsewhere/data", "file:///etc/passwd"]:
+        assert main([*arguments, "--source", source]) == 2
+        assert "outside the allowed prefixes" in capsys.readouterr().err
+    async with services.db.connection() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM projects WHERE name = $1", project) == 0

@@ -1,0 +1,189 @@
+"""``modelship jobs`` against a real local Ray cluster's job API (its dashboard, with
+Ray 2.60's token auth on): a dataset labeled as a Ray job and followed to its end, logs,
+the job list, and a job stopped.
+
+The cluster is a second one, started here in its own process (the session's cluster has
+no dashboard), and stopped by stopping that process. Each command runs as a user runs
+it, in a fresh process that finds the token where Ray keeps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import yaml
+
+from modelship.core.settings import Settings
+from modelship.ops.cli import main
+from modelship.ops.ray_env import free_port
+from modelship.ops.ray_jobs import auth_token
+from tests.conftest import MINILM
+from tests.jobs.conftest import Datasets, texts
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _environment() -> dict[str, str]:
+    """This process's environment without Ray's session variables, and the venv's python
+    first on PATH (the job's entrypoint says ``python``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> Iterator[str]:
+    """A local Ray cluster with its dashboard (the job API) on free loopback ports.
+
+    ``ray start --head --block``, stopped by SIGTERM (it stops what it started; ``ray
+    stop`` would stop every cluster on the machine). It runs in a session
+    of its own, killed whole if it hangs. Every port is its own, the dashboard agent's
+    too: with two clusters on one agent port, no job runs.
+    """
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayjobs-", dir="/tmp")
+    ports = {
+        "port": free_port(),  # GCS
+        "dashboard-port": port,
+        "dashboard-agent-listen-port": free_port(),
+        "ray-client-server-port": free_port(),
+        "metrics-export-port": free_port(),
+    }
+    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block"]
+    command += [f"--{name}={value}" for name, value in ports.items()]
+    command += ["--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}", "--num-cpus=2"]
+    command += [f"--object-store-memory={256 * 1024**2}", "--disable-usage-stats"]
+    head = subprocess.Popen(
+        command,
+        env={**_environment(), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},  # stop at once
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{port}"
+    try:
+        headers = {"Authorization": f"Bearer {auth_token()}"}
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{address}/api/jobs/", headers=headers, timeout=5).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert head.poll() is None, "ray start exited"
+            assert time.monotonic() < deadline, "the job API did not come up"
+            time.sleep(0.5)
+        yield address
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def cli(address: str, *arguments: str, timeout_s: float = 180) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "modelship.ops.cli", "jobs", *arguments, "--address", address]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout_s, env=_environment(), cwd=REPO
+    )
+
+
+def run(address: str, capsys: pytest.CaptureFixture[str], *arguments: str) -> tuple[int, str, str]:
+    """A command run in this process (quicker than a fresh one): exit code, out, err."""
+    code = main(["jobs", *arguments, "--address", address])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_job_api_wants_the_token(dashboard: str) -> None:
+    assert httpx.get(f"{dashboard}/api/jobs/", timeout=5).status_code == 401
+
+
+def test_a_dataset_labeled_as_a_ray_job(
+    dashboard: str,
+    batch_settings: Settings,
+    datasets: Datasets,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = datasets.root / "ray-job.txt"
+    source.write_text("".join(t + "\n" for t in texts(12, 10, seed="rayjob-")))
+    assert batch_settings.database_url is not None
+    dsn = batch_settings.database_url.get_secret_value()
+    settings = batch_settings.model_dump(
+        mode="json", include={"data_dir", "object_store_url", "batch_allowed_prefixes"}
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": [MINILM.model_dump(mode="json")],
+                "settings": {**settings, "database_url": dsn},
+            }
+        )
+    )
+    project = f"rayjob-{uuid.uuid4().hex[:6]}"
+    submitted = cli(
+        dashboard, "submit", "--py-module", str(REPO / "jobs"), "--config", str(config),
+        "--project", project, "--source", str(source), "--model", MINILM.name, "--wait",
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    submission_id = submitted.stdout.splitlines()[0]
+    assert f"{submission_id}: SUCCEEDED" in submitted.stdout
+    assert "10/10 items, 10 succeeded, 0 failed" in submitted.stdout
+    assert "10/10" in submitted.stderr  # the progress bar's last state
+
+    code, out, _ = run(dashboard, capsys, "status", submission_id)
+    assert code == 0 and f"{submission_id}: SUCCEEDED" in out and "10/10 items" in out
+    code, out, _ = run(dashboard, capsys, "logs", submission_id)
+    assert code == 0 and "modelship-progress" in out
+    code, out, _ = run(dashboard, capsys, "list")
+    assert code == 0 and f"{submission_id}\tSUCCEEDED" in out
+
+    async def labeled() -> tuple[int, str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            row = await conn.fetchrow(
+                "SELECT count(p.id) AS n, min(j.request_id) AS request_id FROM projects pr"
+                " JOIN jobs j ON j.project_id = pr.id JOIN job_items ji ON ji.job_id = j.id"
+                " JOIN predictions p ON p.id = ji.prediction_id WHERE pr.name = $1",
+                project,
+            )
+            return row["n"], row["request_id"]
+        finally:
+            await conn.close()
+
+    # the job's request id is the submission id: the API's job names its Ray job
+    assert asyncio.run(labeled()) == (10, submission_id)
+
+
+def test_a_job_stopped(dashboard: str, capsys: pytest.CaptureFixture[str]) -> None:
+    sleeper = "python -c 'import time; time.sleep(300)'"
+    code, out, err = run(dashboard, capsys, "submit", "--entrypoint", sleeper)
+    assert code == 0, err
+    submission_id = out.strip()
+    code, out, _ = run(dashboard, capsys, "stop", submission_id)
+    assert code == 0 and "stopping" in out
+    code, out, _ = run(dashboard, capsys, "status", submission_id, "--wait", "--timeout", "60")
+    assert code == 1 and f"{submission_id}: STOPPED" in out
+    code, _, err = run(dashboard, capsys, "status", "no-such-job")
+    assert code == 1 and "error:" in err
