@@ -11,7 +11,7 @@ import csv
 import io
 import json
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -180,12 +180,13 @@ def check_labels(labels: Sequence[LabelSpec] | None, settings: Settings) -> None
 TEXT_FILE_TYPES = (".jsonl", ".ndjson", ".json", ".csv", ".txt")
 
 
-def parse_text_file(filename: str | None, data: bytes) -> list[str]:
+def parse_text_file(filename: str | None, data: bytes, max_texts: int | None = None) -> list[str]:
     """Texts of an uploaded file: JSON Lines or JSON (strings, or objects with ``text``),
     CSV with a ``text`` column (or a single column), or plain text, one per line.
 
     The format comes from the file name; the content must be UTF-8 with no binary
-    signature (a PNG renamed ``.csv`` is refused with 415).
+    signature (a PNG renamed ``.csv`` is refused with 415). Lines are read one by one and
+    reading stops past ``max_texts`` (413), so a huge file never becomes a huge list.
     """
     name = (filename or "").lower()
     kind = next((ext for ext in TEXT_FILE_TYPES if name.endswith(ext)), None)
@@ -200,20 +201,33 @@ def parse_text_file(filename: str | None, data: bytes) -> list[str]:
         content = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise UnsupportedMediaType(f"{filename}: the file is not UTF-8 text") from None
+    lines = (line.rstrip("\r\n") for line in io.StringIO(content))
+    texts: Iterator[str]
     try:
         if kind in (".jsonl", ".ndjson"):
-            rows = [json.loads(line) for line in content.splitlines() if line.strip()]
-            return [_text_of(row, filename, i) for i, row in enumerate(rows)]
-        if kind == ".json":
-            rows = json.loads(content)
-            if not isinstance(rows, list):
+            rows = (json.loads(line) for line in lines if line.strip())
+            texts = (_text_of(row, filename, i) for i, row in enumerate(rows))
+        elif kind == ".json":
+            whole = json.loads(content)  # bounded by the text file byte limit
+            if not isinstance(whole, list):
                 raise InvalidInput(f"{filename}: expected a JSON list", "invalid_text_file")
-            return [_text_of(row, filename, i) for i, row in enumerate(rows)]
-        if kind == ".csv":
-            return _csv_texts(content, filename)
+            texts = (_text_of(row, filename, i) for i, row in enumerate(whole))
+        elif kind == ".csv":
+            texts = _csv_texts(content, filename)
+        else:
+            texts = (line for line in lines if line.strip())
+        return _at_most(texts, max_texts, filename)
     except (ValueError, csv.Error) as exc:
         raise InvalidInput(f"{filename}: {exc}", "invalid_text_file") from None
-    return [line for line in content.splitlines() if line.strip()]
+
+
+def _at_most(texts: Iterator[str], limit: int | None, filename: str | None) -> list[str]:
+    found: list[str] = []
+    for text in texts:
+        if limit is not None and len(found) == limit:
+            raise PayloadTooLarge(f"{filename}: more than {limit} texts", "too_many_texts")
+        found.append(text)
+    return found
 
 
 def _text_of(row: object, filename: str | None, index: int) -> str:
@@ -227,10 +241,10 @@ def _text_of(row: object, filename: str | None, index: int) -> str:
     return row
 
 
-def _csv_texts(content: str, filename: str | None) -> list[str]:
+def _csv_texts(content: str, filename: str | None) -> Iterator[str]:
     reader = csv.DictReader(io.StringIO(content))
     fields = reader.fieldnames or []
     column = "text" if "text" in fields else fields[0] if len(fields) == 1 else None
     if column is None:
         raise InvalidInput(f"{filename}: CSV needs a 'text' column", "invalid_text_file")
-    return [row[column] for row in reader if row.get(column)]
+    return (row[column] for row in reader if row.get(column))

@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     )
     max_upload_files: int = Field(1000, gt=0, description="Most files in one upload request.")
     max_upload_texts: int = Field(100_000, gt=0, description="Most texts in one upload.")
+    max_text_file_bytes: int = Field(
+        16 * 1024 * 1024,
+        gt=0,
+        description="Largest text file in an upload (413 above): its texts become Python"
+        " objects several times its size.",
+    )
     job_batch_size: int = Field(32, ge=1, le=1024, description="Items a runner claims at once.")
     job_concurrency: int = Field(
         2, ge=1, le=64, description="Batches one runner replica keeps in flight."

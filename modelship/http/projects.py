@@ -213,7 +213,9 @@ async def _read_uploads(request: Request, settings: Settings, images: bool) -> l
             return files
         for file in files:
             assert isinstance(file.data, bytes)
-            texts += [Upload(t, file.filename) for t in parse_text_file(file.filename, file.data)]
+            left = settings.max_upload_texts - len(texts)
+            parsed = parse_text_file(file.filename, file.data, max_texts=left)
+            texts += [Upload(text, file.filename) for text in parsed]
     else:
         wanted = "multipart/form-data" if images else "multipart/form-data or application/json"
         raise UnsupportedMediaType(f"send {wanted}, not {content_type or 'nothing'}")
@@ -243,7 +245,7 @@ async def _read_files(request: Request, settings: Settings, images: bool) -> lis
             raise InvalidInput("multipart field 'file' is missing", "no_file")
         if len(uploads) > limit:
             raise PayloadTooLarge(f"at most {limit} files per upload", "too_many_files")
-        per_file = settings.max_image_bytes if images else settings.max_upload_bytes
+        per_file = settings.max_image_bytes if images else settings.max_text_file_bytes
         files = []
         for index, upload in enumerate(uploads):
             data = await upload.read(per_file + 1)

@@ -54,6 +54,7 @@ def job_settings(storage_settings: Settings) -> Settings:
             "max_image_bytes": 400_000,
             "max_upload_files": 8,
             "max_upload_bytes": 1_500_000,
+            "max_text_file_bytes": 200_000,
             "max_upload_texts": 100,
             "job_lease_s": 0.5,
         }

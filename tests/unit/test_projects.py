@@ -303,6 +303,25 @@ async def test_text_uploads_from_json_and_files(client: httpx.AsyncClient) -> No
         assert_error(await client.post(url, files=[("file", (name, data))]), status, code)
 
 
+async def test_text_files_are_read_no_further_than_the_limits(
+    client: httpx.AsyncClient, job_settings: Settings
+) -> None:
+    project = await text_project(client)
+    url = f"/api/v1/projects/{project['id']}/items"
+    limit = job_settings.max_upload_texts
+    # the broken line past the limit is never parsed: reading stopped at the limit
+    lines = b"".join(b'"text %d"\n' % i for i in range(limit + 1)) + b"{broken\n"
+    response = await client.post(url, files=[("file", ("many.jsonl", lines))])
+    assert_error(response, 413, "too_many_texts")
+    # the limit holds across the files of one upload
+    half = b"".join(b"line %d\n" % i for i in range(limit // 2 + 1))
+    files = [("file", ("a.txt", half)), ("file", ("b.txt", half))]
+    assert_error(await client.post(url, files=files), 413, "too_many_texts")
+    big = b"x\n" * (job_settings.max_text_file_bytes // 2 + 1)
+    assert_error(await client.post(url, files=[("file", ("big.txt", big))]), 413, "file_too_large")
+    assert (await client.get(url)).json()["items"] == []
+
+
 # --- jobs ---------------------------------------------------------------------------
 
 
