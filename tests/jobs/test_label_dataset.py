@@ -24,7 +24,7 @@ from jobs.label_dataset import label_dataset, main
 from modelship.core.config import ModelConfig
 from modelship.core.errors import ModelShipError
 from modelship.core.messages import ItemOptions
-from modelship.core.records import ItemState, Job
+from modelship.core.records import ExportFormat, ItemState, Job
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
 from modelship.service.batch import BatchRequest
@@ -227,3 +227,50 @@ async def test_a_source_outside_the_allowed_prefixes_is_refused(
         assert "outside the allowed prefixes" in capsys.readouterr().err
     async with services.db.connection() as conn:
         assert await conn.fetchval("SELECT count(*) FROM projects WHERE name = $1", project) == 0
+
+
+async def test_an_s3_dataset_labeled_and_exported(
+    serve_cluster: int, batch_settings: Settings, s3_options: dict[str, Any]
+) -> None:
+    """Images read from S3 and stored in an S3 object store (moto), under content keys;
+    the export written at the end, as ``--export`` asks."""
+    import s3fs
+
+    s3 = s3fs.S3FileSystem(**s3_options)
+    for name in ["cat.jpg", "coffee.jpg"]:
+        s3.pipe_file(f"labels/datasets/images/{name}", (DATA / name).read_bytes())
+    s3.pipe_file("labels/datasets/images/again.jpg", (DATA / "cat.jpg").read_bytes())
+    settings = batch_settings.model_copy(
+        update={
+            "object_store_url": "s3://labels/objects",
+            "object_store_options": s3_options,
+            "batch_allowed_prefixes": ["s3://labels/datasets"],
+        }
+    )
+    request = BatchRequest(
+        project=f"s3-{uuid.uuid4().hex[:6]}",
+        source="s3://labels/datasets/images/",
+        model=EFFICIENTNET.name,
+        export=ExportFormat.csv,
+        export_all=True,
+    )
+    job = await label_dataset(request, MODELS, settings)
+    assert job.status == "succeeded" and job.total_items == 2
+    assert job.counts[ItemState.succeeded] == 2
+    stored = sorted(s3.glob(f"labels/objects/default/{job.project_id}/*.jpg"))
+    digests = sorted(
+        hashlib.sha256((DATA / n).read_bytes()).hexdigest()[:32] for n in ["cat.jpg", "coffee.jpg"]
+    )
+    assert [Path(key).stem for key in stored] == digests
+    services = Services.from_settings(settings)
+    try:
+        async with services.db.connection() as conn:
+            export = await conn.fetchrow(
+                "SELECT status, row_count, object_key FROM exports WHERE project_id = $1",
+                job.project_id,
+            )
+        assert export["status"] == "succeeded" and export["row_count"] == 2
+        csv_text = (await services.objects.get(export["object_key"])).decode()
+        assert csv_text.count("\n") == 3  # a header and a row per item
+    finally:
+        await services.close()

@@ -1,0 +1,127 @@
+"""What a batch job may read and what it finds there (no Ray: plain functions over real
+files)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from modelship.core.settings import Settings
+from modelship.service.datasets import (
+    Entry,
+    SourceRefused,
+    allowed,
+    list_entries,
+    read_entry,
+)
+from tests.conftest import DATA
+
+PROJECT = uuid.uuid4()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def settings(root: Path, tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "home", batch_allowed_prefixes=[str(root)], max_text_chars=50
+    )
+
+
+def test_prefixes_hold_after_dots_and_links(root: Path, tmp_path: Path) -> None:
+    (tmp_path / "secret").mkdir()
+    (root / "link").symlink_to(tmp_path / "secret")
+    prefixes = [str(root), "s3://bucket/datasets"]
+    assert allowed(str(root / "a" / "b.jpg"), prefixes)
+    assert allowed(f"file://{root}/a.jpg", prefixes)
+    assert not allowed(f"{root}/../secret/a.jpg", prefixes)
+    assert not allowed(str(root / "link" / "a.jpg"), prefixes)  # a link out of the folder
+    assert not allowed(f"{root}-other/a.jpg", prefixes)  # a sibling sharing the prefix
+    assert allowed("s3://bucket/datasets/x/y.jpg", prefixes)
+    assert not allowed("s3://bucket/datasets/../private/y.jpg", prefixes)
+    assert not allowed("s3://bucket/datasets-2/y.jpg", prefixes)
+    assert not allowed("gs://bucket/datasets/y.jpg", prefixes)
+
+
+def test_default_prefixes_are_the_data_dir_and_the_object_store(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, object_store_url="s3://store/objects")
+    assert settings.batch_prefixes == [str(tmp_path), "s3://store/objects"]
+
+
+def test_a_folder_of_text_files_and_an_image_manifest(root: Path, settings: Settings) -> None:
+    (root / "texts").mkdir()
+    (root / "texts" / "a.txt").write_text("one\ntwo\n")
+    (root / "texts" / ".hidden.txt").write_text("never\n")
+    assert list_entries(str(root / "texts"), False, settings) == [
+        Entry(uri=str(root / "texts" / "a.txt"))
+    ]
+    manifest = root / "images.jsonl"
+    manifest.write_text(json.dumps({"path": "cat.jpg"}) + "\n" + json.dumps("/etc/hosts") + "\n")
+    assert list_entries(str(manifest), True, settings) == [
+        Entry(uri=f"{root}/cat.jpg"),
+        Entry(
+            uri="/etc/hosts", error="source_not_allowed: /etc/hosts is outside the allowed prefixes"
+        ),
+    ]
+    csv_manifest = root / "images.csv"
+    csv_manifest.write_text("path,split\nsub/dog.png,train\n")
+    assert list_entries(str(csv_manifest), True, settings) == [Entry(uri=f"{root}/sub/dog.png")]
+
+
+def test_parquet_sources(root: Path, settings: Settings) -> None:
+    pq.write_table(pa.table({"text": ["a review", "another"]}), root / "texts.parquet")
+    assert list_entries(str(root / "texts.parquet"), False, settings) == [
+        Entry(text="a review"),
+        Entry(text="another"),
+    ]
+    pq.write_table(pa.table({"path": ["x.jpg"]}), root / "paths.parquet")
+    assert list_entries(str(root / "paths.parquet"), True, settings) == [Entry(uri=f"{root}/x.jpg")]
+    with pytest.raises(SourceRefused) as refused:
+        list_entries(str(root / "paths.parquet"), False, settings)
+    assert refused.value.code == "invalid_manifest"
+
+
+@pytest.mark.parametrize(
+    ("source", "code"),
+    [("/etc", "source_not_allowed"), ("missing", "source_missing"), ("empty", "source_empty")],
+)
+def test_sources_refused(root: Path, settings: Settings, source: str, code: str) -> None:
+    (root / "empty").mkdir()
+    uri = source if source.startswith("/") else str(root / source)
+    with pytest.raises(SourceRefused) as refused:
+        list_entries(uri, True, settings)
+    assert refused.value.code == code
+
+
+def test_entries_read_into_items(root: Path, settings: Settings) -> None:
+    (root / "cat.jpg").write_bytes((DATA / "cat.jpg").read_bytes())
+    (root / "doc.jpg").write_bytes((DATA / "not_an_image.pdf").read_bytes())
+    [(image, data)] = read_entry(Entry(uri=str(root / "cat.jpg")), True, settings, "t", PROJECT)
+    assert data == (DATA / "cat.jpg").read_bytes() and image.error is None
+    assert image.object_key == f"t/{PROJECT}/{image.content_hash[:32]}.jpg"
+    assert (image.width, image.height, image.media_type) == (451, 300, "image/jpeg")
+    [(bad, data)] = read_entry(Entry(uri=str(root / "doc.jpg")), True, settings, "t", PROJECT)
+    assert data is None and bad.object_key is None and bad.error is not None
+    assert bad.error.startswith("unsupported_media_type: ")
+    [(missing, _)] = read_entry(Entry(uri=str(root / "no.jpg")), True, settings, "t", PROJECT)
+    assert missing.error is not None and missing.error.startswith("unreadable_file: ")
+    assert missing.content_hash.startswith("source:")  # no content: a hash of where it was
+    (root / "t.txt").write_text("fine\n" + "x" * 51 + "\n")
+    texts = [
+        item
+        for item, _ in read_entry(Entry(uri=str(root / "t.txt")), False, settings, "t", PROJECT)
+    ]
+    assert [(t.text, t.error) for t in texts] == [
+        ("fine", None),
+        ("x" * 51, "text_too_long: 51 characters; the limit is 50"),
+    ]
