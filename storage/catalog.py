@@ -10,7 +10,7 @@ import asyncpg
 
 from modelship.core.config import LabelSpec
 from modelship.core.context import current_request_id
-from modelship.core.errors import Conflict, NotFound
+from modelship.core.errors import Conflict, NotFound, QuotaExceeded
 from modelship.core.records import Item, Project, ProjectCreate, ProjectUpdate
 from storage.postgres import Database
 
@@ -268,3 +268,18 @@ async def audit(
         details or {},
         current_request_id.get(),
     )
+
+
+async def check_open(conn: asyncpg.Connection, table: str, project_id: UUID, limit: int) -> None:
+    """429 when the project has ``limit`` unfinished rows in ``table`` (jobs or exports).
+    The project row is locked, so two submissions cannot both take the last place."""
+    await conn.execute("SELECT 1 FROM projects WHERE id = $1 FOR UPDATE", project_id)
+    open_ = await conn.fetchval(
+        f"SELECT count(*) FROM {table} WHERE project_id = $1 AND status IN ('queued', 'running')",
+        project_id,
+    )
+    if open_ >= limit:
+        raise QuotaExceeded(
+            f"the project has {open_} unfinished {table}; at most {limit} at once",
+            retry_after_s=30,
+        )

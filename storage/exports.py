@@ -12,7 +12,7 @@ from modelship.core.config import Task
 from modelship.core.errors import NotFound
 from modelship.core.records import Export, ExportCreate, ExportSelection, Project
 from modelship.core.rows import Box, ExportRow, ExportTask, Label, Span
-from storage.catalog import Catalog, audit
+from storage.catalog import Catalog, audit, check_open
 from storage.postgres import Database
 
 EXPORT_TASKS = {
@@ -63,10 +63,18 @@ class ExportStore:
         self._db = db
 
     async def create(
-        self, tenant: str, project: Project, request: ExportCreate, actor: str
+        self,
+        tenant: str,
+        project: Project,
+        request: ExportCreate,
+        actor: str,
+        max_open: int | None = None,
     ) -> Export:
+        """Record a queued export (429 past ``max_open`` unfinished ones in the project)."""
         export_id = uuid4()
         async with self._db.transaction() as conn:
+            if max_open is not None:
+                await check_open(conn, "exports", project.id, max_open)
             row = await conn.fetchrow(
                 "INSERT INTO exports (id, project_id, format, selection, status)"
                 " VALUES ($1, $2, $3, $4, 'queued') RETURNING *",

@@ -23,7 +23,7 @@ from modelship.core.context import current_request_id
 from modelship.core.errors import Conflict, InvalidInput, NotFound
 from modelship.core.records import ErrorCount, ItemState, Job, JobResult, JobStatus, Project
 from modelship.core.review import Assessment
-from storage.catalog import audit
+from storage.catalog import audit, check_open
 from storage.postgres import Database
 
 _OPEN = "(ji.state = 'queued' OR (ji.state = 'leased' AND ji.lease_expires_at < now()))"
@@ -90,13 +90,17 @@ class JobStore:
         idempotency_key: str | None,
         request_hash: str,
         actor: str,
+        max_open: int | None = None,
     ) -> tuple[Job, bool]:
-        """Commit a job and its queue rows; returns (job, created). 202 only after this."""
+        """Commit a job and its queue rows; returns (job, created). 202 only after this.
+        With ``max_open``, a project already holding that many unfinished jobs gets 429."""
         async with self._db.transaction() as conn:
             if idempotency_key is not None:
                 found = await _by_key(conn, project.id, idempotency_key, request_hash)
                 if found is not None:
                     return await self.job(tenant, found), False
+            if max_open is not None:
+                await check_open(conn, "jobs", project.id, max_open)
             if item_ids is not None:
                 known = await conn.fetchval(
                     "SELECT count(*) FROM items WHERE project_id = $1 AND id = ANY($2::uuid[])",

@@ -194,16 +194,21 @@ class ReviewStore:
             )
             await audit(conn, tenant, reviewer, f"review.{action}", f"item:{target.item_id}")
 
-    async def bulk_approve(self, tenant: str, project: Project, request: BulkApproveRequest) -> int:
+    async def bulk_approve(
+        self, tenant: str, project: Project, request: BulkApproveRequest, limit: int
+    ) -> int:
+        """Approve at most ``limit`` matching pending annotations in one transaction."""
         async with self._db.transaction() as conn:
             rows = await conn.fetch(
                 "SELECT a.item_id, a.status, a.value, a.prediction_id FROM annotations a"
                 " WHERE a.project_id = $1 AND a.status = 'pending'"
                 " AND ($2::float8 IS NULL OR a.score >= $2)"
-                " AND ($3::text IS NULL OR a.top_label = $3) ORDER BY a.item_id FOR UPDATE",
+                " AND ($3::text IS NULL OR a.top_label = $3) ORDER BY a.item_id LIMIT $4"
+                " FOR UPDATE",
                 project.id,
                 request.min_score,
                 request.label,
+                limit,
             )
             await conn.execute(
                 "UPDATE annotations SET status = 'approved', updated_by = $2, updated_at = now()"

@@ -94,13 +94,18 @@ class Review(Base):
         label: str | None = None,
         reviewer: str = "anonymous",
     ) -> Operation[int]:
-        """Approve every pending item matching the filters; returns how many."""
+        """Approve every pending item matching the filters; returns how many. The server
+        approves a capped number per call, so this calls until none are left."""
         request = BulkApproveRequest.model_validate(
             {"min_score": min_score, "label": label, "reviewer": reviewer}
         )
         path = f"{API}/projects/{ref(project)}/review/approve"
-        answer = yield from self._post(path, BulkApproveResponse, request.model_dump(mode="json"))
-        return answer.approved
+        approved, more = 0, True
+        while more:
+            body = request.model_dump(mode="json")
+            answer = yield from self._post(path, BulkApproveResponse, body)
+            approved, more = approved + answer.approved, answer.more
+        return approved
 
     def stats(self, project: Ref) -> Operation[ProjectStats]:
         """Counts by status and label, auto-approval rate, the model's reviewed accuracy."""

@@ -100,6 +100,13 @@ class RateLimited(RetryLater):
     code = "rate_limited"
 
 
+class QuotaExceeded(RetryLater):
+    """A project holds as much unfinished work (jobs, exports) as it may."""
+
+    status = 429
+    code = "quota_exceeded"
+
+
 class ConfigurationError(ModelShipError):
     """Settings or model configuration that cannot work; raised at start, not per request."""
 

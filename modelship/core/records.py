@@ -238,6 +238,9 @@ class BulkApproveRequest(Inbound):
 
 class BulkApproveResponse(BaseModel):
     approved: int
+    more: bool = Field(
+        False, description="The per-call cap was reached: call again to approve the rest."
+    )
 
 
 class Annotation(BaseModel):

@@ -113,6 +113,18 @@ class Settings(BaseSettings):
     )
     max_upload_files: int = Field(1000, gt=0, description="Most files in one upload request.")
     max_upload_texts: int = Field(100_000, gt=0, description="Most texts in one upload.")
+    max_open_jobs: int = Field(
+        8, gt=0, description="Jobs a project may have queued or running at once (429 above)."
+    )
+    max_open_exports: int = Field(
+        4, gt=0, description="Exports a project may have queued or running at once (429 above)."
+    )
+    max_bulk_approve: int = Field(
+        10_000,
+        gt=0,
+        description="Most annotations one bulk approval changes (one transaction); the"
+        " answer says how many, and the client asks again for the rest.",
+    )
     max_text_file_bytes: int = Field(
         16 * 1024 * 1024,
         gt=0,

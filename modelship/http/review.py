@@ -68,8 +68,8 @@ def review_routes(workflow: Workflow | None) -> APIRouter:
     async def bulk_approve(
         tenant: Tenant, project_id: UUID, request: BulkApproveRequest
     ) -> BulkApproveResponse:
-        approved = await flow().bulk_approve(tenant, project_id, request)
-        return BulkApproveResponse(approved=approved)
+        approved, more = await flow().bulk_approve(tenant, project_id, request)
+        return BulkApproveResponse(approved=approved, more=more)
 
     @router.get("/stats", response_model=ProjectStats)
     async def stats(tenant: Tenant, project_id: UUID) -> ProjectStats:

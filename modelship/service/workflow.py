@@ -243,7 +243,14 @@ class Workflow:
         )
         request_hash = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
         job, created = await self.jobs.submit(
-            tenant, project, body.item_ids, options, idempotency_key, request_hash, actor
+            tenant,
+            project,
+            body.item_ids,
+            options,
+            idempotency_key,
+            request_hash,
+            actor,
+            self._settings.max_open_jobs,
         )
         if created:
             await self.services.cache.notify_jobs()
@@ -285,9 +292,14 @@ class Workflow:
         )
         return await self.reviews.detail(project.id, item_id)
 
-    async def bulk_approve(self, tenant: str, project_id: UUID, request: BulkApproveRequest) -> int:
+    async def bulk_approve(
+        self, tenant: str, project_id: UUID, request: BulkApproveRequest
+    ) -> tuple[int, bool]:
+        """How many were approved, and whether more match (the cap was reached)."""
         project = await self.catalog.project(tenant, project_id)
-        return await self.reviews.bulk_approve(tenant, project, request)
+        limit = self._settings.max_bulk_approve
+        approved = await self.reviews.bulk_approve(tenant, project, request, limit)
+        return approved, approved == limit
 
     async def stats(self, tenant: str, project_id: UUID) -> ProjectStats:
         return await self.reviews.stats(await self.catalog.project(tenant, project_id))
@@ -298,7 +310,9 @@ class Workflow:
         """Record the export (``202``) and start writing it in the background."""
         project = await self.catalog.project(tenant, project_id)
         check(request.format, EXPORT_TASKS[project.task], request.include_images)
-        export = await self.exports.create(tenant, project, request, actor)
+        export = await self.exports.create(
+            tenant, project, request, actor, self._settings.max_open_exports
+        )
         self._launch_export(export.id)
         return export
 

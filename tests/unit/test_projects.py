@@ -15,9 +15,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from modelship.core.errors import ModelShipError
+from modelship.core.errors import ModelShipError, QuotaExceeded
 from modelship.core.messages import ItemOptions, ItemResult
-from modelship.core.records import ProjectCreate
+from modelship.core.records import ExportCreate, JobCreate, ProjectCreate
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
 from modelship.service.labeling import LocalLabeler
@@ -323,6 +323,28 @@ async def test_text_files_are_read_no_further_than_the_limits(
 
 
 # --- jobs ---------------------------------------------------------------------------
+
+
+async def test_a_project_holds_a_bounded_number_of_unfinished_jobs_and_exports(
+    services: Services, job_settings: Settings
+) -> None:
+    quota = job_settings.model_copy(update={"max_open_jobs": 1, "max_open_exports": 1})
+    workflow = Workflow(services, PACKAGED_MODELS, quota, launch_export=lambda _: None)
+    spec = ProjectCreate(
+        name=f"quota-{uuid.uuid4().hex[:8]}",
+        task="image-classification",
+        model="efficientnet-lite0",
+    )
+    project = await workflow.create_project(quota.tenant, spec, "test")
+    await workflow.upload(quota.tenant, project.id, [Upload(png(3), "a.png")], "test")
+    await workflow.submit_job(quota.tenant, project.id, JobCreate(), None, "test")
+    with pytest.raises(QuotaExceeded) as jobs:
+        await workflow.submit_job(quota.tenant, project.id, JobCreate(), None, "test")
+    assert jobs.value.status == 429 and jobs.value.retry_after_s > 0
+    csv = ExportCreate(format="csv")
+    await workflow.create_export(quota.tenant, project.id, csv, "test")
+    with pytest.raises(QuotaExceeded):
+        await workflow.create_export(quota.tenant, project.id, csv, "test")
 
 
 async def test_text_job_labels_like_the_synchronous_route(

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from modelship.core.errors import Conflict
-from modelship.core.records import ReviewAction
+from modelship.core.records import BulkApproveRequest, ReviewAction
 from modelship.core.settings import Settings
 from modelship.service.runner import JobRunner
 from modelship.service.workflow import Workflow
@@ -265,3 +265,15 @@ async def test_a_decision_on_a_label_that_changed_meanwhile_is_a_conflict(
     detail = await _detail(client, project, str(item))
     assert detail["annotation"]["status"] == "rejected"
     assert [r["action"] for r in detail["reviews"]] == ["reject"]
+
+
+async def test_bulk_approval_is_capped_per_call_and_says_when_more_match(
+    client: httpx.AsyncClient, runner: JobRunner, services: Services, job_settings: Settings
+) -> None:
+    project, _ = await _labeled_texts(client, runner, threshold=1.0)  # every label pending
+    capped = job_settings.model_copy(update={"max_bulk_approve": 4})
+    workflow = Workflow(services, PACKAGED_MODELS, capped)
+    everything = BulkApproveRequest()
+    first = await workflow.bulk_approve(capped.tenant, uuid.UUID(project["id"]), everything)
+    second = await workflow.bulk_approve(capped.tenant, uuid.UUID(project["id"]), everything)
+    assert (first, second) == ((4, True), (len(TEXTS) - 4, False))
