@@ -93,13 +93,23 @@ async def label_dataset(
 
 
 async def _ingest(run: BatchRun, progress: _Progress) -> list[Pending]:
-    """First pass: tasks read the entries into items; the driver adds them in bulk."""
+    """First pass: the dataset's items added in bulk. Files are read by Ray tasks (and
+    images stored) across the cluster; texts a manifest holds are items already, read
+    here."""
     import ray.data
 
     from jobs.ingest import read_batch
 
-    entries = [asdict(e) for e in run.entries]
-    dataset = ray.data.from_items(entries, override_num_blocks=_blocks(entries, _READ_BATCH))
+    pending: list[Pending] = []
+    texts = [e for e in run.entries if not e.uri]
+    for start in range(0, len(texts), _CHUNK):
+        rows = [item for entry in texts[start : start + _CHUNK] for item in run.read(entry)]
+        pending += await run.add(rows)
+        await progress.report()
+    files = [asdict(e) for e in run.entries if e.uri]
+    if not files:
+        return pending
+    dataset = ray.data.from_items(files, override_num_blocks=_blocks(files, _READ_BATCH))
     read = dataset.map_batches(
         functools.partial(
             read_batch,
@@ -112,7 +122,6 @@ async def _ingest(run: BatchRun, progress: _Progress) -> list[Pending]:
         batch_size=_READ_BATCH,
         num_cpus=0.25,
     )
-    pending: list[Pending] = []
     async for table in _iterate(read.iter_batches(batch_size=_CHUNK, batch_format="pyarrow")):
         assert isinstance(table, pa.Table)
         pending += await run.add([BatchItem(**row) for row in table.to_pylist()])

@@ -33,7 +33,7 @@ from modelship.core.settings import Settings
 from modelship.exports import check
 from modelship.predictors import ModelStore, Predictor
 from modelship.predictors.prepare import image_info, prepare_payload
-from modelship.service.datasets import Entry, check_source, list_entries
+from modelship.service.datasets import Entry, check_source, list_entries, read_entry
 from modelship.service.exporter import run_export
 from modelship.service.labeling import pick_model
 from modelship.service.runner import item_options, job_options, params_hash
@@ -140,6 +140,15 @@ class BatchRun:
     @property
     def item_options(self) -> ItemOptions:
         return item_options(self.options)
+
+    def read(self, entry: Entry) -> list[BatchItem]:
+        """The items of an entry that holds no file (a text): no bytes to store."""
+        return [
+            item
+            for item, _ in read_entry(
+                entry, self.images, self.settings, self.request.tenant, self.project.id
+            )
+        ]
 
     async def add(self, rows: list[BatchItem]) -> list[Pending]:
         """Add a chunk of the dataset to the project and the job; returns what to label."""
