@@ -31,6 +31,16 @@ IMAGE_TYPES = frozenset(
 )
 
 
+_PIL_FORMATS = {
+    "image/jpeg": "JPEG",
+    "image/png": "PNG",
+    "image/webp": "WEBP",
+    "image/gif": "GIF",
+    "image/bmp": "BMP",
+    "image/tiff": "TIFF",
+}
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     image: Image.Image
@@ -127,7 +137,10 @@ def _open_guarded(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return media_type, read(Image.open(io.BytesIO(data)))
+            # Only the sniffed format's decoder may run: PIL would otherwise try every
+            # plugin it has, parsers nobody asked for included.
+            image = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[media_type]])
+            return media_type, read(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidInput(
             "the image has too many pixels (decompression-bomb guard)", "decompression_bomb"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 from modelship.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from modelship.core.inputs import check_texts, decode_image, sniff_image_type
@@ -101,3 +102,12 @@ def test_text_limits(texts: list[str], code: str, settings: Settings) -> None:
 
 def test_texts_within_limits_pass(settings: Settings) -> None:
     check_texts(["a sentence", "another"], settings)
+
+
+def test_only_the_sniffed_formats_decoder_runs() -> None:
+    """Every accepted type names its one PIL decoder; a file sniffed as one type is never
+    handed to another plugin."""
+    from modelship.core import inputs
+
+    assert set(inputs._PIL_FORMATS) == inputs.IMAGE_TYPES
+    assert set(inputs._PIL_FORMATS.values()) <= set(Image.registered_extensions().values())
