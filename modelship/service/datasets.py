@@ -100,6 +100,9 @@ def list_entries(uri: str, images: bool, settings: Settings) -> list[Entry]:
         elif images:
             entries = [Entry(uri=_uri(fs, path))]
         else:
+            if (size := fs.size(path)) > settings.max_upload_bytes:
+                limit = settings.max_upload_bytes
+                raise SourceRefused(f"{size} bytes; the limit is {limit}", "file_too_large")
             entries = [Entry(text=text) for text in parse_text_file(path, fs.cat_file(path))]
     except ModelShipError as exc:
         raise SourceRefused(f"{uri}: {exc.message}", exc.code) from None

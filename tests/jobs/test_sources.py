@@ -93,13 +93,23 @@ def test_parquet_sources(root: Path, settings: Settings) -> None:
 
 @pytest.mark.parametrize(
     ("source", "code"),
-    [("/etc", "source_not_allowed"), ("missing", "source_missing"), ("empty", "source_empty")],
+    [
+        ("/etc", "source_not_allowed"),
+        ("missing", "source_missing"),
+        ("empty", "source_empty"),
+        ("big.txt", "file_too_large"),
+        ("photo.png", "unsupported_media_type"),  # a text project's source must be texts
+    ],
 )
 def test_sources_refused(root: Path, settings: Settings, source: str, code: str) -> None:
     (root / "empty").mkdir()
+    (root / "big.txt").write_text("a line\n" * 20)
+    (root / "photo.png").write_bytes((DATA / "cat_small.png").read_bytes())
     uri = source if source.startswith("/") else str(root / source)
+    if source == "big.txt":
+        settings = settings.model_copy(update={"max_upload_bytes": 100})
     with pytest.raises(SourceRefused) as refused:
-        list_entries(uri, True, settings)
+        list_entries(uri, False, settings)
     assert refused.value.code == code
 
 
