@@ -160,6 +160,10 @@ class ExportStore:
     ) -> list[tuple[ExportRow, str | None]]:
         """One page of the selection, by item id: (row, the item's object key)."""
         selection = job.request.selection
+        task = EXPORT_TASKS[job.project.task]
+        # An image item whose file could not be read (a batch job's failed entry) has no
+        # size and no file: image formats cannot hold it.
+        images_only = " AND i.width IS NOT NULL" if task.on_images else ""
         async with self._db.connection() as conn:
             records = await conn.fetch(
                 "SELECT i.id, i.filename, i.media_type, i.width, i.height, i.text, i.object_key,"
@@ -167,13 +171,12 @@ class ExportStore:
                 " FROM items i LEFT JOIN annotations a ON a.item_id = i.id"
                 " LEFT JOIN predictions p ON p.id = a.prediction_id"
                 " WHERE i.project_id = $1 AND ($2::uuid IS NULL OR i.id > $2)"
-                f" AND {_SELECTIONS[selection]} ORDER BY i.id LIMIT $3",
+                f" AND {_SELECTIONS[selection]}{images_only} ORDER BY i.id LIMIT $3",
                 job.project.id,
                 after,
                 limit,
                 *([job.request.min_score] if selection is ExportSelection.min_score else []),
             )
-        task = EXPORT_TASKS[job.project.task]
         return [(_row(record, task), record["object_key"]) for record in records]
 
 

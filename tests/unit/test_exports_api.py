@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import yaml
 from pycocotools.coco import COCO
 
 from modelship.service.runner import JobRunner
+from storage.catalog import Catalog, NewItem
+from storage.services import Services
 from tests.conftest import payload
 from tests.unit.exports.samples import ArchiveReader
 from tests.unit.flow import LABELS, assert_error, drain, make_project, png, upload_texts
@@ -107,6 +110,17 @@ async def test_coco_yolo_and_voc_hold_every_image_with_its_real_size(
         root = ET.fromstring(voc.read(f"Annotations/{item['id']}.xml"))
         assert int(root.findtext("size/width") or 0) == item["width"]
         assert len(root.findall("object")) == len(item["boxes"])
+
+
+async def test_an_image_item_without_a_readable_file_is_left_out_of_image_formats(
+    client: httpx.AsyncClient, runner: JobRunner, services: Services
+) -> None:
+    """A batch job records an entry it could not read as an item with no size or file."""
+    project, items = await _detection_project(client, runner)
+    unread = NewItem(content_hash="unreadable-entry", media_type="image/jpeg", byte_size=0, text="")
+    await Catalog(services.db).add_items("default", uuid.UUID(project["id"]), [unread], "test")
+    coco = json.loads(await _export(client, project, format="coco", selection="all"))
+    assert len(coco["images"]) == len(items)
 
 
 async def test_reviewed_text_labels_export_to_csv_jsonl_and_a_hugging_face_dataset(
