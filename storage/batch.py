@@ -19,7 +19,7 @@ from uuid import UUID, uuid4
 from modelship.core.context import current_request_id
 from modelship.core.records import Project
 from storage.catalog import audit
-from storage.jobs import Failure, Success, _finish_if_done
+from storage.jobs import Failure, Success, finish_if_done
 from storage.objects import ObjectStore
 from storage.postgres import Database
 
@@ -289,7 +289,7 @@ class BatchStore:
                 owner,
                 STOPPED,
             )
-            await _finish_if_done(conn, job_id)
+            await finish_if_done(conn, job_id)
 
 
 def _prediction(success: Success) -> tuple[Any, ...]:

@@ -357,7 +357,7 @@ class JobStore:
                 counted += await _release(
                     conn, owner, claim.job_id, failure.item_id, state, failure.error
                 )
-            await _finish_if_done(conn, claim.job_id)
+            await finish_if_done(conn, claim.job_id)
         if on_decision is not None:
             for decision in decisions:
                 on_decision(decision)
@@ -388,7 +388,7 @@ class JobStore:
             )
             for job_id in sorted({r["job_id"] for r in rows} | {r["id"] for r in stalled}):
                 async with conn.transaction():
-                    await _finish_if_done(conn, job_id)
+                    await finish_if_done(conn, job_id)
         return len(rows)
 
     async def release(
@@ -451,7 +451,7 @@ async def _release(
     return int(status.split()[-1])
 
 
-async def _finish_if_done(conn: asyncpg.Connection, job_id: UUID) -> None:
+async def finish_if_done(conn: asyncpg.Connection, job_id: UUID) -> None:
     """Close the job if no item is open. Runners completing its last batches at once must
     not each see the other's items still open: a lock per job, held to commit, orders
     them, and the later one's check (a new snapshot) sees what the earlier one committed.
