@@ -3,9 +3,10 @@ each in its own network namespace, started from the manifest by
 ``modelship.ops.cluster.emulate`` (KubeRay's part), with GCS state in an external Redis and
 the app's data in a PostgreSQL database of its own.
 
-One cluster serves the whole module; the tests run in file order and the destructive ones
-(a worker pod killed, the head killed) come last. Needs root and iproute2: without them
-these tests fail, saying so.
+The first tests build pods from the shipped config's manifest without starting anything.
+Then one cluster serves the rest of the module, in file order, the destructive tests (a
+worker pod killed, the head killed) last. Those need root, iproute2 and redis-server:
+without them they fail, saying so.
 """
 
 from __future__ import annotations
@@ -170,21 +171,28 @@ def _wait(check: Callable[[], Any], timeout_s: float, what: str, every_s: float 
             if result := check():
                 return result
             last = result
-        except (httpx.HTTPError, KeyError) as exc:
+        except (httpx.HTTPError, KeyError, ValueError) as exc:  # ValueError: not JSON
             last = repr(exc)
         time.sleep(every_s)
     raise AssertionError(f"{what}: not after {timeout_s}s (last: {last})")
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """The RayService's pods on a bridge, Redis for GCS state and a relay to PostgreSQL on
     the bridge's gateway; the app deployed as KubeRay would, and an admin API key made in
-    the head pod (``kubectl exec``). Everything is stopped by pid and namespace after."""
+    the head pod (``kubectl exec``). Everything is stopped by pid and namespace after; the
+    pods' folders (logs) are kept in /tmp/msn-* when a test failed."""
     _require_namespaces()
+    failed = request.session.testsfailed
     with contextlib.ExitStack() as stack:
         work = Path(tempfile.mkdtemp(prefix="msn-", dir="/tmp"))  # short: Ray's socket paths
-        stack.callback(shutil.rmtree, work, ignore_errors=True)
+
+        @stack.callback
+        def _remove_unless_failed() -> None:
+            if request.session.testsfailed == failed:
+                shutil.rmtree(work, ignore_errors=True)
+
         network = Network.create()
         stack.callback(network.close)
 
@@ -238,7 +246,7 @@ def cluster() -> Iterator[Cluster]:
         yield cluster
 
 
-def _pod(group: str, secrets: Any = None) -> PodSpec:
+def _pod(group: str, secret_values: Any = None) -> PodSpec:
     service = next(m for m in render(CONFIG, ClusterOptions()) if m["kind"] == "RayService")
     return pod_spec(
         service["spec"]["rayClusterConfig"],
@@ -248,7 +256,7 @@ def _pod(group: str, secrets: Any = None) -> PodSpec:
         head_ip="10.0.0.2",
         head_port="6379",
         storage_namespace="uid-1",
-        secrets=SECRETS if secrets is None else secrets,
+        secrets=SECRETS if secret_values is None else secret_values,
         config_maps={},
     )
 

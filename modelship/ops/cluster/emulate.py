@@ -330,8 +330,10 @@ class RayServiceEmulator:
         raise KeyError(f"no pod has address {ip}")
 
     def kill(self, pod: Pod) -> None:
-        """Every process of the pod dies at once (a node lost, an OOM kill)."""
+        """Every process of the pod dies at once (SIGKILL, as on an OOM kill), on a node that
+        lives on: their connections close before the pod's network goes."""
         pod.host.kill()
+        pod.host.settle()
         pod.process.wait(timeout=10)
 
     def replace(self, pod: Pod) -> Pod:

@@ -73,16 +73,18 @@ class Host:
                 raise RuntimeError(f"{self.netns}: processes left after SIGKILL: {pids}")
             time.sleep(0.1)
 
-    def settle(self, timeout_s: float = 5) -> None:
-        """Wait (at most ``timeout_s``) until no TCP socket here still has its close to
-        deliver. A dead process's connections close with a FIN; if the namespace went
-        first, their peers would never learn, as when a node is lost with its network
-        (PostgreSQL would keep such a session's transaction, and its row locks, open)."""
-        closing = ["ss", "-Htan", "state", "fin-wait-1", "state", "closing", "state", "last-ack"]
+    def settle(self, timeout_s: float = 10) -> None:
+        """After ``kill``: wait (at most ``timeout_s``) until every TCP socket here is
+        closed, or closed on our side with the peer told (TIME-WAIT, FIN-WAIT-2). A killed
+        process's connections close with a FIN or RST, possibly only once its last thread
+        has exited; if the namespace went first, its peers would never learn, as when a
+        node is lost with its network (PostgreSQL keeps such a session's transaction, and
+        its row locks, open for hours)."""
+        open_ = ["ss", "-Htan", "exclude", "time-wait", "exclude", "fin-wait-2"]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             done = subprocess.run(
-                ["ip", "netns", "exec", self.netns, *closing], capture_output=True, text=True
+                ["ip", "netns", "exec", self.netns, *open_], capture_output=True, text=True
             )
             if done.returncode != 0 or not done.stdout.strip():
                 return
