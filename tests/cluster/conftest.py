@@ -1,5 +1,6 @@
 """Cluster tier: manifests, image and compose checked offline with the real tools. No
-Kubernetes API server runs here and no Ray cluster starts: starting Ray is a bug here."""
+Kubernetes API server runs here, and this process never starts Ray (a bug here):
+test_multinode starts its pods as separate processes in network namespaces."""
 
 from __future__ import annotations
 
