@@ -195,7 +195,7 @@ class ReviewStore:
             await audit(conn, tenant, reviewer, f"review.{action}", f"item:{target.item_id}")
 
     async def bulk_approve(
-        self, tenant: str, project: Project, request: BulkApproveRequest, limit: int
+        self, tenant: str, project: Project, request: BulkApproveRequest, actor: str, limit: int
     ) -> int:
         """Approve at most ``limit`` matching pending annotations in one transaction."""
         async with self._db.transaction() as conn:
@@ -214,7 +214,7 @@ class ReviewStore:
                 "UPDATE annotations SET status = 'approved', updated_by = $2, updated_at = now()"
                 " WHERE item_id = ANY($1::uuid[])",
                 [row["item_id"] for row in rows],
-                request.reviewer,
+                actor,
             )
             for row in rows:
                 before = {"status": row["status"], "value": row["value"]}
@@ -225,17 +225,17 @@ class ReviewStore:
                     row["item_id"],
                     project.id,
                     ReviewAction.approve,
-                    request.reviewer,
+                    actor,
                     before,
                     after,
                 )
             await audit(
                 conn,
                 tenant,
-                request.reviewer,
+                actor,
                 "review.bulk_approve",
                 f"project:{project.id}",
-                {"approved": len(rows), **request.model_dump(exclude={"reviewer"})},
+                {"approved": len(rows), **request.model_dump()},
             )
         return len(rows)
 

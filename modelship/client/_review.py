@@ -46,13 +46,9 @@ class Review(Base):
         path = f"{API}/projects/{ref(project)}/items/{ref(item)}/review"
         return (yield from self._post(path, ItemDetail, request.model_dump(mode="json")))
 
-    def approve(
-        self, project: Ref, item: Ref, *, reviewer: str = "anonymous"
-    ) -> Operation[ItemDetail]:
+    def approve(self, project: Ref, item: Ref) -> Operation[ItemDetail]:
         """Keep the model's label."""
-        return (
-            yield from self._decide(project, item, action=ReviewAction.approve, reviewer=reviewer)
-        )
+        return (yield from self._decide(project, item, action=ReviewAction.approve))
 
     def correct(
         self,
@@ -62,7 +58,6 @@ class Review(Base):
         labels: Sequence[str] | None = None,
         detections: Sequence[DetectionInput | Mapping[str, Any]] | None = None,
         entities: Sequence[EntityInput | Mapping[str, Any]] | None = None,
-        reviewer: str = "anonymous",
     ) -> Operation[ItemDetail]:
         """Replace the label: ``labels`` (classification), every box (``detections``) or
         every entity (``entities``), checked by the server against the item and schema."""
@@ -74,17 +69,12 @@ class Review(Base):
                 labels=list(labels) if labels is not None else None,
                 detections=list(detections) if detections is not None else None,
                 entities=list(entities) if entities is not None else None,
-                reviewer=reviewer,
             )
         )
 
-    def reject(
-        self, project: Ref, item: Ref, *, reviewer: str = "anonymous"
-    ) -> Operation[ItemDetail]:
+    def reject(self, project: Ref, item: Ref) -> Operation[ItemDetail]:
         """The item has no right label here (it is left out of approved exports)."""
-        return (
-            yield from self._decide(project, item, action=ReviewAction.reject, reviewer=reviewer)
-        )
+        return (yield from self._decide(project, item, action=ReviewAction.reject))
 
     def bulk_approve(
         self,
@@ -92,13 +82,10 @@ class Review(Base):
         *,
         min_score: float | None = None,
         label: str | None = None,
-        reviewer: str = "anonymous",
     ) -> Operation[int]:
         """Approve every pending item matching the filters; returns how many. The server
         approves a capped number per call, so this calls until none are left."""
-        request = BulkApproveRequest.model_validate(
-            {"min_score": min_score, "label": label, "reviewer": reviewer}
-        )
+        request = BulkApproveRequest.model_validate({"min_score": min_score, "label": label})
         path = f"{API}/projects/{ref(project)}/review/approve"
         approved, more = 0, True
         while more:

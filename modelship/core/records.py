@@ -182,9 +182,6 @@ class JobResultsPage(BaseModel):
 # --- review and statistics ----------------------------------------------------------
 
 AnnotationStatus = Literal["pending", "auto_approved", "approved", "corrected", "rejected"]
-ReviewerName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=PRINTABLE)
-]
 
 
 class ReviewAction(StrEnum):
@@ -225,7 +222,6 @@ class ReviewRequest(Inbound):
     entities: list[EntityInput] | None = Field(
         None, max_length=1000, description="NER: every entity the text should have."
     )
-    reviewer: ReviewerName = "anonymous"
 
 
 class BulkApproveRequest(Inbound):
@@ -233,7 +229,6 @@ class BulkApproveRequest(Inbound):
 
     min_score: Threshold | None = None
     label: LabelName | None = None
-    reviewer: ReviewerName = "anonymous"
 
 
 class BulkApproveResponse(BaseModel):

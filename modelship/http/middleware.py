@@ -24,8 +24,10 @@ class RequestIdMiddleware:
     """Gives every request an id (the client's, if well-formed) and returns it.
 
     Behind Ray Serve (``set_header`` off) Serve has already chosen the id — the client's
-    as sent, or its own — passes it in the request headers and returns it; that id is used
-    as it is, so the body, the header and the logs agree.
+    as sent, or its own — passes it in the request headers and returns it. A well-formed
+    one is used as it is, so the body, the header and the logs agree; a malformed client
+    id is never stored or logged: the request gets a fresh id (in the body, the logs and
+    the database), while Serve's response header echoes what the client sent.
     """
 
     def __init__(self, app: ASGIApp, set_header: bool = True) -> None:
@@ -37,8 +39,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        chosen_by_serve = not self.set_header and given
-        request_id = given if chosen_by_serve or _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         current_request_id.set(request_id)
 

@@ -18,7 +18,7 @@ from modelship.core.records import (
     ReviewQueue,
     ReviewRequest,
 )
-from modelship.http.auth import Tenant
+from modelship.http.auth import Actor, Tenant
 from modelship.service.workflow import Workflow
 
 Strategy = Literal["uncertainty", "random", "label"]
@@ -60,15 +60,16 @@ def review_routes(workflow: Workflow | None) -> APIRouter:
 
     @router.post("/items/{item_id}/review", response_model=ItemDetail)
     async def review_item(
-        tenant: Tenant, project_id: UUID, item_id: UUID, request: ReviewRequest
+        tenant: Tenant, actor: Actor, project_id: UUID, item_id: UUID, request: ReviewRequest
     ) -> ItemDetail:
-        return await flow().review(tenant, project_id, item_id, request)
+        """Record a decision; the reviewer is the API key that makes it."""
+        return await flow().review(tenant, project_id, item_id, request, actor)
 
     @router.post("/review/approve", response_model=BulkApproveResponse)
     async def bulk_approve(
-        tenant: Tenant, project_id: UUID, request: BulkApproveRequest
+        tenant: Tenant, actor: Actor, project_id: UUID, request: BulkApproveRequest
     ) -> BulkApproveResponse:
-        approved, more = await flow().bulk_approve(tenant, project_id, request)
+        approved, more = await flow().bulk_approve(tenant, project_id, request, actor)
         return BulkApproveResponse(approved=approved, more=more)
 
     @router.get("/stats", response_model=ProjectStats)

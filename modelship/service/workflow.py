@@ -47,6 +47,7 @@ from storage.catalog import Catalog, NewItem
 from storage.exports import EXPORT_TASKS, ExportStore
 from storage.jobs import JobStore
 from storage.reviews import ReviewStore
+from storage.scan import Clamd, Scanner, scan_all
 from storage.services import Services
 
 logger = logging.getLogger("modelship.workflow")
@@ -78,6 +79,36 @@ def _new_text(upload: Upload) -> NewItem:
     )
 
 
+def _scan_streams(uploads: list[Upload], indexes: list[int], cap: int) -> list[tuple[str, bytes]]:
+    """What to scan, named: each image; texts one per line, a stream per file (or JSON body)
+    of at most ``cap`` bytes."""
+    streams: list[tuple[str, bytes]] = []
+    lines: list[tuple[int, bytes]] = []  # texts of the stream being gathered, by index
+    size = 0
+
+    def close() -> None:
+        first, last = lines[0][0], lines[-1][0]
+        span = f"text {first}" if first == last else f"texts {first}-{last}"
+        name = uploads[first].filename
+        streams.append((span + (f" ({name})" if name else ""), b"\n".join(t for _, t in lines)))
+        lines.clear()
+
+    for i in indexes:
+        data, name = uploads[i].data, uploads[i].filename
+        if isinstance(data, bytes):
+            streams.append((f"file {i}" + (f" ({name})" if name else ""), data))
+            continue
+        text = data.encode()
+        if lines and (name != uploads[lines[0][0]].filename or size + len(text) > cap):
+            close()
+            size = 0
+        lines.append((i, text))
+        size += len(text) + 1
+    if lines:
+        close()
+    return streams
+
+
 class Workflow:
     """What the project, upload and job routes do.
 
@@ -87,6 +118,7 @@ class Workflow:
         settings: limits.
         launch_export: starts writing an export in the background (under Serve: a call to
             the Exporter); by default, a task in this process.
+        scanner: what uploads are scanned with; by default clamd when settings name one.
     """
 
     def __init__(
@@ -95,6 +127,7 @@ class Workflow:
         configs: Sequence[ModelConfig],
         settings: Settings,
         launch_export: Callable[[UUID], None] | None = None,
+        scanner: Scanner | None = None,
     ) -> None:
         self.catalog = Catalog(services.db)
         self.exports = ExportStore(services.db)
@@ -105,6 +138,7 @@ class Workflow:
         self.services = services
         self._configs = list(configs)
         self._settings = settings
+        self._scanner = scanner if scanner is not None else Clamd.from_settings(settings)
 
     async def create_project(self, tenant: str, spec: ProjectCreate, actor: str) -> Project:
         check_labels(spec.labels, self._settings)
@@ -137,7 +171,8 @@ class Workflow:
     async def upload(
         self, tenant: str, project_id: UUID, uploads: list[Upload], actor: str
     ) -> tuple[list[Item], list[Duplicate]]:
-        """Store new items; report those whose content the project already holds."""
+        """Store new items; report those whose content the project already holds. New
+        items are scanned for viruses first, when a scanner is configured."""
         project = await self.catalog.project(tenant, project_id)
         if project.archived:
             raise Conflict(f"project {project_id} is archived", "project_archived")
@@ -152,6 +187,9 @@ class Workflow:
         for index, digest in enumerate(hashes):
             if digest not in known:
                 first.setdefault(digest, index)
+        if self._scanner is not None:  # before anything is stored
+            cap = self._settings.max_text_file_bytes
+            await scan_all(self._scanner, _scan_streams(uploads, list(first.values()), cap))
         new = [
             self._new_item(tenant, project_id, i, uploads[i]) if images else _new_text(uploads[i])
             for i in first.values()
@@ -278,7 +316,7 @@ class Workflow:
         return await self.reviews.detail(project_id, item_id)
 
     async def review(
-        self, tenant: str, project_id: UUID, item_id: UUID, request: ReviewRequest
+        self, tenant: str, project_id: UUID, item_id: UUID, request: ReviewRequest, actor: str
     ) -> ItemDetail:
         """Decide a person's action on the item's current label, then record it (409 if the
         label changed in between)."""
@@ -287,18 +325,16 @@ class Workflow:
         status, value = decide(
             project, request, target.value, target.width, target.height, target.text
         )
-        await self.reviews.record(
-            tenant, project.id, target, request.action, status, value, request.reviewer
-        )
+        await self.reviews.record(tenant, project.id, target, request.action, status, value, actor)
         return await self.reviews.detail(project.id, item_id)
 
     async def bulk_approve(
-        self, tenant: str, project_id: UUID, request: BulkApproveRequest
+        self, tenant: str, project_id: UUID, request: BulkApproveRequest, actor: str
     ) -> tuple[int, bool]:
         """How many were approved, and whether more match (the cap was reached)."""
         project = await self.catalog.project(tenant, project_id)
         limit = self._settings.max_bulk_approve
-        approved = await self.reviews.bulk_approve(tenant, project, request, limit)
+        approved = await self.reviews.bulk_approve(tenant, project, request, actor, limit)
         return approved, approved == limit
 
     async def stats(self, tenant: str, project_id: UUID) -> ProjectStats:

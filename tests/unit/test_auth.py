@@ -165,6 +165,34 @@ async def test_audit_records_name_the_key_that_acted(
     assert [row["actor"] for row in actors] == ["key:ci-bot"]
 
 
+async def test_the_reviewer_is_the_key_not_a_request_field(
+    secured: httpx.AsyncClient, keys: KeyStore, runner: JobRunner, services: Services
+) -> None:
+    headers = bearer((await keys.create("tenant-review", ["admin"], "ana"))[0])
+    spec = {"name": "reviewed", "task": "zero-shot-text-classification", "model": "minilm"}
+    spec |= {"labels": LABELS, "auto_approve_threshold": 1.0}
+    project = (await secured.post("/api/v1/projects", json=spec, headers=headers)).json()
+    base = f"/api/v1/projects/{project['id']}"
+    upload = await secured.post(f"{base}/items", json={"texts": ["a goal"]}, headers=headers)
+    item_id = upload.json()["items"][0]["id"]
+    await secured.post(f"{base}/jobs", headers=headers)
+    await drain(runner)
+    review = f"{base}/items/{item_id}/review"
+    spoofed = {"action": "approve", "reviewer": "someone-else"}
+    assert_error(await secured.post(review, json=spoofed, headers=headers), 422, "invalid_request")
+
+    decided = await secured.post(review, json={"action": "approve"}, headers=headers)
+    assert decided.status_code == 200, decided.text
+    assert decided.json()["annotation"]["updated_by"] == "key:ana"
+    assert [r["reviewer"] for r in decided.json()["reviews"]] == ["key:ana"]
+    async with services.db.connection() as conn:
+        actor = await conn.fetchval(
+            "SELECT actor FROM audit_events WHERE action = 'review.approve' AND subject = $1",
+            f"item:{item_id}",
+        )
+    assert actor == "key:ana"
+
+
 async def _project_with_everything(
     secured: httpx.AsyncClient, runner: JobRunner, headers: dict[str, str], name: str
 ) -> tuple[dict[str, Any], list[str]]:

@@ -105,22 +105,20 @@ async def test_review_decisions_are_recorded_and_counted(
     base = f"/api/v1/projects/{project['id']}/items"
     football, soup, striker, bread, weather, spoons = ids.values()
 
-    approved = await client.post(
-        f"{base}/{football}/review", json={"action": "approve", "reviewer": "ana"}
-    )
+    approved = await client.post(f"{base}/{football}/review", json={"action": "approve"})
     assert approved.status_code == 200, approved.text
     assert approved.json()["annotation"]["status"] == "approved"
     assert approved.json()["annotation"]["value"][0]["label"] == "sport"
 
     corrected = await client.post(
-        f"{base}/{soup}/review", json={"action": "correct", "labels": ["sport"], "reviewer": "bo"}
+        f"{base}/{soup}/review", json={"action": "correct", "labels": ["sport"]}
     )
     detail = corrected.json()
     assert detail["annotation"]["status"] == "corrected"
     assert detail["annotation"]["value"] == [{"label": "sport", "score": None}]
-    assert detail["annotation"]["updated_by"] == "bo"
+    assert detail["annotation"]["updated_by"] == "anonymous"
     (record,) = detail["reviews"]
-    assert record["action"] == "correct" and record["reviewer"] == "bo"
+    assert record["action"] == "correct" and record["reviewer"] == "anonymous"
     assert record["before"]["status"] == "pending"
     assert record["before"]["value"][0]["label"] == "cooking"
     assert record["after"] == {"status": "corrected", "value": [{"label": "sport", "score": None}]}
@@ -147,7 +145,7 @@ async def test_review_decisions_are_recorded_and_counted(
 
     bulk = await client.post(
         f"/api/v1/projects/{project['id']}/review/approve",
-        json={"label": "cooking", "min_score": 0.5, "reviewer": "cy"},
+        json={"label": "cooking", "min_score": 0.5},
     )
     assert bulk.json()["approved"] >= 1
     assert (await _detail(client, project, bread))["annotation"]["status"] == "approved"
@@ -274,6 +272,7 @@ async def test_bulk_approval_is_capped_per_call_and_says_when_more_match(
     capped = job_settings.model_copy(update={"max_bulk_approve": 4})
     workflow = Workflow(services, PACKAGED_MODELS, capped)
     everything = BulkApproveRequest()
-    first = await workflow.bulk_approve(capped.tenant, uuid.UUID(project["id"]), everything)
-    second = await workflow.bulk_approve(capped.tenant, uuid.UUID(project["id"]), everything)
+    target = capped.tenant, uuid.UUID(project["id"]), everything, "anonymous"
+    first = await workflow.bulk_approve(*target)
+    second = await workflow.bulk_approve(*target)
     assert (first, second) == ((4, True), (len(TEXTS) - 4, False))
