@@ -70,6 +70,19 @@ class ServiceUnavailable(ModelShipError):
     code = "service_unavailable"
 
 
+class ScannerUnavailable(ServiceUnavailable):
+    """The virus scanner is configured but does not answer: uploads fail closed."""
+
+    code = "scanner_unavailable"
+
+
+class Infected(ModelShipError):
+    """The virus scanner found a signature in an upload; nothing of it is stored."""
+
+    status = 422
+    code = "infected"
+
+
 class ModelNotReady(ModelShipError):
     status = 503
     code = "model_not_ready"

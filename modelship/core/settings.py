@@ -131,6 +131,15 @@ class Settings(BaseSettings):
         description="Largest text file in an upload (413 above): its texts become Python"
         " objects several times its size.",
     )
+    clamd_url: str | None = Field(
+        None,
+        pattern=r"^(unix:///.+|tcp://.+:[0-9]+)$",
+        description="ClamAV's daemon, unix:///run/clamav/clamd.ctl or tcp://host:3310: every"
+        " upload is scanned (INSTREAM) before it is stored; unset: uploads are not scanned.",
+    )
+    clamd_timeout_s: float = Field(
+        30.0, gt=0, description="How long one scan may take before the upload fails (503)."
+    )
     job_batch_size: int = Field(32, ge=1, le=1024, description="Items a runner claims at once.")
     job_concurrency: int = Field(
         2, ge=1, le=64, description="Batches one runner replica keeps in flight."

@@ -1,8 +1,8 @@
 """``modelship preflight``: everything the service needs, checked before it starts.
 
 Settings are validated when they load; then PostgreSQL (migrations applied), Redis,
-object storage, free disk under the data dir and every configured model's files. Each
-check reports ok or the reason, and how long it took.
+object storage, free disk under the data dir, clamd when uploads are scanned, and every
+configured model's files. Each check reports ok or the reason, and how long it took.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from modelship.core.config import LabelingAppArgs
 from modelship.predictors import ModelStore
+from storage.scan import Clamd
 from storage.services import Services
 
 MIN_FREE_BYTES = 2 * 1024**3
@@ -77,6 +78,14 @@ async def run_checks(args: LabelingAppArgs) -> list[Check]:
             checks.append(await _check(name, probe))
     finally:
         await services.close()
+    scanner = Clamd.from_settings(settings)
+    if scanner is not None:
+
+        async def clamd(scanner: Clamd = scanner) -> str:
+            await scanner.ping()
+            return f"answers PING at {scanner.url}"
+
+        checks.append(await _check("clamd", clamd))
     store = ModelStore(settings.models_dir)
     for config in args.models:
 
