@@ -51,19 +51,36 @@ def migrations() -> list[tuple[int, str, str]]:
 class Database:
     """A lazily opened asyncpg pool; every use maps an outage to ``ServiceUnavailable``.
 
+    Every session asks the server to end it when left idle inside a transaction, and to
+    probe its socket with TCP keepalives: a process that loses its network mid-transaction
+    (a node gone) would otherwise hold its row locks until the server's TCP gives up, hours
+    later, and stall every job behind them.
+
     Args:
         dsn: a PostgreSQL connection string.
         min_size, max_size: pool bounds (small: many replicas share one server).
         migrate: apply pending migrations when the pool first opens.
+        idle_transaction_timeout_s: ``idle_in_transaction_session_timeout``.
     """
 
     def __init__(
-        self, dsn: str, min_size: int = 1, max_size: int = 5, migrate: bool = True
+        self,
+        dsn: str,
+        min_size: int = 1,
+        max_size: int = 4,
+        migrate: bool = True,
+        idle_transaction_timeout_s: float = 60.0,
     ) -> None:
         self._dsn = dsn
         self._migrate = migrate
         self._min_size = min_size
         self._max_size = max_size
+        self._server_settings = {
+            "idle_in_transaction_session_timeout": str(int(idle_transaction_timeout_s * 1000)),
+            "tcp_keepalives_idle": "30",
+            "tcp_keepalives_interval": "10",
+            "tcp_keepalives_count": "3",
+        }
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
 
@@ -78,6 +95,7 @@ class Database:
                         timeout=5,
                         command_timeout=30,
                         init=_setup_connection,
+                        server_settings=self._server_settings,
                     )
                     if self._migrate:
                         try:

@@ -53,7 +53,11 @@ class Services:
     def from_settings(cls, settings: Settings) -> Services:
         urls = resolve_urls(settings)
         return cls(
-            db=Database(urls.database),
+            db=Database(
+                urls.database,
+                max_size=settings.db_pool_size,
+                idle_transaction_timeout_s=settings.db_idle_transaction_timeout_s,
+            ),
             cache=Cache(urls.redis, settings.redis_prefix),
             objects=ObjectStore(urls.objects, settings.object_store_options),
             urls=urls,

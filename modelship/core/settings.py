@@ -96,6 +96,19 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         None, description="PostgreSQL DSN; unset: an embedded PostgreSQL under data_dir."
     )
+    db_pool_size: int = Field(
+        4,
+        ge=1,
+        le=50,
+        description="Most PostgreSQL connections one process (a replica) holds; every"
+        " replica's pool together must fit the server's max_connections.",
+    )
+    db_idle_transaction_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="PostgreSQL ends a session left idle inside a transaction this long (a"
+        " process that lost its network mid-transaction), releasing its locks.",
+    )
     redis_url: SecretStr | None = Field(
         None, description="Redis URL; unset: an embedded Redis under data_dir."
     )

@@ -51,7 +51,12 @@ async def run_checks(args: LabelingAppArgs) -> list[Check]:
         async with services.db.connection() as conn:
             version = await conn.fetchval("SHOW server_version")
             applied = await conn.fetchval("SELECT count(*) FROM schema_migrations")
-        return f"PostgreSQL {version}, {applied} migrations applied"
+            most = await conn.fetchval("SHOW max_connections")
+        pool = settings.db_pool_size
+        return (
+            f"PostgreSQL {version}, {applied} migrations applied;"
+            f" max_connections {most}, at most {pool} per replica"
+        )
 
     async def redis() -> str:
         await services.cache.ping()

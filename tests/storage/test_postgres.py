@@ -1,0 +1,43 @@
+"""The PostgreSQL pool against the machine's real server: a session stuck inside a
+transaction (its process lost its network, say) does not hold its locks for long."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import asyncpg
+import pytest
+
+from modelship.core.errors import ServiceUnavailable
+from storage.postgres import Database
+
+
+async def test_a_session_idle_in_a_transaction_is_ended_and_its_locks_released(
+    postgres_dsn: str,
+) -> None:
+    table = f"held_{uuid.uuid4().hex[:8]}"
+    setup = await asyncpg.connect(postgres_dsn)
+    await setup.execute(
+        f"CREATE TABLE {table} (id int PRIMARY KEY); INSERT INTO {table} VALUES (1)"
+    )
+    db = Database(postgres_dsn, migrate=False, idle_transaction_timeout_s=1.0)
+    try:
+        with pytest.raises(ServiceUnavailable):
+            async with db.transaction() as stuck:
+                await stuck.execute(f"SELECT id FROM {table} WHERE id = 1 FOR UPDATE")
+                started = time.monotonic()
+                await setup.execute("SET lock_timeout = '10s'")
+                await setup.execute(f"SELECT id FROM {table} WHERE id = 1 FOR UPDATE")
+                waited = time.monotonic() - started
+                await asyncio.sleep(0.2)
+                await stuck.execute("SELECT 1")  # the server has ended this session
+        assert 0.8 < waited < 5, waited
+        async with db.connection() as fresh:  # the pool replaces the dead connection
+            assert await fresh.fetchval("SHOW idle_in_transaction_session_timeout") == "1s"
+            assert await fresh.fetchval("SHOW tcp_keepalives_idle") == "30"
+    finally:
+        await db.close()
+        await setup.execute(f"DROP TABLE {table}")
+        await setup.close()
