@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(
         10 * 1024 * 1024, gt=0, description="Largest single image accepted (413 above)."
     )
+    max_concurrent_decodes: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Images one process decodes at once (each may take max_image_pixels"
+        " x 4 bytes); the others wait their turn.",
+    )
     max_image_pixels: int = Field(
         40_000_000,
         gt=0,

@@ -4,6 +4,8 @@ runs (the Preprocessor, a model replica, in-process)."""
 from __future__ import annotations
 
 import logging
+import threading
+from functools import cache
 from typing import Any
 
 from modelship.core.errors import InvalidInput, ModelShipError
@@ -15,12 +17,20 @@ from modelship.predictors.base import ImagePredictor, Predictor
 logger = logging.getLogger("modelship.prepare")
 
 
+@cache
+def decode_slots(limit: int) -> threading.BoundedSemaphore:
+    """The process's decode slots: a decoded image may take ``max_image_pixels`` × 4 bytes,
+    so however many requests a replica accepts, only this many decode at once."""
+    return threading.BoundedSemaphore(limit)
+
+
 def prepare_image(
     predictor: Predictor[Any, Any], data: bytes, options: ItemOptions, settings: Settings
 ) -> PreparedImage:
     """Decode (with every guard) and transform one image for ``predictor``."""
     min_side = predictor.input_side if isinstance(predictor, ImagePredictor) else None
-    decoded = decode_image(data, settings, min_side)
+    with decode_slots(settings.max_concurrent_decodes):
+        decoded = decode_image(data, settings, min_side)
     prepared: PreparedImage = predictor.preprocess(decoded.image, options)
     prepared.media_type = decoded.media_type
     prepared.width, prepared.height = decoded.width, decoded.height

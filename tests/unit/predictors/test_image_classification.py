@@ -163,3 +163,39 @@ def test_any_hf_image_classifier_directory(tiny_vit_dir: Path) -> None:
         assert {score.label for score in output} <= {"ant", "bee", "wasp"}
         assert output[0].score >= output[1].score
     assert predictor.labels() == ["ant", "bee", "wasp"]
+
+
+def test_a_process_decodes_at_most_its_limit_of_images_at_once(
+    efficientnet: EfficientNetLite0, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Lock
+
+    import modelship.predictors.prepare as prepare
+
+    in_flight, peak, lock = 0, 0, Lock()
+
+    def counted(*args: object, **kwargs: object) -> object:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        try:
+            return decode_image(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                in_flight -= 1
+
+    monkeypatch.setattr(prepare, "decode_image", counted)
+    limited = settings.model_copy(update={"max_concurrent_decodes": 2})
+    big = io.BytesIO()
+    Image.effect_noise((1500, 1500), 60).convert("RGB").save(big, format="PNG")
+    with ThreadPoolExecutor(12) as pool:
+        done = list(
+            pool.map(
+                lambda _: prepare_image(efficientnet, big.getvalue(), ItemOptions(), limited),
+                range(24),
+            )
+        )
+    assert len(done) == 24 and all(item.width == 1500 for item in done)
+    assert peak == 2
