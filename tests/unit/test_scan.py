@@ -4,6 +4,7 @@ go over ASGI to the real PostgreSQL of this machine."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import random
@@ -155,6 +156,19 @@ async def test_a_missing_clamd_is_unavailable(tmp_path: Path) -> None:
             await Clamd(url, timeout_s=5).scan(b"hello")
 
 
+async def test_a_clamd_that_does_not_answer_times_out(tmp_path: Path) -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers
+
+    server = await asyncio.start_unix_server(stall, path=str(tmp_path / "stall.ctl"))
+    try:
+        with pytest.raises(ScannerUnavailable):
+            await Clamd(f"unix://{tmp_path}/stall.ctl", timeout_s=0.3).scan(EICAR)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 def test_clamd_url_is_checked() -> None:
     assert Settings().clamd_url is None  # off by default
     for bad in ("http://clamd:3310", "tcp://clamd", "unix://", "/run/clamd.ctl"):
@@ -192,10 +206,13 @@ async def test_infected_texts_are_refused_from_files_and_json(
     client, _ = scanning
     project = await text_project(client)
     url = f"/api/v1/projects/{project['id']}/items"
-    files = [("file", ("eicar.txt", EICAR, "text/plain"))]
+    files = [
+        ("file", ("notes.txt", b"the team won the match\nbake the bread\n", "text/plain")),
+        ("file", ("eicar.txt", EICAR, "text/plain")),
+    ]
     response = await client.post(url, files=files)
     assert_error(response, 422, "infected")
-    assert "(eicar.txt)" in response.json()["error"]["message"]
+    assert response.json()["error"]["message"].startswith("text 2 (eicar.txt): ")
     assert_error(await client.post(url, json={"texts": [EICAR.decode()]}), 422, "infected")
     assert await _items(client, project) == []
 
