@@ -19,7 +19,7 @@ logger = logging.getLogger("modelship.prepare")
 
 @cache
 def decode_slots(limit: int) -> threading.BoundedSemaphore:
-    """The process's decode slots: a decoded image may take ``max_image_pixels`` × 4 bytes,
+    """The process's decode slots: a decoded image may take ``max_image_pixels`` x 4 bytes,
     so however many requests a replica accepts, only this many decode at once."""
     return threading.BoundedSemaphore(limit)
 

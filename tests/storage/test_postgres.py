@@ -23,16 +23,22 @@ async def test_a_session_idle_in_a_transaction_is_ended_and_its_locks_released(
         f"CREATE TABLE {table} (id int PRIMARY KEY); INSERT INTO {table} VALUES (1)"
     )
     db = Database(postgres_dsn, migrate=False, idle_transaction_timeout_s=1.0)
+    waited = 0.0
+
+    async def hold_a_lock_then_go_quiet() -> None:
+        nonlocal waited
+        async with db.transaction() as stuck:
+            await stuck.execute(f"SELECT id FROM {table} WHERE id = 1 FOR UPDATE")
+            started = time.monotonic()
+            await setup.execute("SET lock_timeout = '10s'")
+            await setup.execute(f"SELECT id FROM {table} WHERE id = 1 FOR UPDATE")
+            waited = time.monotonic() - started
+            await asyncio.sleep(0.2)
+            await stuck.execute("SELECT 1")  # the server has ended this session
+
     try:
         with pytest.raises(ServiceUnavailable):
-            async with db.transaction() as stuck:
-                await stuck.execute(f"SELECT id FROM {table} WHERE id = 1 FOR UPDATE")
-                started = time.monotonic()
-                await setup.execute("SET lock_timeout = '10s'")
-                await setup.execute(f"SELECT id FROM {table} WHERE id = 1 FOR UPDATE")
-                waited = time.monotonic() - started
-                await asyncio.sleep(0.2)
-                await stuck.execute("SELECT 1")  # the server has ended this session
+            await hold_a_lock_then_go_quiet()
         assert 0.8 < waited < 5, waited
         async with db.connection() as fresh:  # the pool replaces the dead connection
             assert await fresh.fetchval("SHOW idle_in_transaction_session_timeout") == "1s"
