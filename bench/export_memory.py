@@ -16,6 +16,7 @@ import tempfile
 import time
 import tracemalloc
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,7 @@ async def measure(services: Services, project: Any, fmt: ExportFormat) -> dict[s
     export = await ExportStore(services.db).create("bench", project, request, "bench")
     tracemalloc.start()
     started = time.perf_counter()
-    await run_export(services, export.id)
+    await run_export(services, export.id, timedelta(hours=1))
     seconds = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

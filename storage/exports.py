@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -54,6 +55,7 @@ def _export(row: asyncpg.Record) -> Export:
         error=row["error"],
         created_at=row["created_at"],
         finished_at=row["finished_at"],
+        expires_at=row["expires_at"],
         download_url=f"/api/v1/exports/{row['id']}/download" if done else None,
     )
 
@@ -122,18 +124,40 @@ class ExportStore:
         return ExportJob(export_id, row["tenant"], project, request)
 
     async def finish(
-        self, export_id: UUID, object_key: str, rows: int, size: int, media_type: str
+        self,
+        export_id: UUID,
+        object_key: str,
+        rows: int,
+        size: int,
+        media_type: str,
+        retention: timedelta,
     ) -> None:
         async with self._db.connection() as conn:
             await conn.execute(
                 "UPDATE exports SET status = 'succeeded', object_key = $2, row_count = $3,"
-                " byte_size = $4, media_type = $5, finished_at = now() WHERE id = $1",
+                " byte_size = $4, media_type = $5, finished_at = now(),"
+                " expires_at = now() + $6 WHERE id = $1",
                 export_id,
                 object_key,
                 rows,
                 size,
                 media_type,
+                retention,
             )
+
+    async def expire(self, limit: int) -> list[str]:
+        """Mark up to ``limit`` succeeded exports past their time expired; their object keys
+        (to delete: a key whose deletion fails is only an orphaned file, never a download
+        that points nowhere)."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                "WITH due AS (SELECT id, object_key FROM exports WHERE status = 'succeeded'"
+                " AND expires_at <= now() ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                " UPDATE exports e SET status = 'expired', object_key = NULL FROM due"
+                " WHERE e.id = due.id RETURNING due.object_key",
+                limit,
+            )
+        return [row[0] for row in rows if row[0]]
 
     async def fail(self, export_id: UUID, error: str) -> None:
         async with self._db.connection() as conn:

@@ -63,6 +63,11 @@ class Conflict(ModelShipError):
     code = "conflict"
 
 
+class Gone(ModelShipError):
+    status = 410
+    code = "gone"
+
+
 class ServiceUnavailable(ModelShipError):
     """A service we depend on (PostgreSQL, Redis, object storage) cannot be reached."""
 

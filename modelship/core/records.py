@@ -63,6 +63,8 @@ class ProjectUpdate(Inbound):
     def _check(self) -> Self:
         if not self.model_fields_set:
             raise ValueError("send at least one field to change")
+        if nulls := sorted(f for f in self.model_fields_set if getattr(self, f) is None):
+            raise ValueError(f"{', '.join(nulls)}: null is no value to change to")
         unique_labels(self.labels)
         return self
 
@@ -336,11 +338,14 @@ class Export(BaseModel):
     project_id: UUID
     format: ExportFormat
     selection: dict[str, Any]
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: Literal["queued", "running", "succeeded", "failed", "expired"]
     rows: int | None = Field(None, description="Items written.")
     bytes: int | None
     media_type: str | None
     error: str | None
     created_at: datetime
     finished_at: datetime | None
+    expires_at: datetime | None = Field(
+        None, description="When the file is deleted (the export then ends expired)."
+    )
     download_url: str | None

@@ -6,6 +6,7 @@ nothing reads the environment inside a request handler.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,9 @@ class Settings(BaseSettings):
     clamd_timeout_s: float = Field(
         30.0, gt=0, description="How long one scan may take before the upload fails (503)."
     )
+    export_retention_hours: float = Field(
+        168.0, gt=0, description="How long an export's file is kept (410 export_expired after)."
+    )
     job_batch_size: int = Field(32, ge=1, le=1024, description="Items a runner claims at once.")
     job_concurrency: int = Field(
         2, ge=1, le=64, description="Batches one runner replica keeps in flight."
@@ -185,6 +189,10 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return self.auth_required if self.auth_required is not None else self.profile != "dev"
+
+    @property
+    def export_retention(self) -> timedelta:
+        return timedelta(hours=self.export_retention_hours)
 
     @property
     def models_dir(self) -> Path:

@@ -198,7 +198,7 @@ class BatchRun:
         selection = ExportSelection.all if self.request.export_all else ExportSelection.approved
         spec = ExportCreate(format=self.request.export, selection=selection)
         export = await exports.create(self.request.tenant, self.project, spec, self.request.actor)
-        await run_export(self.services, export.id)
+        await run_export(self.services, export.id, self.settings.export_retention)
         return (await exports.get(self.request.tenant, export.id))[0]
 
 

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
@@ -27,10 +28,12 @@ PAGE_ROWS = 500
 async def run_export(
     services: Services,
     export_id: UUID,
+    retention: timedelta,
     work_dir: Path | None = None,
     metrics: Metrics = NO_METRICS,
 ) -> None:
-    """Write export ``export_id``; it ends ``succeeded`` or ``failed`` with a reason."""
+    """Write export ``export_id``; it ends ``succeeded`` (its file kept for ``retention``)
+    or ``failed`` with a reason."""
     store = ExportStore(services.db)
     job = await store.start(export_id)
     if job is None:
@@ -60,7 +63,7 @@ async def run_export(
             key = services.objects.new_key(job.tenant, str(job.project.id), writer.extension)
             await services.objects.put_file(key, path)
             size = path.stat().st_size
-            await store.finish(export_id, key, writer.rows, size, writer.media_type)
+            await store.finish(export_id, key, writer.rows, size, writer.media_type, retention)
             logger.info("export %s: %d rows, %d bytes", export_id, writer.rows, size)
             status = "succeeded"
         except ModelShipError as exc:
@@ -70,3 +73,14 @@ async def run_export(
             await store.fail(export_id, "internal error")
         finally:
             metrics.export(job.request.format, status, time.perf_counter() - started)
+
+
+async def delete_expired(services: Services, limit: int = 100) -> int:
+    """Delete the files of exports past their retention (at most ``limit``); how many."""
+    keys = await ExportStore(services.db).expire(limit)
+    for key in keys:
+        try:
+            await services.objects.delete(key)
+        except Exception:  # the export is expired either way; the file is only an orphan
+            logger.exception("could not delete expired export file %s", key)
+    return len(keys)

@@ -15,10 +15,11 @@ import logging
 import mimetypes
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from uuid import UUID
 
 from modelship.core.config import IMAGE_TASKS, ModelConfig, Task
-from modelship.core.errors import Conflict, InvalidInput, ModelShipError
+from modelship.core.errors import Conflict, Gone, InvalidInput, ModelShipError
 from modelship.core.inputs import check_labels, read_image_header
 from modelship.core.records import (
     BulkApproveRequest,
@@ -353,7 +354,8 @@ class Workflow:
         return export
 
     def _export_here(self, export_id: UUID) -> None:
-        task = asyncio.create_task(run_export(self.services, export_id))
+        retention = self._settings.export_retention
+        task = asyncio.create_task(run_export(self.services, export_id, retention))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -364,6 +366,9 @@ class Workflow:
     async def export_file(self, tenant: str, export_id: UUID) -> tuple[Export, str]:
         """The export and the object key of its file (409 until it is written)."""
         export, key = await self.exports.get(tenant, export_id)
+        expired = export.expires_at is not None and export.expires_at <= datetime.now(UTC)
+        if export.status == "expired" or expired:
+            raise Gone(f"export {export_id} expired; export again", "export_expired")
         if key is None:
             raise Conflict(f"export {export_id} is {export.status}", "export_not_ready")
         return export, key

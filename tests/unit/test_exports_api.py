@@ -8,6 +8,7 @@ import io
 import json
 import uuid
 import xml.etree.ElementTree as ET
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ import pytest
 import yaml
 from pycocotools.coco import COCO
 
+from modelship.service.exporter import delete_expired
 from modelship.service.runner import JobRunner
 from storage.catalog import Catalog, NewItem
+from storage.objects import ObjectNotFound
 from storage.services import Services
 from tests.conftest import payload
 from tests.unit.exports.samples import ArchiveReader
@@ -196,3 +199,43 @@ async def test_bad_export_requests(client: httpx.AsyncClient) -> None:
     missing = "/api/v1/exports/00000000-0000-0000-0000-000000000000"
     assert_error(await client.get(missing), 404, "unknown_export")
     assert_error(await client.get(f"{missing}/download"), 404, "unknown_export")
+
+
+async def test_an_export_file_is_deleted_after_its_retention(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    project = await make_project(
+        client, task="zero-shot-text-classification", model="minilm", labels=LABELS
+    )
+    await upload_texts(client, project, ["a late goal"])
+    created = await client.post(
+        f"/api/v1/projects/{project['id']}/exports", json={"format": "jsonl", "selection": "all"}
+    )
+    export = created.json()
+    for _ in range(200):
+        export = (await client.get(f"/api/v1/exports/{export['id']}")).json()
+        if export["status"] != "queued" and export["status"] != "running":
+            break
+        await asyncio.sleep(0.05)
+    assert export["status"] == "succeeded", export
+    kept = datetime.fromisoformat(export["expires_at"]) - datetime.fromisoformat(
+        export["finished_at"]
+    )
+    assert kept == timedelta(hours=168)  # MODELSHIP_EXPORT_RETENTION_HOURS' default
+    async with services.db.connection() as conn:
+        key = await conn.fetchval("SELECT object_key FROM exports WHERE id = $1", export["id"])
+        await conn.execute(
+            "UPDATE exports SET expires_at = now() - interval '1 second' WHERE id = $1",
+            export["id"],
+        )
+    assert_error(await client.get(export["download_url"]), 410, "export_expired")
+
+    assert await delete_expired(services) >= 1
+    with pytest.raises(ObjectNotFound):
+        await services.objects.get(key)
+    gone = (await client.get(f"/api/v1/exports/{export['id']}")).json()
+    assert gone["status"] == "expired" and gone["download_url"] is None
+    assert_error(
+        await client.get(f"/api/v1/exports/{export['id']}/download"), 410, "export_expired"
+    )
+    assert await delete_expired(services) == 0  # nothing is deleted twice
