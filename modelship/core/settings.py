@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         20 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above)."
     )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request body must arrive within this (408 after): a client trickling"
+        " its body holds a slot no longer, whatever x-request-timeout-seconds it sends.",
+    )
+    upload_body_timeout_s: float = Field(
+        900.0, gt=0, description="The same for upload bodies (up to max_upload_bytes)."
+    )
     max_image_bytes: int = Field(
         10 * 1024 * 1024, gt=0, description="Largest single image accepted (413 above)."
     )

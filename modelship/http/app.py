@@ -184,6 +184,8 @@ def create_api(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         upload_max_bytes=settings.max_upload_bytes,
+        timeout_s=settings.body_timeout_s,
+        upload_timeout_s=settings.upload_body_timeout_s,
     )
     app.add_middleware(AuthMiddleware, authenticate=authenticate, limiter=limiter)
     app.add_middleware(RequestIdMiddleware, set_header=not behind_serve_proxy)

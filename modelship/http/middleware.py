@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -54,9 +55,12 @@ class RequestIdMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over ``max_bytes`` with 413, by Content-Length or while streaming.
+    """Refuses bodies over ``max_bytes`` with 413, by Content-Length or while streaming, and
+    bodies that take longer than ``timeout_s`` to arrive with 408.
 
-    Paths matching ``upload_paths`` (bulk uploads) get ``upload_max_bytes`` instead.
+    Paths matching ``upload_paths`` (bulk uploads) get ``upload_max_bytes`` and
+    ``upload_timeout_s`` instead. The time bound is ours, not only Serve's
+    ``request_timeout_s``: a client can lift Serve's with ``x-request-timeout-seconds: 0``.
     Raises HTTPException from ``receive`` so the error reaches our one error handler
     (FastAPI re-raises HTTPException from body parsing instead of turning it into 400).
     """
@@ -66,11 +70,15 @@ class BodyLimitMiddleware:
         app: ASGIApp,
         max_bytes: int,
         upload_max_bytes: int | None = None,
+        timeout_s: float = 30.0,
+        upload_timeout_s: float | None = None,
         upload_paths: str = r"^/api/v1/projects/[^/]+/items$",
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.upload_max_bytes = upload_max_bytes or max_bytes
+        self.timeout_s = timeout_s
+        self.upload_timeout_s = upload_timeout_s or timeout_s
         self.upload_paths = re.compile(upload_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -79,16 +87,27 @@ class BodyLimitMiddleware:
             return
         upload = self.upload_paths.match(scope.get("path", ""))
         limit = self.upload_max_bytes if upload else self.max_bytes
+        timeout_s = self.upload_timeout_s if upload else self.timeout_s
         declared = dict(scope["headers"]).get(b"content-length", b"")
         too_large = HTTPException(413, f"the request body exceeds {limit} bytes")
-        received = 0
+        received, complete = 0, False
+        deadline = asyncio.get_running_loop().time() + timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, complete
             if declared.isdigit() and int(declared) > limit:
                 raise too_large
-            message = await receive()
+            if complete:  # the body is in: wait for the disconnect as long as it takes
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise HTTPException(
+                    408, f"the request body did not arrive within {timeout_s:g} s"
+                ) from None
             received += len(message.get("body", b""))
+            complete = message["type"] != "http.request" or not message.get("more_body")
             if received > limit:
                 raise too_large
             return message

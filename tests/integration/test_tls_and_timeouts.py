@@ -34,6 +34,7 @@ from storage.embedded import stop_embedded
 from tests.integration.conftest import CONFIG
 
 TIMEOUT_S = 2.0
+BODY_TIMEOUT_S = 4.0  # ours, past Serve's: it holds when a client lifts Serve's
 MODEL = "Model-minilm-zero-shot"
 
 
@@ -81,7 +82,7 @@ def _edge_config(port: int, certfile: Path, keyfile: Path, data_dir: Path) -> di
     )
     app = config["applications"][0]
     app["args"]["models"] = [m for m in app["args"]["models"] if m["name"] == "minilm-zero-shot"]
-    app["args"]["settings"] = {"data_dir": str(data_dir)}
+    app["args"]["settings"] = {"data_dir": str(data_dir), "body_timeout_s": BODY_TIMEOUT_S}
     keep = {"Ingress", "Preprocessor", MODEL}
     app["deployments"] = [d for d in app["deployments"] if d["name"] in keep]
     return config
@@ -172,3 +173,26 @@ def test_a_request_past_request_timeout_s_is_cut_off(edge: tuple[str, ssl.SSLCon
         # and the instance still serves
         ok = client.post("/api/v1/classify/text", json={"texts": ["after the timeout"]})
         assert ok.status_code == 200
+
+
+def test_a_client_cannot_lift_the_timeout_for_a_trickling_body(
+    edge: tuple[str, ssl.SSLContext],
+) -> None:
+    """``x-request-timeout-seconds: 0`` turns Serve's timeout off; the body timeout holds."""
+    url, trusted = edge
+
+    def trickle() -> Iterator[bytes]:
+        yield b'{"texts": ["'
+        for _ in range(int(BODY_TIMEOUT_S * 4)):
+            time.sleep(0.5)
+            yield b"slow "
+        yield b'"]}'
+
+    with httpx.Client(base_url=url, verify=trusted, timeout=30) as client:
+        response = client.post(
+            "/api/v1/classify/text",
+            content=trickle(),
+            headers={"content-type": "application/json", "x-request-timeout-seconds": "0"},
+        )
+        assert response.status_code == 408, response.text  # ours, in our error shape
+        assert response.json()["error"]["code"] == "body_timeout"

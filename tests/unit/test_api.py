@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -187,6 +189,31 @@ async def test_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
     assert_error(response, 413, "payload_too_large")
 
 
+async def test_a_body_that_trickles_in_is_cut_off_at_the_body_timeout(
+    local: LocalLabeler,
+) -> None:
+    app = create_api(local, local.configs, Settings(body_timeout_s=0.5))
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b'{"texts": ["'
+        for _ in range(40):
+            await asyncio.sleep(0.1)
+            yield b"slow "
+        yield b'"]}'
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        started = time.monotonic()
+        response = await http.post(
+            "/api/v1/classify/text",
+            content=trickle(),
+            headers={"content-type": "application/json", "x-request-timeout-seconds": "0"},
+        )
+        assert_error(response, 408, "body_timeout")
+        assert time.monotonic() - started < 2
+        assert (await http.post("/api/v1/classify/text", json={"text": "quick"})).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
@@ -230,6 +257,10 @@ async def test_other_bad_requests(client: httpx.AsyncClient) -> None:
         422,
         "invalid_request",
     )
+    not_utf8 = await client.post(  # was a 400 outside the document (the API fuzz drill)
+        "/api/v1/classify/text", content=b"\xff", headers={"content-type": "application/json"}
+    )
+    assert_error(not_utf8, 422, "invalid_request")
     files = {"file": ("c.jpg", payload("cat.jpg"))}
     assert_error(
         await client.post(route, files=files, data={"model": "ghost"}), 404, "unknown_model"
