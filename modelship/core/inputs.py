@@ -16,11 +16,16 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import filetype
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from pydantic import BaseModel, ValidationError
 
 from modelship.core.config import LabelSpec
-from modelship.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from modelship.core.errors import (
+    InvalidInput,
+    ModelShipError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from modelship.core.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -145,7 +150,12 @@ def _open_guarded(
         raise InvalidInput(
             "the image has too many pixels (decompression-bomb guard)", "decompression_bomb"
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except ModelShipError:
+        raise
+    except Exception as exc:
+        # Hostile bytes reach parsers written for honest files: besides OSError, SyntaxError
+        # and ValueError, PIL raises TypeError, struct.error, IndexError... on a corrupt
+        # header (the decoders fuzz drill found a TIFF whose strip offset is a float).
         raise InvalidInput(f"the image could not be decoded: {exc}", "corrupt_image") from None
 
 
@@ -232,6 +242,8 @@ def parse_text_file(filename: str | None, data: bytes, max_texts: int | None = N
         return _at_most(texts, max_texts, filename)
     except (ValueError, csv.Error) as exc:
         raise InvalidInput(f"{filename}: {exc}", "invalid_text_file") from None
+    except RecursionError:  # JSON nested deeper than the parser recurses
+        raise InvalidInput(f"{filename}: JSON nested too deeply", "invalid_text_file") from None
 
 
 def _at_most(texts: Iterator[str], limit: int | None, filename: str | None) -> list[str]:

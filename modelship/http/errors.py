@@ -27,7 +27,6 @@ from modelship.service.serving import call_error
 logger = logging.getLogger("modelship.http")
 
 _HTTP_CODES = {
-    400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
     408: "body_timeout",
@@ -42,6 +41,10 @@ def translate(exc: BaseException) -> ModelShipError:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
         return InvalidInput(f"{where}: {first.get('msg', 'invalid request')}", "invalid_request")
+    if isinstance(exc, HTTPException) and exc.status_code == 400:
+        # A body the framework could not parse (not UTF-8, broken multipart): the same 422
+        # as a body that parses but does not validate.
+        return InvalidInput(str(exc.detail), "invalid_request")
     if isinstance(exc, HTTPException):
         error = ModelShipError(str(exc.detail), _HTTP_CODES.get(exc.status_code, "http_error"))
         error.status = exc.status_code

@@ -62,6 +62,9 @@ async def test_project_lifecycle(client: httpx.AsyncClient, services: Services) 
     renamed = await client.patch(url, json={"auto_approve_threshold": 0.75})
     assert renamed.json()["auto_approve_threshold"] == 0.75
     assert renamed.json()["label_schema_version"] == 2
+    # null is no value to change to (was a NOT NULL violation, a 500: the API fuzz drill)
+    for field in ("name", "confidence_threshold", "auto_approve_threshold"):
+        assert_error(await client.patch(url, json={field: None}), 422, "invalid_request")
 
     archived = await client.post(f"{url}/archive")
     assert archived.json()["archived"] is True
