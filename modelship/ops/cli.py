@@ -23,7 +23,16 @@ def _app_args(config_path: Path) -> dict[str, object]:
 
 def serve(config_path: Path) -> int:
     """Serve the application on a local Ray cluster (``serve run`` on the config), with
-    Serve's fast data path unless the config asks for TLS (``modelship.ops.ray_env``)."""
+    Serve's fast data path unless the config asks for TLS (``modelship.ops.ray_env``).
+
+    ``serve run`` shuts Serve and its cluster down on Ctrl-C only; a SIGTERM (systemd,
+    ``docker stop``, ``kill``) would end it with Serve's HAProxy still holding the ports
+    and the next start failing. So it runs as a child, and SIGTERM or SIGINT reaches it
+    as one SIGINT.
+    """
+    import signal
+    import subprocess
+
     from modelship.ops.ray_env import ray_environment
 
     serve_bin = Path(sys.executable).with_name("serve")
@@ -33,8 +42,15 @@ def serve(config_path: Path) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     http_options = yaml.safe_load(config_path.read_text()).get("http_options")
     os.environ.update(ray_environment(http_options, os.environ))
-    os.execv(serve_bin, [str(serve_bin), "run", str(config_path)])
-    return 0  # not reached
+    # Its own session: a terminal's Ctrl-C reaches it once, through us, like a SIGTERM.
+    child = subprocess.Popen([str(serve_bin), "run", str(config_path)], start_new_session=True)
+
+    def stop(signum: int, frame: object) -> None:
+        child.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return child.wait()
 
 
 def models(config_path: Path) -> int:

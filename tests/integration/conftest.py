@@ -20,6 +20,19 @@ CONFIG = Path(__file__).resolve().parents[2] / "config" / "serve_config.yaml"
 APP = "modelship"
 
 
+def text_only_config(port: int, settings: dict[str, Any]) -> dict[str, Any]:
+    """The shipped config with only the zero-shot text model, on ``port``: a second local
+    instance small enough to start on two cores."""
+    config: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    app["args"]["models"] = [m for m in app["args"]["models"] if m["name"] == "minilm-zero-shot"]
+    app["args"]["settings"] = settings
+    keep = {"Ingress", "Preprocessor", "Model-minilm-zero-shot"}
+    app["deployments"] = [d for d in app["deployments"] if d["name"] in keep]
+    return config
+
+
 def serve_log_records(deployment: str) -> list[dict[str, Any]]:
     """The JSON records in this cluster's replica logs of ``deployment``."""
     import ray

@@ -31,11 +31,10 @@ from cryptography.x509.oid import NameOID
 
 from modelship.ops.ray_env import free_port, ray_environment
 from storage.embedded import stop_embedded
-from tests.integration.conftest import CONFIG
+from tests.integration.conftest import text_only_config
 
 TIMEOUT_S = 2.0
 BODY_TIMEOUT_S = 4.0  # ours, past Serve's: it holds when a client lifts Serve's
-MODEL = "Model-minilm-zero-shot"
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
@@ -72,19 +71,12 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 def _edge_config(port: int, certfile: Path, keyfile: Path, data_dir: Path) -> dict[str, Any]:
-    """The shipped config with only the text model, on TLS, with a short request timeout."""
-    config: dict[str, Any] = yaml.safe_load(CONFIG.read_text())
+    """The text-only config on TLS, with a short request timeout."""
+    settings = {"data_dir": str(data_dir), "body_timeout_s": BODY_TIMEOUT_S}
+    config = text_only_config(port, settings)
     config["http_options"].update(
-        port=port,
-        request_timeout_s=TIMEOUT_S,
-        ssl_certfile=str(certfile),
-        ssl_keyfile=str(keyfile),
+        request_timeout_s=TIMEOUT_S, ssl_certfile=str(certfile), ssl_keyfile=str(keyfile)
     )
-    app = config["applications"][0]
-    app["args"]["models"] = [m for m in app["args"]["models"] if m["name"] == "minilm-zero-shot"]
-    app["args"]["settings"] = {"data_dir": str(data_dir), "body_timeout_s": BODY_TIMEOUT_S}
-    keep = {"Ingress", "Preprocessor", MODEL}
-    app["deployments"] = [d for d in app["deployments"] if d["name"] in keep]
     return config
 
 
