@@ -1,11 +1,16 @@
 """Process settings: one pydantic-settings class, env prefix ``MODELSHIP_``.
 
 Settings are built once (by the app builder or the CLI) and passed to every deployment;
-nothing reads the environment inside a request handler.
+nothing reads the environment inside a request handler. The secrets among them never
+travel: pickled (as Ray does for a deployment's init args, which Serve keeps in its
+checkpoint, and for tasks and actors), Settings leave them out, and the process that
+unpickles them reads its own from its environment (on KubeRay, every pod gets them from
+the same Secret).
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -15,6 +20,9 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET = "modelship-dev-secret-change-me"
+SECRETS = frozenset({"secret_key", "database_url", "redis_url"})
+
+logger = logging.getLogger("modelship.settings")
 
 
 class Profile(StrEnum):
@@ -136,7 +144,9 @@ class Settings(BaseSettings):
         None, description="Folder or fsspec URL (s3://bucket/prefix); unset: data_dir/objects."
     )
     object_store_options: dict[str, Any] = Field(
-        default_factory=dict, description="fsspec storage options, e.g. endpoint_url for S3."
+        default_factory=dict,
+        description="fsspec storage options, e.g. endpoint_url for S3; credentials go in"
+        " AWS_* variables or the node's role, not here (these travel with the settings).",
     )
     max_upload_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Largest upload request body (413 above)."
@@ -199,6 +209,16 @@ class Settings(BaseSettings):
     def auth_enabled(self) -> bool:
         return self.auth_required if self.auth_required is not None else self.profile != "dev"
 
+    def __copy__(self) -> Settings:
+        return self  # frozen: a copy is the same settings (and keeps its secrets)
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Settings:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        given = sorted(name for name in SECRETS if name in self.model_fields_set)
+        return (_unpickle, (self.model_dump(exclude=set(SECRETS)), given))
+
     @property
     def export_retention(self) -> timedelta:
         return timedelta(hours=self.export_retention_hours)
@@ -230,3 +250,18 @@ class Settings(BaseSettings):
             if self.auth_required is False:
                 raise ValueError("the production profile refuses MODELSHIP_AUTH_REQUIRED=false")
         return self
+
+
+def _unpickle(values: dict[str, Any], given: list[str]) -> Settings:
+    """Settings that travelled without their secrets, which this process's environment
+    supplies; a secret set where they were made and missing here is named in the log."""
+    settings = Settings(**values)
+    for name in sorted(set(given) - settings.model_fields_set):
+        logger.warning(
+            "%s was set where these settings were made but is not in this process's"
+            " environment (MODELSHIP_%s): secrets go in every node's environment, not in"
+            " a config; using the default",
+            name,
+            name.upper(),
+        )
+    return settings

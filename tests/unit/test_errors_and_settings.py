@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import copy
+import logging
 import pickle
 
+import cloudpickle
 import pytest
 from pydantic import ValidationError
 
@@ -74,3 +77,28 @@ def test_production_refuses_the_default_secret_and_embedded_services() -> None:
 def test_unknown_settings_are_refused() -> None:
     with pytest.raises(ValidationError):
         Settings(max_textz=3)  # type: ignore[call-arg]
+
+
+def test_secrets_never_travel_with_pickled_settings(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ray pickles a deployment's init args (Serve keeps them in its checkpoint): the
+    secrets stay out, and the receiving process takes its own from its environment."""
+    made = Settings(
+        secret_key="k" * 40, database_url="postgresql://app:hunter2@db/labels", max_body_bytes=99
+    )
+    blob = cloudpickle.dumps(made)
+    assert b"hunter2" not in blob and b"k" * 40 not in blob
+    monkeypatch.setenv("MODELSHIP_DATABASE_URL", "postgresql://app:hunter2@db/labels")
+    monkeypatch.setenv("MODELSHIP_SECRET_KEY", "k" * 40)
+    received = pickle.loads(blob)
+    assert received == made and received.max_body_bytes == 99
+    assert copy.deepcopy(made) is made  # a copy in this process keeps them
+
+    monkeypatch.delenv("MODELSHIP_DATABASE_URL")
+    with caplog.at_level(logging.WARNING, logger="modelship.settings"):
+        assert pickle.loads(blob).database_url is None
+    assert "MODELSHIP_DATABASE_URL" in caplog.text
+    production = made.model_copy(update={"profile": "production"})
+    with pytest.raises(ValidationError, match="embedded services"):
+        pickle.loads(cloudpickle.dumps(production))  # outside dev, a missing one is fatal
