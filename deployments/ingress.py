@@ -62,7 +62,7 @@ class Ingress:
     ) -> None:
         to_serve_logs()
         self._configs = configs
-        self._labeler = ServeLabeler(preprocessor, models, settings.model_call_timeout_s)
+        self._labeler = ServeLabeler(preprocessor, models, configs, settings.model_call_timeout_s)
         self._settings = settings
         self._runner = runner
         self._exporter = cluster_handle(exporter) if exporter else None

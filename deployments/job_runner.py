@@ -1,4 +1,5 @@
-"""The JobRunner deployment: drives queued job items through Preprocessor → ModelReplica."""
+"""The JobRunner deployment: drives queued job items through the model replicas, as the
+Ingress labels (``modelship.service.serving.label_call``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from modelship.core.config import ModelConfig
 from modelship.core.logs import to_serve_logs
 from modelship.core.metrics import ServeMetrics
 from modelship.core.settings import Settings
@@ -42,6 +44,7 @@ class JobRunnerDeployment:
     Args:
         preprocessor: handle to the Preprocessor deployment.
         models: one ModelReplica handle per configured model, by model name.
+        configs: the configured models (where each one's images are prepared).
         settings: storage URLs and job settings.
     """
 
@@ -49,11 +52,12 @@ class JobRunnerDeployment:
         self,
         preprocessor: DeploymentHandle,
         models: dict[str, DeploymentHandle],
+        configs: list[ModelConfig],
         settings: Settings,
     ) -> None:
         to_serve_logs()
         self._services = Services.from_settings(settings)
-        labeler = ServeLabeler(preprocessor, models, settings.model_call_timeout_s * 2)
+        labeler = ServeLabeler(preprocessor, models, configs, settings.model_call_timeout_s * 2)
         owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._jobs = JobStore(self._services.db)
         self._runner = JobRunner(

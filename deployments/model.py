@@ -91,18 +91,28 @@ class ModelReplica:
         self._infer.set_max_batch_size(self._batching.max_batch_size)  # type: ignore[attr-defined]
         self._infer.set_batch_wait_timeout_s(self._batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
-    async def label_texts(
-        self, texts: list[str], options: ItemOptions
+    async def label(
+        self, payloads: list[bytes | str], options: ItemOptions
     ) -> list[ItemResult | ModelShipError]:
-        """Texts tokenised here, on a worker thread, then labeled as ``predict`` does. The
-        graph sends texts here, not through the Preprocessor: a call to it cost more than
-        tokenising (``modelship.service.serving.label_call``)."""
-        with tracing.span("preprocess", model=self._config.name, items=len(texts)):
-            prepared = await asyncio.to_thread(self._prepare, texts, options)
+        """Raw payloads prepared here, then labeled as ``predict`` does: texts tokenised,
+        images decoded and transformed with every guard (``prepare_payload``; at most
+        ``max_concurrent_decodes`` at once in this process). A bad item gets its error, in
+        its place. Preparing runs on a worker thread, before the items join the batch
+        queue, so a batch never waits for a decode.
+
+        The graph sends texts here, and images of models prepared ``inline``
+        (``ModelConfig.preprocessed_in``): one call instead of a Preprocessor call and a
+        model call (``modelship.service.serving.label_call``).
+        """
+        with tracing.span("preprocess", model=self._config.name, items=len(payloads)):
+            prepared = await asyncio.to_thread(self._prepare, payloads, options)
         return await self.predict(prepared)
 
-    def _prepare(self, texts: list[str], options: ItemOptions) -> list[Prepared | ModelShipError]:
-        return [prepare_payload(self._predictor, text, options, self._settings) for text in texts]
+    def _prepare(
+        self, payloads: list[bytes | str], options: ItemOptions
+    ) -> list[Prepared | ModelShipError]:
+        predictor, settings = self._predictor, self._settings
+        return [prepare_payload(predictor, payload, options, settings) for payload in payloads]
 
     async def predict(
         self, items: list[Prepared | ModelShipError]
@@ -110,7 +120,7 @@ class ModelReplica:
         """Label items; each joins this replica's batch queue alongside other requests'.
 
         An item that failed before (an error from ``Preprocessor.prepare_each`` or
-        ``label_texts``) comes back as it is, in its place. Items join the queue in
+        ``label``) comes back as it is, in its place. Items join the queue in
         ``batching_order`` and results come back in input order. When nothing is queued or
         running, the items run at once as their own batch: waiting out the batch window for
         company that is not coming only adds latency (a request arriving meanwhile batches

@@ -20,12 +20,16 @@ from modelship.predictors.prepare import prepare_payload
     name="Preprocessor", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64
 )
 class Preprocessor:
-    """Sniffs, decodes, guards and transforms images for every configured image model.
+    """Sniffs, decodes, guards and transforms images for the image models prepared in this
+    deployment (``ModelConfig.preprocessed_in``: by default, models with a GPU).
 
-    Holds each image model's transform, never its weights, so it scales on CPUs apart from
-    the model replicas. Texts do not come here: the model replica tokenises them
-    (``modelship.service.serving.label_call``). Methods are sync: Serve runs them on a thread
-    pool, and PIL releases the GIL.
+    Holds each such model's transform, never its weights, so decoding scales on CPUs apart
+    from the model replicas. Models prepared ``inline`` (by default, CPU models) decode in
+    their own replica, and texts are tokenised there: neither comes here
+    (``modelship.service.serving.label_call``). It is bound even when it holds no model, so
+    the graph and its config stay the same whatever each model chooses; idle, it costs one
+    small process. Methods are sync: Serve runs them on a thread pool, and PIL releases the
+    GIL.
 
     Args:
         models: the configured models.
@@ -37,10 +41,11 @@ class Preprocessor:
         self._settings = settings
         store = ModelStore(settings.models_dir)
         self._predictors: dict[str, Predictor[Any, Any]] = {}
-        for config in [model for model in models if model.task in IMAGE_TASKS]:
-            predictor = build_predictor(config, store.resolve(config.source))
-            predictor.load_processor()
-            self._predictors[config.name] = predictor
+        for config in models:
+            if config.task in IMAGE_TASKS and config.preprocessed_in == "deployment":
+                predictor = build_predictor(config, store.resolve(config.source))
+                predictor.load_processor()
+                self._predictors[config.name] = predictor
 
     def prepare_each(
         self, model: str, payloads: list[bytes | str], options: ItemOptions

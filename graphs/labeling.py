@@ -1,5 +1,6 @@
-"""The labeling application: Ingress → Preprocessor → one ModelReplica per model, and a
-JobRunner driving durable jobs through the same Preprocessor and replicas, and an Exporter."""
+"""The labeling application: Ingress → one ModelReplica per model (images of models
+prepared in the ``deployment`` through the Preprocessor first), a JobRunner driving durable
+jobs through the same path, and an Exporter."""
 
 from ray.serve import Application
 
@@ -31,6 +32,6 @@ def build_app(args: LabelingAppArgs) -> Application:
         for config in args.models
     }
     preprocessor = Preprocessor.bind(args.models, args.settings)
-    runner = JobRunnerDeployment.bind(preprocessor, models, args.settings)
+    runner = JobRunnerDeployment.bind(preprocessor, models, args.models, args.settings)
     exporter = Exporter.bind(args.settings)
     return Ingress.bind(preprocessor, models, args.models, args.settings, runner, exporter)

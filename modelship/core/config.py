@@ -4,7 +4,7 @@ forbid unknown fields."""
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -90,6 +90,16 @@ class ModelConfig(Inbound):
         ),
     )
     max_queued_requests: int = Field(256, ge=1, description="Beyond this, requests get 503.")
+    preprocess: Literal["inline", "deployment"] | None = Field(
+        None,
+        description=(
+            "Where images are decoded and transformed: 'inline' in this model's replica (one"
+            " call fewer per request), 'deployment' in the Preprocessor deployment (CPU"
+            " decoding scales apart from the replica: for GPU models). Default: inline on"
+            " CPU (num_gpus 0), deployment with a GPU. Texts are always tokenised in the"
+            " replica."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -99,6 +109,15 @@ class ModelConfig(Inbound):
     @property
     def deployment_name(self) -> str:
         return f"Model-{self.name}"
+
+    @property
+    def preprocessed_in(self) -> Literal["inline", "deployment"]:
+        """Where this model's images are prepared: ``preprocess``, or by device when unset
+        (a CPU replica decodes its own; a GPU replica's CPUs are few and decoding scales on
+        the Preprocessor's: figures in docs/benchmark.md, "Inline preprocessing")."""
+        if self.preprocess is not None:
+            return self.preprocess
+        return "inline" if self.num_gpus == 0 else "deployment"
 
 
 class LabelingAppArgs(Inbound):

@@ -15,6 +15,7 @@ from modelship.core.errors import ModelNotReady, ModelShipError, Overloaded
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
+    from modelship.core.config import ModelConfig
     from modelship.core.messages import ItemOptions, ItemResult, ModelInfo
 
 
@@ -28,17 +29,21 @@ def cluster_handle(handle: DeploymentHandle) -> DeploymentHandle:
 def label_call(
     preprocessor: DeploymentHandle,
     model: DeploymentHandle,
-    name: str,
+    config: ModelConfig,
     payloads: list[bytes | str],
     options: ItemOptions,
 ) -> DeploymentResponse:
-    """One call labeling ``payloads`` with model ``name``. Images are decoded in the
-    Preprocessor, whose response goes into the model call unawaited; texts go straight to
-    the model replica, which tokenises them (cheaper than a Preprocessor hop)."""
-    if all(isinstance(payload, str) for payload in payloads):
-        response = model.label_texts.remote(payloads, options)
+    """One call labeling ``payloads`` with the model ``config`` describes. Texts, and images
+    of a model prepared ``inline``, go straight to the model replica, which prepares them
+    (one call: each call between deployments costs milliseconds). Images of a model prepared
+    in the ``deployment`` are decoded in the Preprocessor, whose response goes into the model
+    call unawaited (decoding then scales on CPUs apart from a GPU replica)."""
+    texts = all(isinstance(payload, str) for payload in payloads)
+    if texts or config.preprocessed_in == "inline":
+        response = model.label.remote(payloads, options)
     else:
-        response = model.predict.remote(preprocessor.prepare_each.remote(name, payloads, options))
+        prepared = preprocessor.prepare_each.remote(config.name, payloads, options)
+        response = model.predict.remote(prepared)
     return cast("DeploymentResponse[Any]", response)  # a generator only with stream=True
 
 
@@ -63,6 +68,7 @@ class ServeLabeler:
     Args:
         preprocessor: handle to the Preprocessor deployment.
         models: one ModelReplica handle per configured model, by model name.
+        configs: the configured models (where each one's images are prepared).
         timeout_s: how long a labeling call may take.
         info_timeout_s: how long a model's description may take.
     """
@@ -71,18 +77,21 @@ class ServeLabeler:
         self,
         preprocessor: DeploymentHandle,
         models: dict[str, DeploymentHandle],
+        configs: list[ModelConfig],
         timeout_s: float,
         info_timeout_s: float | None = None,
     ) -> None:
         self._preprocessor = cluster_handle(preprocessor)
         self._models = {name: cluster_handle(handle) for name, handle in models.items()}
+        self._configs = {config.name: config for config in configs}
         self._timeout_s = timeout_s
         self._info_timeout_s = info_timeout_s or timeout_s
 
     async def label(
         self, model: str, payloads: list[bytes | str], options: ItemOptions
     ) -> list[ItemResult | ModelShipError]:
-        call = label_call(self._preprocessor, self._models[model], model, payloads, options)
+        handle, config = self._models[model], self._configs[model]
+        call = label_call(self._preprocessor, handle, config, payloads, options)
         try:
             results: list[ItemResult | ModelShipError] = await asyncio.wait_for(
                 call, self._timeout_s

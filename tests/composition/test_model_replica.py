@@ -109,14 +109,14 @@ async def test_texts_are_tokenised_in_the_replica_and_a_bad_one_fails_alone(
     replica: DeploymentHandle, settings: Settings
 ) -> None:
     texts = [f"text number {i} " * (1 + i % 5) for i in range(6)]
-    labeled = await replica.label_texts.remote(texts, ItemOptions(top_k=1, labels=MINILM_LABELS))
+    labeled = await replica.label.remote(texts, ItemOptions(top_k=1, labels=MINILM_LABELS))
     prepared = await replica.predict.remote(_items(settings, 6))
     for raw, ready in zip(labeled, prepared, strict=True):
         assert raw.version == ready.version
         assert [s.label for s in raw.output] == [s.label for s in ready.output]
         assert raw.output[0].score == pytest.approx(ready.output[0].score, abs=1e-4)
     # Without candidate labels a zero-shot text cannot be prepared: its error, in place.
-    unlabeled = await replica.label_texts.remote(texts[:1], ItemOptions(top_k=1))
+    unlabeled = await replica.label.remote(texts[:1], ItemOptions(top_k=1))
     assert [type(r).__name__ for r in unlabeled] == ["InvalidInput"]
     assert unlabeled[0].code == "labels_required"
 

@@ -15,9 +15,9 @@ from tests.conftest import payload
 from tests.integration.conftest import serve_log_records
 from tests.otlp_receiver import OtlpReceiver, ReceivedSpan
 
-MODEL = "replica_handle_request Model-minilm-zero-shot label_texts"
-PREPROCESSOR = "replica_handle_request Preprocessor prepare_each"
-IMAGE_MODEL = "replica_handle_request Model-efficientnet-lite0 predict"
+MODEL = "replica_handle_request Model-minilm-zero-shot label"
+PREPROCESSOR = "replica_handle_request Preprocessor"
+IMAGE_MODEL = "replica_handle_request Model-efficientnet-lite0 label"
 
 
 def _wait_for(
@@ -85,7 +85,7 @@ def test_a_request_is_one_trace_from_ingress_to_the_model(
     assert ingress.parent_id == client_span
     assert model.attributes["request_id"] == request_id
     assert ingress.name in _ancestors(model, spans)
-    assert not [s for s in spans if s.name.startswith("replica_handle_request Preprocessor")]
+    assert not [s for s in spans if s.name.startswith(PREPROCESSOR)]
     for name in ("preprocess", "predict"):
         assert model.name in _ancestors(_one(spans, name), spans)
     limiter = _one(spans, "redis EVALSHA")  # the rate limit's token, taken in Redis
@@ -93,9 +93,10 @@ def test_a_request_is_one_trace_from_ingress_to_the_model(
     assert limiter.attributes["db.system.name"] == "redis"
 
 
-def test_an_image_request_is_traced_through_the_preprocessor(
+def test_an_image_request_is_decoded_and_labeled_in_the_model_replica(
     http: httpx.Client, otlp_receiver: OtlpReceiver
 ) -> None:
+    """The shipped CPU models prepare their images inline: one call, no Preprocessor."""
     trace_id = secrets.token_hex(16)
     response = http.post(
         "/api/v1/classify/image",
@@ -109,17 +110,16 @@ def test_an_image_request_is_traced_through_the_preprocessor(
         spans = otlp_receiver.trace(trace_id)
         names = {s.name for s in spans}
         routed = any(name.startswith("POST /api/v1/classify/image") for name in names)
-        wanted = {"preprocess", "predict", PREPROCESSOR, IMAGE_MODEL}
+        wanted = {"preprocess", "predict", IMAGE_MODEL}
         return spans if routed and wanted <= names else []
 
     spans = _wait_for(otlp_receiver, complete)
-    ingress = _one(spans, "POST /api/v1/classify/image")
-    preprocessor, model = _one(spans, PREPROCESSOR), _one(spans, IMAGE_MODEL)
-    for span in (preprocessor, model):
-        assert span.attributes["request_id"] == request_id
-        assert ingress.name in _ancestors(span, spans)
-    assert preprocessor.name in _ancestors(_one(spans, "preprocess"), spans)
-    assert model.name in _ancestors(_one(spans, "predict"), spans)
+    ingress, model = _one(spans, "POST /api/v1/classify/image"), _one(spans, IMAGE_MODEL)
+    assert model.attributes["request_id"] == request_id
+    assert ingress.name in _ancestors(model, spans)
+    assert not [s for s in spans if s.name.startswith(PREPROCESSOR)]
+    for name in ("preprocess", "predict"):
+        assert model.name in _ancestors(_one(spans, name), spans)
 
 
 def test_a_job_batch_is_traced_and_carries_the_submitting_request_id(

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from modelship.core.config import LabelingAppArgs
+from modelship.core.config import LabelingAppArgs, ModelConfig, Task
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,3 +66,21 @@ def test_tracing_is_off_by_default_and_its_exporter_loads(config: dict[str, Any]
     assert processors and all(isinstance(p, SpanProcessor) for p in processors)
     for processor in processors:
         processor.shutdown()
+
+
+def test_images_are_prepared_inline_on_cpu_and_in_the_preprocessor_with_a_gpu() -> None:
+    cpu = ModelConfig(name="m", task=Task.image_classification, source="packaged:x")
+    assert cpu.preprocess is None and cpu.preprocessed_in == "inline"
+    gpu = cpu.model_copy(update={"num_gpus": 0.5})
+    assert gpu.preprocessed_in == "deployment"
+    chosen = ModelConfig.model_validate({**cpu.model_dump(), "num_gpus": 1, "preprocess": "inline"})
+    assert chosen.preprocessed_in == "inline"
+    chosen = ModelConfig.model_validate({**cpu.model_dump(), "preprocess": "deployment"})
+    assert chosen.preprocessed_in == "deployment"
+    with pytest.raises(ValueError, match="preprocess"):
+        ModelConfig.model_validate({**cpu.model_dump(), "preprocess": "gpu"})
+
+
+def test_the_shipped_cpu_models_prepare_their_images_inline(config: dict[str, Any]) -> None:
+    args = LabelingAppArgs.model_validate(config["applications"][0]["args"])
+    assert {m.preprocessed_in for m in args.models} == {"inline"}
