@@ -17,6 +17,8 @@ with the figures: docs/benchmark.md.
 
 from __future__ import annotations
 
+import contextlib
+import random
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -66,7 +68,41 @@ def private_haproxy(directory: Path) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(directory / "metrics.sock"),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        **_replica_ports(),
     }
+
+
+_REPLICA_PORTS = 20
+
+
+def _replica_ports() -> dict[str, str]:
+    """Port ranges of its own for the replicas' direct HTTP and gRPC servers. Every Serve
+    instance starts at 30000 and 40000 and binds with SO_REUSEPORT, so a second instance
+    on the machine would share the first one's ports, and the kernel would hand each
+    instance's requests to the other's replicas. A range is taken only if nothing listens
+    on any of its ports (a bind without SO_REUSEPORT fails where another instance
+    listens)."""
+    ranges = {}
+    for kind in ("HTTP", "GRPC"):
+        base = _free_range(_REPLICA_PORTS)
+        ranges[f"RAY_SERVE_DIRECT_INGRESS_MIN_{kind}_PORT"] = str(base)
+        ranges[f"RAY_SERVE_DIRECT_INGRESS_MAX_{kind}_PORT"] = str(base + _REPLICA_PORTS)
+    return ranges
+
+
+def _free_range(count: int) -> int:
+    rng = random.SystemRandom()
+    for _ in range(100):
+        base = rng.randrange(20_000, 29_000 - count, count)
+        try:
+            with contextlib.ExitStack() as bound:
+                for port in range(base, base + count):
+                    sock = bound.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free range of replica ports between 20000 and 29000")
 
 
 def free_port() -> int:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from modelship.ops.ray_env import free_port, ray_environment
+from modelship.ops.ray_env import free_port, private_haproxy, ray_environment
 from storage.embedded import stop_embedded
 from tests.integration.conftest import text_only_config
 
@@ -92,12 +92,14 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ssl.SS
     mode = ray_environment(settings["http_options"], os.environ)
     assert mode["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
     ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    # Its replicas' ports of its own: the session's cluster runs beside it.
+    own = private_haproxy(Path(tempfile.mkdtemp(prefix="h", dir="/tmp")))
     serve_bin = Path(sys.executable).with_name("serve")
     log = (directory / "serve.log").open("wb")
     process = subprocess.Popen(
         [str(serve_bin), "run", "--address", "local", str(config)],
         cwd=Path(__file__).resolve().parents[2],
-        env={**os.environ, **mode, "HF_HUB_OFFLINE": "1", "RAY_TMPDIR": ray_tmp},
+        env={**os.environ, **mode, **own, "HF_HUB_OFFLINE": "1", "RAY_TMPDIR": ray_tmp},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

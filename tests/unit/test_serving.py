@@ -37,6 +37,14 @@ def test_private_haproxy_files_and_ports(tmp_path: Path) -> None:
     assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"] == f"{directory}/admin.sock"
     assert int(env["RAY_SERVE_HAPROXY_STATS_PORT"]) > 0 < int(env["RAY_SERVE_HAPROXY_METRICS_PORT"])
     directory.rmdir()
+    # replicas' direct HTTP and gRPC ports of their own (another instance's differ)
+    other = private_haproxy(directory)
+    directory.rmdir()
+    for kind in ("HTTP", "GRPC"):
+        low, high = (int(env[f"RAY_SERVE_DIRECT_INGRESS_{e}_{kind}_PORT"]) for e in ("MIN", "MAX"))
+        assert 20_000 <= low < high <= 29_000 and high - low == 20
+    ranges = {env[k] for k in env if "DIRECT_INGRESS_MIN" in k}
+    assert len(ranges | {other[k] for k in other if "DIRECT_INGRESS_MIN" in k}) >= 3
 
 
 def test_a_haproxy_folder_too_long_for_its_sockets_is_refused() -> None:
