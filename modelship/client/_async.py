@@ -91,6 +91,12 @@ class AsyncClient:
             operation.close()
 
     async def _send(self, request: Request) -> Reply:
+        try:
+            return await self._exchange(request)
+        except httpx.TransportError as exc:  # nothing came back: the retry policy decides
+            return Reply(0, {}, error=exc)
+
+    async def _exchange(self, request: Request) -> Reply:
         if request.save_to is None:
             response = await self._http.request(**request.httpx_args())
             return Reply(response.status_code, response.headers, response.content)

@@ -25,6 +25,7 @@ T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+_LABELING = re.compile(r"^/api/v1/(classify/|detect$|entities$)")
 
 # A multipart file part: (field name, (file name, bytes, media type)).
 FilePart = tuple[str, tuple[str, bytes, str]]
@@ -44,6 +45,16 @@ class Request:
     headers: Mapping[str, str] | None = None
     save_to: Path | None = None
 
+    @property
+    def idempotent(self) -> bool:
+        """Whether sending it twice does what sending it once does: reads, labeling (it
+        stores nothing) and anything carrying an ``Idempotency-Key``."""
+        return (
+            self.method in ("GET", "HEAD")
+            or _LABELING.match(self.path) is not None
+            or "idempotency-key" in {name.lower() for name in self.headers or {}}
+        )
+
     def httpx_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"method": self.method, "url": self.path}
         for name in ("params", "json", "data", "files", "headers"):
@@ -55,12 +66,25 @@ class Request:
 
 @dataclass(frozen=True)
 class Reply:
-    """What came back: the status, headers and body (empty when the body went to a file)."""
+    """What came back: the status, headers and body (empty when the body went to a file);
+    status 0 with the ``error`` when nothing came back (the connection failed)."""
 
     status: int
     headers: Mapping[str, str]
     body: bytes = b""
     saved: Path | None = None
+    error: Exception | None = None
+
+    @property
+    def from_the_way(self) -> bool:
+        """Nothing came back, or a proxy's failure rather than ModelShip's answer: a 502 or
+        504, or a 500 without our error body (Serve's HAProxy answers 500 when no Ingress
+        replica is up)."""
+        return (
+            self.status == 0
+            or self.status in (502, 504)
+            or (self.status == 500 and b'"request_id"' not in self.body)
+        )
 
     def parse(self, model: type[M]) -> M:
         return model.model_validate_json(self.body)
@@ -85,18 +109,24 @@ class RetryPolicy:
         retries: how many times one request is retried.
         statuses: the answers worth retrying (429: rate limited; 503: overloaded, a model
             loading, a service restarting). The server refuses these before doing anything.
+            Idempotent requests are also retried when nothing or a proxy's failure came
+            back (``Reply.from_the_way``): a replica or the proxy restarting.
         backoff_s: the first wait when the answer has no ``Retry-After``; doubles each time.
         max_wait_s: a ``Retry-After`` longer than this is not waited for: the error is raised.
     """
 
-    retries: int = 3
+    retries: int = 5
     statuses: frozenset[int] = field(default=frozenset({429, 503}))
     backoff_s: float = 0.5
     max_wait_s: float = 60.0
 
-    def delay(self, attempt: int, reply: Reply) -> float | None:
+    def delay(self, attempt: int, reply: Reply, idempotent: bool = False) -> float | None:
         """Seconds to wait before retry ``attempt`` (0-based), or None to give up."""
-        if reply.status not in self.statuses or attempt >= self.retries:
+        if attempt >= self.retries:
+            return None
+        if idempotent and reply.from_the_way:
+            return min(self.backoff_s * 2**attempt, self.max_wait_s)
+        if reply.status not in self.statuses:
             return None
         asked = retry_after(reply.headers.get("retry-after"))
         if asked is None:
@@ -113,10 +143,12 @@ def send(request: Request, policy: RetryPolicy) -> Operation[Reply]:
     while True:
         reply = yield request
         assert reply is not None, "a client answers every Request with a Reply"
-        if reply.status < 400:
+        if 0 < reply.status < 400:
             return reply
-        wait = policy.delay(attempt, reply)
+        wait = policy.delay(attempt, reply, request.idempotent)
         if wait is None:
+            if reply.error is not None:
+                raise reply.error
             raise error_from_reply(reply.status, reply.headers, reply.body)
         attempt += 1
         yield Sleep(wait)

@@ -105,6 +105,12 @@ class Client:
             operation.close()
 
     def _send(self, request: Request) -> Reply:
+        try:
+            return self._exchange(request)
+        except httpx.TransportError as exc:  # nothing came back: the retry policy decides
+            return Reply(0, {}, error=exc)
+
+    def _exchange(self, request: Request) -> Reply:
         if request.save_to is None:
             response = self._http.request(**request.httpx_args())
             return Reply(response.status_code, response.headers, response.content)

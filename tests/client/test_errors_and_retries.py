@@ -8,6 +8,7 @@ import io
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,6 +28,7 @@ from modelship.client import (
     NO_RETRIES,
     ApiError,
     AsyncClient,
+    Client,
     Forbidden,
     ModelNotReady,
     PayloadTooLarge,
@@ -37,6 +40,7 @@ from modelship.client._protocol import Reply
 from modelship.core import errors
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
+from modelship.ops.ray_env import free_port
 from modelship.service.labeling import LocalLabeler
 from modelship.service.workflow import Workflow
 from storage.keys import KeyStore
@@ -130,6 +134,54 @@ async def test_503_backs_off_then_gives_up_with_the_right_class() -> None:
         "http_error",
         "r2",
     )
+
+
+def _restarting_app(failures: int) -> tuple[Starlette, dict[str, int]]:
+    """A service behind Serve's HAProxy while its Ingress restarts: a plain 500 page (not
+    our error body) ``failures`` times, then answers."""
+    calls = {"GET": 0, "POST": 0}
+
+    async def projects(request: Request) -> Response:
+        calls[request.method] += 1
+        if request.method == "POST" or calls["GET"] <= failures:
+            return PlainTextResponse("Internal Server Error", 500)
+        return JSONResponse({"projects": []})
+
+    return Starlette(routes=[Route("/api/v1/projects", projects, methods=["GET", "POST"])]), calls
+
+
+async def test_a_read_is_retried_through_a_proxys_failure_and_a_write_is_not() -> None:
+    quick = RetryPolicy(retries=3, backoff_s=0.01)
+    app, calls = _restarting_app(failures=2)
+    async with AsyncClient(
+        "http://test", transport=httpx.ASGITransport(app=app), retry=quick
+    ) as ms:
+        assert await ms.list_projects() == []
+        with pytest.raises(ApiError) as refused:
+            await ms.create_project("p", "zero-shot-text-classification", "minilm")
+    assert calls == {"GET": 3, "POST": 1}  # a write might have happened: never sent twice
+    assert refused.value.status == 500
+
+
+def test_a_read_waits_for_a_server_that_is_coming_back() -> None:
+    """Nothing listens at first (connection refused), then the server starts."""
+    port = free_port()
+    app = Starlette(routes=[Route("/api/v1/models", lambda _: JSONResponse({"models": []}))])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    starts = threading.Timer(0.8, server.run)
+    starts.start()
+    try:
+        patient = RetryPolicy(retries=6, backoff_s=0.1)
+        with Client(f"http://127.0.0.1:{port}", retry=patient) as ms:
+            assert ms.models() == []
+    finally:
+        server.should_exit = True
+        starts.join()
+    with (
+        Client(f"http://127.0.0.1:{free_port()}", retry=patient) as ms,
+        pytest.raises(httpx.ConnectError),
+    ):
+        ms.create_project("p", "zero-shot-text-classification", "minilm")
 
 
 def test_retry_after_is_seconds_or_a_date() -> None:
