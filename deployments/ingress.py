@@ -34,7 +34,15 @@ _COALESCE_IN_FLIGHT = 8
 
 
 # Serve's default of 5 ongoing requests would cap the whole graph at 5 requests in flight.
-@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
+# Past MODELSHIP_MAX_LABELING_ITEMS (128) the app sheds labeling requests itself (503, our
+# error body); past 256 ongoing and 256 queued, Serve sheds (503 with Retry-After) rather
+# than queue to a client's timeout.
+@serve.deployment(
+    name="Ingress",
+    ray_actor_options={"num_cpus": 0.25},
+    max_ongoing_requests=256,
+    max_queued_requests=256,
+)
 @serve.ingress()
 class Ingress:
     """The graph's HTTP surface: the FastAPI app (``create_api``) over this replica as its

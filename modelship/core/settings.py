@@ -95,7 +95,13 @@ class Settings(BaseSettings):
         " request shares.",
     )
     model_call_timeout_s: float = Field(
-        30.0, gt=0, description="How long the ingress waits for a model before 503."
+        30.0, gt=0, description="How long a labeling request may take before 503 overloaded."
+    )
+    max_labeling_items: int = Field(
+        128,
+        ge=1,
+        description="Items one ingress replica labels at once; a request past them is shed"
+        " at once with 503 overloaded and Retry-After rather than queued to a timeout.",
     )
     cors_origins: list[str] = Field(
         default_factory=list,

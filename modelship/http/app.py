@@ -57,7 +57,7 @@ from modelship.http.schemas import (
     ImagesRequest,
     TextRequest,
 )
-from modelship.service.labeling import Labeler, model_infos, pick_model
+from modelship.service.labeling import Admission, Labeler, model_infos, pick_model
 from modelship.service.workflow import Workflow
 from storage.keys import KeyStore
 from storage.ratelimit import RateLimiter
@@ -211,10 +211,14 @@ def create_api(
 
     monitor = HealthMonitor(describe_models, workflow.services if workflow else None)
 
+    admission = Admission(settings.max_labeling_items, settings.model_call_timeout_s)
+
     async def label(
         config: ModelConfig, payloads: list[bytes | str], options: ItemOptions
     ) -> list[ItemResult]:
-        return _request_results(payloads, await labeler.label(config.name, payloads, options))
+        async with admission.admit(len(payloads)):
+            results = await labeler.label(config.name, payloads, options)
+        return _request_results(payloads, results)
 
     async def label_images(
         request: Request,

@@ -4,15 +4,48 @@ means, and the in-process labeler (no Ray) that tests and the CLI use."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from modelship.core.config import ModelConfig, Task
-from modelship.core.errors import InvalidInput, ModelNotReady, ModelShipError, NotFound
+from modelship.core.errors import (
+    InvalidInput,
+    ModelNotReady,
+    ModelShipError,
+    NotFound,
+    Overloaded,
+)
 from modelship.core.messages import ItemOptions, ItemResult, ModelInfo
 from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, Predictor, build_predictor, describe
 from modelship.predictors.prepare import image_info, prepare_payload
+
+
+class Admission:
+    """Load shedding for one process: at most ``max_items`` items being labeled at once,
+    none for longer than ``deadline_s``; past either, ``Overloaded`` (503 with
+    ``Retry-After``). A request queued behind more work than the models can drain in time
+    only ends in a client's timeout: it is better told at once to come back.
+    ``docs/drills.md``, "Overload", has the figures."""
+
+    def __init__(self, max_items: int, deadline_s: float) -> None:
+        self.max_items = max_items
+        self.deadline_s = deadline_s
+        self.items = 0
+
+    @asynccontextmanager
+    async def admit(self, items: int) -> AsyncIterator[None]:
+        if self.items and self.items + items > self.max_items:
+            raise Overloaded("the models are at capacity; retry later")
+        self.items += items
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                yield
+        except TimeoutError:
+            raise Overloaded("the models did not answer in time; retry later", "timeout") from None
+        finally:
+            self.items -= items
 
 
 class Labeler(Protocol):

@@ -7,6 +7,7 @@ import base64
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -212,6 +213,30 @@ async def test_a_body_that_trickles_in_is_cut_off_at_the_body_timeout(
         assert_error(response, 408, "body_timeout")
         assert time.monotonic() - started < 2
         assert (await http.post("/api/v1/classify/text", json={"text": "quick"})).status_code == 200
+
+
+class SlowLabeler(LocalLabeler):
+    """The real labeler, a little slower: requests overlap."""
+
+    async def label(self, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return await super().label(*args, **kwargs)
+
+
+async def test_past_its_capacity_a_replica_sheds_with_retry_after(local: LocalLabeler) -> None:
+    slow = SlowLabeler(local.configs, Settings())
+    app = create_api(slow, slow.configs, Settings(max_labeling_items=3))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        answers = await asyncio.gather(
+            *(http.post("/api/v1/classify/text", json={"text": f"match {i}"}) for i in range(10))
+        )
+        assert sorted(r.status_code for r in answers) == [200] * 3 + [503] * 7
+        for shed in (r for r in answers if r.status_code == 503):
+            assert_error(shed, 503, "overloaded")
+            assert shed.headers["retry-after"] == "1"
+        many = await http.post("/api/v1/classify/text", json={"texts": ["a"] * 5})
+        assert many.status_code == 200  # alone, a request larger than the limit still runs
 
 
 @pytest.mark.parametrize(
