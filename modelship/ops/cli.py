@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from modelship.ops import cluster, db, ray_jobs
+from modelship.ops import cluster, db, drill, ray_jobs
 
 DEFAULT_CONFIG = Path("config/serve_config.yaml")
 
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster.add_parser(sub)
     db.add_parser(sub)
     ray_jobs.add_parser(sub)
+    drill.add_parser(sub)
     ns = parser.parse_args(argv)
     if ns.command == "serve":
         return serve(ns.config)
@@ -203,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         return keys(ns)
     if ns.command == "smoke":
         return smoke(ns)
+    if ns.command == "drill":
+        return drill.run(ns)
     if ns.command == "cluster":
         return cluster.run(ns)
     if ns.command == "db":
