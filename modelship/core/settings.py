@@ -215,12 +215,6 @@ class Settings(BaseSettings):
     def auth_enabled(self) -> bool:
         return self.auth_required if self.auth_required is not None else self.profile != "dev"
 
-    def __copy__(self) -> Settings:
-        return self  # frozen: a copy is the same settings (and keeps its secrets)
-
-    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Settings:
-        return self
-
     def __reduce__(self) -> tuple[Any, ...]:
         given = sorted(name for name in SECRETS if name in self.model_fields_set)
         return (_unpickle, (self.model_dump(exclude=set(SECRETS)), given))

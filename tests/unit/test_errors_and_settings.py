@@ -93,7 +93,8 @@ def test_secrets_never_travel_with_pickled_settings(
     monkeypatch.setenv("MODELSHIP_SECRET_KEY", "k" * 40)
     received = pickle.loads(blob)
     assert received == made and received.max_body_bytes == 99
-    assert copy.deepcopy(made) is made  # a copy in this process keeps them
+    assert copy.deepcopy(made) == made  # a copy in this process keeps them
+    assert made.model_copy(update={"max_body_bytes": 1}).secret_key == made.secret_key
 
     monkeypatch.delenv("MODELSHIP_DATABASE_URL")
     with caplog.at_level(logging.WARNING, logger="modelship.settings"):
