@@ -62,6 +62,15 @@ def systems(kind: Kind, names: list[str], args: argparse.Namespace) -> list[Serv
     made: dict[str, Server] = {
         "modelship": ModelShip(kind, max_batch, args.wait, env, "modelship"),
         "modelship-proxy": ModelShip(kind, max_batch, args.wait, proxy, "modelship-proxy"),
+        # Images decoded in the Preprocessor deployment (a GPU model's default), not inline.
+        "modelship-preprocessor": ModelShip(
+            kind,
+            max_batch,
+            args.wait,
+            env,
+            "modelship-preprocessor",
+            ("--preprocess", "deployment"),
+        ),
         "per-request": plain(kind),
         "bentoml": bentoml(kind),
     }

@@ -47,6 +47,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
         num_cpus=1,
         torch_threads=args.threads,
         concurrent_batches=args.concurrent_batches,
+        preprocess=args.preprocess,
     )
 
 
@@ -59,6 +60,8 @@ def main() -> None:
     # As config/serve_config.yaml ships: two single-threaded batches at once.
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--concurrent-batches", type=int, default=2)
+    # Where images are decoded; unset: by device, as the config's default (inline on CPU).
+    parser.add_argument("--preprocess", choices=["inline", "deployment"])
     args = parser.parse_args()
     temp_dir = tempfile.mkdtemp(prefix="ray-bench-", dir="/tmp")
     try:

@@ -107,10 +107,17 @@ class Server:
 
 
 class ModelShip(Server):
-    """The full Serve graph (Ingress → Preprocessor → ModelReplica) over HTTP."""
+    """The full Serve graph (Ingress → ModelReplica, images through the Preprocessor when
+    prepared there) over HTTP; ``options`` go to ``bench.serve_modelship``."""
 
     def __init__(
-        self, kind: Kind, max_batch: int, wait_s: float, env: dict[str, str], name: str
+        self,
+        kind: Kind,
+        max_batch: int,
+        wait_s: float,
+        env: dict[str, str],
+        name: str,
+        options: tuple[str, ...] = (),
     ) -> None:
         super().__init__(
             name=name,
@@ -118,6 +125,7 @@ class ModelShip(Server):
             command=[
                 *(sys.executable, "-m", "bench.serve_modelship", "--workload", kind),
                 *("--port", "{port}", "--max-batch", str(max_batch), "--wait", str(wait_s)),
+                *options,
             ],
             ready_path="/health/ready",
             env=env,
