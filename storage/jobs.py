@@ -93,12 +93,30 @@ class JobStore:
         max_open: int | None = None,
     ) -> tuple[Job, bool]:
         """Commit a job and its queue rows; returns (job, created). 202 only after this.
-        With ``max_open``, a project already holding that many unfinished jobs gets 429."""
+        With ``max_open``, a project already holding that many unfinished jobs gets 429.
+        The job is read after the transaction: a connection held while taking a second one
+        would starve the pool when as many submissions race as it has connections."""
+        job_id, created = await self._submit(
+            tenant, project, item_ids, options, idempotency_key, request_hash, actor, max_open
+        )
+        return await self.job(tenant, job_id), created
+
+    async def _submit(
+        self,
+        tenant: str,
+        project: Project,
+        item_ids: list[UUID] | None,
+        options: dict[str, Any],
+        idempotency_key: str | None,
+        request_hash: str,
+        actor: str,
+        max_open: int | None,
+    ) -> tuple[UUID, bool]:
         async with self._db.transaction() as conn:
             if idempotency_key is not None:
                 found = await _by_key(conn, project.id, idempotency_key, request_hash)
                 if found is not None:
-                    return await self.job(tenant, found), False
+                    return found, False
             if max_open is not None:
                 await check_open(conn, "jobs", project.id, max_open)
             if item_ids is not None:
@@ -131,7 +149,7 @@ class JobStore:
                 assert idempotency_key is not None
                 found = await _by_key(conn, project.id, idempotency_key, request_hash)
                 assert found is not None
-                return await self.job(tenant, found), False
+                return found, False
             total = await conn.fetchval(
                 "WITH added AS (INSERT INTO job_items (job_id, item_id)"
                 " SELECT $1, id FROM items WHERE project_id = $2"
@@ -145,7 +163,7 @@ class JobStore:
                 raise InvalidInput("the project has no items to label", "no_items")
             await conn.execute("UPDATE jobs SET total_items = $2 WHERE id = $1", job_id, total)
             await audit(conn, tenant, actor, "job.submit", f"job:{job_id}", {"items": total})
-        return await self.job(tenant, job_id), True
+        return job_id, True
 
     async def job(self, tenant: str, job_id: UUID) -> Job:
         async with self._db.connection() as conn:
