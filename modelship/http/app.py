@@ -110,6 +110,10 @@ async def _read_images(
             _check_count(len(uploads), max_files)
             images = [await upload.read() for upload in uploads]
             fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
+            repeated = sorted(k for k in fields if len(form.getlist(k)) > 1)
+            if repeated:
+                message = f"form field {repeated[0]!r} given more than once"
+                raise InvalidInput(message, "invalid_request")
         finally:
             await form.close()
         return images, parse_model(ImageParams, fields)

@@ -291,6 +291,8 @@ async def test_other_bad_requests(client: httpx.AsyncClient) -> None:
         await client.post(route, files=files, data={"model": "ghost"}), 404, "unknown_model"
     )
     assert_error(await client.post(route, files=files, data={"top_k": "0"}), 422, "invalid_request")
+    twice = {"model": ["efficientnet-lite0", "efficientnet-lite0"]}  # found by the API fuzz
+    assert_error(await client.post(route, files=files, data=twice), 422, "invalid_request")
     assert_error(await client.get("/api/v1/nothing-here"), 404, "not_found")
     assert_error(await client.get(route), 405, "method_not_allowed")
 
