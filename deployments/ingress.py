@@ -7,6 +7,7 @@ import logging
 from uuid import UUID
 
 from ray import serve
+from ray.serve.config import BackpressureConfig
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
@@ -34,14 +35,15 @@ _COALESCE_IN_FLIGHT = 8
 
 
 # Serve's default of 5 ongoing requests would cap the whole graph at 5 requests in flight.
-# Past MODELSHIP_MAX_LABELING_ITEMS (128) the app sheds labeling requests itself (503, our
-# error body); past 256 ongoing and 256 queued, Serve sheds (503 with Retry-After) rather
-# than queue to a client's timeout.
+# Past MODELSHIP_MAX_LABELING_ITEMS (512) the app sheds labeling requests itself (503, our
+# error body); past 256 ongoing and 128 queued requests, Serve sheds (503, Retry-After: 1)
+# rather than queue them to a client's timeout.
 @serve.deployment(
     name="Ingress",
     ray_actor_options={"num_cpus": 0.25},
     max_ongoing_requests=256,
-    max_queued_requests=256,
+    max_queued_requests=128,
+    backpressure_config=BackpressureConfig(retry_after_s=1),
 )
 @serve.ingress()
 class Ingress:

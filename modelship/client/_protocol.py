@@ -77,13 +77,13 @@ class Reply:
 
     @property
     def from_the_way(self) -> bool:
-        """Nothing came back, or a proxy's failure rather than ModelShip's answer: a 502 or
-        504, or a 500 without our error body (Serve's HAProxy answers 500 when no Ingress
-        replica is up)."""
+        """Nothing came back, or a proxy answered rather than ModelShip: a 502 or 504, or a
+        404 or 500 without our error body (Serve's HAProxy answers 500 while no Ingress
+        replica is up, and 404 while it has no routes, after a restart)."""
         return (
             self.status == 0
             or self.status in (502, 504)
-            or (self.status == 500 and b'"request_id"' not in self.body)
+            or (self.status in (404, 500) and b'"request_id"' not in self.body)
         )
 
     def parse(self, model: type[M]) -> M:

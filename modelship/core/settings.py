@@ -98,7 +98,7 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How long a labeling request may take before 503 overloaded."
     )
     max_labeling_items: int = Field(
-        128,
+        512,
         ge=1,
         description="Items one ingress replica labels at once; a request past them is shed"
         " at once with 503 overloaded and Retry-After rather than queued to a timeout.",

@@ -148,6 +148,7 @@ async def overload(
         before = await _p50_ms(http, rng, words, 10)
         if isinstance(before, str):
             raise RuntimeError(f"{url} does not serve one request at a time ({before})")
+        await _capacity(http, rng, words, max(3.0, seconds / 4))  # warm-up: batches, scaling
         capacity = max(1.0, await _capacity(http, rng, words, max(3.0, seconds / 4)))
         report = OverloadReport(capacity, capacity * multiple, seconds, words)
         report.p50_ms_before = before

@@ -198,6 +198,10 @@ def test_retry_after_is_seconds_or_a_date() -> None:
     assert (wait(0, 503), wait(1, 503), wait(2, 503)) == (0.25, 0.5, None)  # then give up
     assert wait(0, 429, "61") is None  # longer than max_wait_s: raised to the caller
     assert wait(0, 500) is None and wait(0, 404) is None
+    # a read through a proxy's page (no ModelShip error body) is retried; our 404 is not
+    ours = b'{"error": {"code": "unknown_job", "message": "no job", "request_id": "r"}}'
+    assert policy.delay(0, Reply(404, {}, b"Not Found"), idempotent=True) == 0.25
+    assert policy.delay(0, Reply(404, {}, ours), idempotent=True) is None
 
 
 async def test_uploads_are_split_to_the_servers_limits(ms: AsyncClient, tmp_path: Path) -> None:

@@ -77,7 +77,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
     config = folder / "serve_config.yaml"
     # The rate limit off: the drill measures shedding under load, not the limiter.
     settings = {"data_dir": str(folder / "d"), "rate_limit_per_minute": 0}
-    config.write_text(yaml.safe_dump(text_only_config(port, settings)))
+    instance = text_only_config(port, settings)
+    for deployment in instance["applications"][0]["deployments"]:  # no scaling mid-drill
+        deployment.pop("autoscaling_config", None)
+        deployment["num_replicas"] = 1
+    config.write_text(yaml.safe_dump(instance))
     ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     haproxy = Path(tempfile.mkdtemp(prefix="h", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
