@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 
 from modelship.core.context import current_request_id
 from modelship.core.records import Project
-from storage.catalog import audit
+from storage.catalog import NewItem, audit
 from storage.jobs import Failure, Success, finish_if_done
 from storage.objects import ObjectStore
 from storage.postgres import Database
@@ -29,20 +29,12 @@ _ALL_SPENT = 2**31 - 1
 
 
 @dataclass(frozen=True)
-class BatchItem:
+class BatchItem(NewItem):
     """One item read from a dataset: the columns of ``items``, and why it cannot be
     labeled (``error``: its job item fails at once). An entry that yielded no content
     (unreadable, too large, outside the allowed prefixes) is an item with the empty text
     and a ``source:`` hash of where it came from, so that its failure has an item."""
 
-    content_hash: str
-    media_type: str
-    byte_size: int
-    width: int | None = None
-    height: int | None = None
-    object_key: str | None = None
-    text: str | None = None
-    filename: str | None = None
     error: str | None = None
 
 
