@@ -22,7 +22,7 @@ import math
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from modelship.core.config import LabelingAppArgs, ModelConfig
 from modelship.core.context import current_request_id
 from modelship.core.errors import ModelShipError
-from modelship.core.records import ExportFormat, ItemState, Job
+from modelship.core.records import ExportFormat, ItemState, Job, JobStatus
 from modelship.core.settings import Settings
 from modelship.service.batch import LEASE_S, BatchRequest, BatchRun, Labeled
 from modelship.service.datasets import check_source
@@ -78,7 +78,7 @@ async def label_dataset(
             logger.info(
                 "job %s: %d entries, %d to label", run.job_id, len(run.entries), len(pending)
             )
-            if pending:
+            if pending and not progress.cancelled:
                 await _label(run, progress, pending, actors, actor_cls)
         finally:
             renewing.cancel()
@@ -106,6 +106,8 @@ async def _ingest(run: BatchRun, progress: _Progress) -> list[Pending]:
         rows = [item for entry in texts[start : start + _CHUNK] for item in run.read(entry)]
         pending += await run.add(rows)
         await progress.report()
+        if progress.cancelled:
+            return pending
     files = [asdict(e) for e in run.entries if e.uri]
     if not files:
         return pending
@@ -122,10 +124,14 @@ async def _ingest(run: BatchRun, progress: _Progress) -> list[Pending]:
         batch_size=_READ_BATCH,
         num_cpus=0.25,
     )
-    async for table in _iterate(read.iter_batches(batch_size=_CHUNK, batch_format="pyarrow")):
-        assert isinstance(table, pa.Table)
-        pending += await run.add([BatchItem(**row) for row in table.to_pylist()])
-        await progress.report()
+    batches = _iterate(read.iter_batches(batch_size=_CHUNK, batch_format="pyarrow"))
+    async with contextlib.aclosing(batches):
+        async for table in batches:
+            assert isinstance(table, pa.Table)
+            pending += await run.add([BatchItem(**row) for row in table.to_pylist()])
+            await progress.report()
+            if progress.cancelled:
+                break
     return pending
 
 
@@ -164,10 +170,14 @@ async def _label(
             "options": run.options,
         },
     )
-    async for batch in _iterate(labeled.iter_batches(batch_size=256, batch_format="numpy")):
-        columns = (batch["item_id"], batch["output"], batch["version"], batch["error"])
-        await run.record([Labeled(*map(str, row)) for row in zip(*columns, strict=True)])
-        await progress.report()
+    batches = _iterate(labeled.iter_batches(batch_size=256, batch_format="numpy"))
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            columns = (batch["item_id"], batch["output"], batch["version"], batch["error"])
+            await run.record([Labeled(*map(str, row)) for row in zip(*columns, strict=True)])
+            await progress.report()
+            if progress.cancelled:
+                break
 
 
 def _blocks(rows: list[Any], batch_size: int) -> int:
@@ -175,13 +185,18 @@ def _blocks(rows: list[Any], batch_size: int) -> int:
     return max(1, math.ceil(len(rows) / batch_size))
 
 
-async def _iterate(batches: Iterable[T]) -> AsyncIterator[T]:
+async def _iterate(batches: Iterable[T]) -> AsyncGenerator[T, None]:
     """Ray Data's blocking iterator, stepped on a worker thread: the event loop (leases,
     PostgreSQL) keeps running while the cluster works."""
     iterator = iter(batches)
     done = object()
-    while (batch := await asyncio.to_thread(next, iterator, done)) is not done:
-        yield batch  # type: ignore[misc]
+    try:
+        while (batch := await asyncio.to_thread(next, iterator, done)) is not done:
+            yield batch  # type: ignore[misc]
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:  # a generator left early: Ray Data stops its pipeline
+            await asyncio.to_thread(close)
 
 
 async def _renew(run: BatchRun) -> None:
@@ -194,17 +209,20 @@ async def _renew(run: BatchRun) -> None:
 
 
 class _Progress:
-    """Prints the job's progress as the API computes it, at most once a second."""
+    """Prints the job's progress as the API computes it, at most once a second; notes a
+    cancellation (``POST /jobs/{id}/cancel``), which stops the run at its next batch."""
 
     def __init__(self, run: BatchRun) -> None:
         self._run = run
         self._last = 0.0
+        self.cancelled = False
 
     async def report(self, force: bool = False) -> None:
         if not force and time.monotonic() - self._last < _PROGRESS_EVERY_S:
             return
         self._last = time.monotonic()
         job = await self._run.job()
+        self.cancelled = job.status is JobStatus.cancelled
         counts = job.counts
         line = {
             "job_id": str(job.id),

@@ -1,4 +1,5 @@
-"""A label actor that dies once mid-run, as a killed or preempted worker would."""
+"""Label actors for tests: one that dies once mid-run, as a killed or preempted worker
+would; one that counts the batches it labels."""
 
 from __future__ import annotations
 
@@ -29,4 +30,18 @@ class CrashOnce(LabelActor):
                 pass
             else:
                 os._exit(1)
+        return super().__call__(batch)
+
+
+class Counted(LabelActor):
+    """The real ``LabelActor``, appending a line to ``<data_dir>/batches-labeled`` for each
+    batch it labels: what a test counts to see when a run stopped."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._log = Path(kwargs["settings"].data_dir) / "batches-labeled"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._log.open("a") as log:
+            log.write(f"{len(batch['item_id'])}\n")
         return super().__call__(batch)

@@ -31,6 +31,7 @@ from modelship.service.batch import BatchRequest
 from modelship.service.labeling import LocalLabeler
 from modelship.service.runner import item_options
 from modelship.service.workflow import Workflow
+from storage.jobs import JobStore
 from storage.services import Services
 from tests.conftest import DATA, EFFICIENTNET, MINILM
 from tests.jobs.conftest import BAD_IMAGES, GOOD_IMAGES, Datasets, texts
@@ -190,6 +191,42 @@ async def test_a_killed_actor_still_labels_everything(
     assert not flag.exists()  # an actor died on its second batch
     assert job.status == "succeeded"
     assert job.total_items == 200 and job.counts[ItemState.succeeded] == 200
+
+
+async def test_a_cancelled_batch_job_stops_labeling(
+    serve_cluster: int, batch_settings: Settings, datasets: Datasets, services: Services
+) -> None:
+    """``POST /jobs/{id}/cancel`` on a batch job: the run stops at its next batch instead
+    of labeling the rest for nothing; what it labeled stays."""
+    source = datasets.root / "cancelled.txt"
+    source.write_text("".join(t + "\n" for t in texts(3000, 3000, seed="cancel-")))
+    project = f"cancel-{uuid.uuid4().hex[:6]}"
+    labeled = Path(batch_settings.data_dir) / "batches-labeled"
+    labeled.unlink(missing_ok=True)
+    from tests.jobs.crash import Counted
+
+    running = asyncio.create_task(run(batch_settings, project, source, MINILM, actor_cls=Counted))
+    jobs = JobStore(services.db)
+    for _ in range(600):
+        async with services.db.connection() as conn:
+            job_id = await conn.fetchval(
+                "SELECT j.id FROM jobs j JOIN projects p ON p.id = j.project_id"
+                " WHERE p.name = $1 AND EXISTS (SELECT 1 FROM job_items ji"
+                " WHERE ji.job_id = j.id AND ji.state = 'succeeded')",
+                project,
+            )
+        if job_id is not None:
+            break
+        await asyncio.sleep(0.2)
+    assert job_id is not None, "the batch job never labeled anything"
+    await jobs.cancel(batch_settings.tenant, job_id, "key:operator")
+    job = await asyncio.wait_for(running, timeout=120)
+    assert job.status == "cancelled"
+    assert 0 < job.counts[ItemState.succeeded] < 3000
+    assert job.counts[ItemState.cancelled] > 0
+    assert job.counts[ItemState.failed] == 0  # nothing left behind failed as STOPPED
+    batches = len(labeled.read_text().splitlines())
+    assert batches < 3000 / MINILM.batching.max_batch_size / 2, batches  # it stopped early
 
 
 async def test_a_source_outside_the_allowed_prefixes_is_refused(
