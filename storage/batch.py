@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 
 from modelship.core.context import current_request_id
 from modelship.core.records import Project
-from storage.catalog import NewItem, audit
+from storage.catalog import NewItem, audit, check_open
 from storage.jobs import Failure, Success, finish_if_done
 from storage.objects import ObjectStore
 from storage.postgres import Database
@@ -78,11 +78,19 @@ class BatchStore:
         self._db = db
 
     async def start(
-        self, tenant: str, project: Project, model: str, options: dict[str, Any], actor: str
+        self,
+        tenant: str,
+        project: Project,
+        model: str,
+        options: dict[str, Any],
+        actor: str,
+        max_open: int,
     ) -> UUID:
-        """Commit a running job with no items yet; the request id names the batch run."""
+        """Commit a running job with no items yet; the request id names the batch run.
+        A project already holding ``max_open`` unfinished jobs gets 429, as over the API."""
         job_id = uuid4()
         async with self._db.transaction() as conn:
+            await check_open(conn, "jobs", project.id, max_open)
             await conn.execute(
                 "INSERT INTO jobs (id, project_id, status, model, label_schema_version, options,"
                 " total_items, request_id, started_at)"

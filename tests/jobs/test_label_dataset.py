@@ -22,12 +22,12 @@ import yaml
 
 from jobs.label_dataset import label_dataset, main
 from modelship.core.config import ModelConfig
-from modelship.core.errors import ModelShipError
+from modelship.core.errors import ModelShipError, QuotaExceeded
 from modelship.core.messages import ItemOptions
 from modelship.core.records import ExportFormat, ItemState, Job
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
-from modelship.service.batch import BatchRequest
+from modelship.service.batch import BatchRequest, BatchRun
 from modelship.service.labeling import LocalLabeler
 from modelship.service.runner import item_options
 from modelship.service.workflow import Workflow
@@ -227,6 +227,24 @@ async def test_a_cancelled_batch_job_stops_labeling(
     assert job.counts[ItemState.failed] == 0  # nothing left behind failed as STOPPED
     batches = len(labeled.read_text().splitlines())
     assert batches < 3000 / MINILM.batching.max_batch_size / 2, batches  # it stopped early
+
+
+async def test_a_batch_job_counts_against_the_projects_open_jobs(
+    batch_settings: Settings, datasets: Datasets, services: Services
+) -> None:
+    """MAX_OPEN_JOBS holds for batch jobs as for jobs submitted over the API."""
+    one = batch_settings.model_copy(update={"max_open_jobs": 1})
+    request = BatchRequest(
+        project=f"open-{uuid.uuid4().hex[:6]}", source=str(datasets.texts), model=MINILM.name
+    )
+    first = await BatchRun.start(services, MODELS, one, request)
+    try:
+        with pytest.raises(QuotaExceeded):
+            await BatchRun.start(services, MODELS, one, request)
+    finally:
+        await first.finish()
+    second = await BatchRun.start(services, MODELS, one, request)  # the first is closed
+    await second.finish()
 
 
 async def test_a_source_outside_the_allowed_prefixes_is_refused(
