@@ -20,7 +20,7 @@ from importlib import resources
 import asyncpg
 
 from modelship.core import tracing
-from modelship.core.errors import ServiceUnavailable
+from modelship.core.errors import InvalidInput, ServiceUnavailable
 
 logger = logging.getLogger("modelship.storage")
 
@@ -35,6 +35,13 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+# Text PostgreSQL cannot hold: a NUL character, in text or in jsonb (\u0000).
+UNSTORABLE_TEXT = (
+    asyncpg.CharacterNotInRepertoireError,
+    asyncpg.UntranslatableCharacterError,
 )
 
 
@@ -117,6 +124,8 @@ class Database:
         except OUTAGE_ERRORS as exc:
             logger.warning("PostgreSQL unavailable: %r", exc)
             raise ServiceUnavailable("the database is unavailable; retry later") from exc
+        except UNSTORABLE_TEXT as exc:  # found by the API fuzz: a NUL in a name or a query
+            raise InvalidInput("text may not contain the NUL character", "invalid_text") from exc
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:

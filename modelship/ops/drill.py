@@ -258,6 +258,9 @@ def chaos(
 ) -> ChaosReport:
     """Kill each of ``targets`` in turn, ``interval_s`` apart, while a job labels ``items``
     texts and a client keeps labeling; then check the job."""
+    # Like `modelship serve` and the KubeRay manifests, clusters run with token auth (the
+    # token from ~/.ray/auth_token or RAY_AUTH_TOKEN); Ray reads the mode on import.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     report = ChaosReport(items)
@@ -318,7 +321,12 @@ def add_parser(sub: Any) -> None:
     load.add_argument("--seconds", type=float, default=20.0, help="how long")
     load.add_argument("--words", type=int, default=120, help="words per text")
     kill = actions.add_parser("chaos", parents=[common], help="kill actors during a job")
-    kill.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "auto"))
+    kill.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        required="RAY_ADDRESS" not in os.environ,
+        help="the service's Ray cluster (GCS ip:port); 'auto' could join another one",
+    )
     kill.add_argument("--items", type=int, default=300, help="texts the job labels")
     kill.add_argument("--interval", type=float, default=5.0, help="seconds between kills")
     kill.add_argument("--targets", default=",".join(TARGETS), help="what to kill, in order")

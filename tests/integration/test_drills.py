@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -171,8 +172,23 @@ def test_three_times_its_capacity_is_shed_politely_and_it_recovers(served: Insta
     assert peak - before < 1024, (before, peak)
 
 
+def _gcs_address(ray_tmp: str) -> str:
+    """The instance's own Ray cluster: another runs beside it (the session's), and Ray's
+    ``auto`` would join whichever it finds first. The GCS picks its port at start and
+    writes it into the session folder."""
+    (port_file,) = Path(ray_tmp).glob("ray/session_latest/gcs_server_port_*")
+    for process in _processes_of(ray_tmp):
+        node = re.search(r"--node-ip-address=([\d.]+)", " ".join(process.cmdline()))
+        if node and "gcs_server" in process.cmdline()[0]:
+            return f"{node[1]}:{port_file.read_text().strip()}"
+    raise AssertionError(f"no GCS server under {ray_tmp}")
+
+
 def test_killing_replicas_the_proxy_and_the_controller_loses_no_item(served: Instance) -> None:
-    code, report = _drill(served, "chaos", "--items", "200", "--interval", "4")
+    address = _gcs_address(served.env["RAY_TMPDIR"])
+    code, report = _drill(
+        served, "chaos", "--items", "200", "--interval", "4", "--address", address
+    )
     print(json.dumps(report))
     assert report["kills"] == ["model", "ingress", "proxy", "controller"], report
     assert report["job_status"] == "succeeded" and report["lost"] == 0, report

@@ -667,3 +667,16 @@ async def test_runners_finishing_the_last_batches_at_once_close_the_job(
         )
         status = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
         assert status["status"] == "succeeded", status["counts"]
+
+
+async def test_text_postgresql_cannot_hold_is_a_4xx(client: httpx.AsyncClient) -> None:
+    """A NUL character (found by the API fuzz), in a query or in jsonb, was a 500."""
+    project = await make_project(
+        client, task="zero-shot-text-classification", model="minilm", labels=LABELS
+    )
+    base = f"/api/v1/projects/{project['id']}"
+    queue = await client.get(f"{base}/review-queue", params={"strategy": "random", "seed": "a\0b"})
+    assert_error(queue, 422, "invalid_text")
+    nul_example = [{"name": "sport", "examples": ["a \u0000 goal"]}, LABELS[1]]
+    assert_error(await client.patch(base, json={"labels": nul_example}), 422, "invalid_text")
+    assert (await client.get(base)).json()["labels"] == project["labels"]  # nothing changed
