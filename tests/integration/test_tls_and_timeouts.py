@@ -144,21 +144,23 @@ def test_https_with_the_configured_certificate(edge: tuple[str, ssl.SSLContext])
         httpx.get(f"{plain}/health/live", timeout=10)
 
 
+def _trickle(seconds: float) -> Iterator[bytes]:
+    """A JSON body sent a few bytes every half second for ``seconds`` (slowloris)."""
+    yield b'{"texts": ["'
+    for _ in range(int(seconds * 2)):
+        time.sleep(0.5)
+        yield b"slow "
+    yield b'"]}'
+
+
 def test_a_request_past_request_timeout_s_is_cut_off(edge: tuple[str, ssl.SSLContext]) -> None:
     """A client trickling its body (slowloris) holds nothing past the timeout: 408."""
     url, trusted = edge
 
-    def trickle() -> Iterator[bytes]:
-        yield b'{"texts": ["'
-        for _ in range(int(TIMEOUT_S * 4)):
-            time.sleep(0.5)
-            yield b"slow "
-        yield b'"]}'
-
     with httpx.Client(base_url=url, verify=trusted, timeout=30) as client:
         response = client.post(
             "/api/v1/classify/text",
-            content=trickle(),
+            content=_trickle(TIMEOUT_S * 2),
             headers={"content-type": "application/json"},
         )
         assert response.status_code == 408, response.text
@@ -175,17 +177,10 @@ def test_a_client_cannot_lift_the_timeout_for_a_trickling_body(
     """``x-request-timeout-seconds: 0`` turns Serve's timeout off; the body timeout holds."""
     url, trusted = edge
 
-    def trickle() -> Iterator[bytes]:
-        yield b'{"texts": ["'
-        for _ in range(int(BODY_TIMEOUT_S * 4)):
-            time.sleep(0.5)
-            yield b"slow "
-        yield b'"]}'
-
     with httpx.Client(base_url=url, verify=trusted, timeout=30) as client:
         response = client.post(
             "/api/v1/classify/text",
-            content=trickle(),
+            content=_trickle(BODY_TIMEOUT_S * 2),
             headers={"content-type": "application/json", "x-request-timeout-seconds": "0"},
         )
         assert response.status_code == 408, response.text  # ours, in our error shape
