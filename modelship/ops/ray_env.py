@@ -51,8 +51,11 @@ _MAX_HAPROXY_DIR = 97 - len("/metrics.sock") - 57
 
 def private_haproxy(directory: Path) -> dict[str, str]:
     """Variables that give HAProxy its own files under ``directory`` and its own free ports
-    (stats, metrics), for a second Serve instance on a machine that may already run one:
-    by default every instance uses ``/tmp/haproxy-serve`` and ports 8404 and 9101.
+    (stats, metrics, the fallback proxy), for a second Serve instance on a machine that may
+    already run one: by default every instance uses ``/tmp/haproxy-serve`` and ports 8404
+    and 9101, and HAProxy's backup server is the Python proxy on 127.0.0.1:8500, so while
+    an instance's Ingress is down (starting, restarting) its HAProxy would hand requests
+    to the first instance's proxy and app.
 
     HAProxy refuses socket paths over 97 characters, and Ray adds a 56-character folder,
     so ``directory`` must be short (at most 27 characters).
@@ -68,6 +71,8 @@ def private_haproxy(directory: Path) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(directory / "metrics.sock"),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
         **_replica_ports(),
     }
 
