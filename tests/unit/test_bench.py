@@ -11,8 +11,12 @@ import torch
 from aiohttp import web
 
 from bench import limit
+from bench.ingress_app import MINILM, InstantLabeler, one_request
 from bench.loadgen import Request, closed_loop, open_loop
 from bench.report import ratios, saturation
+from bench.split import inclusive
+from modelship.core.settings import Settings
+from modelship.http.app import create_api
 
 SERVICE_S = 0.05
 
@@ -119,3 +123,26 @@ def test_the_limit_runs_whole_passes_in_streams_and_restores_torch_threads() -> 
     assert sorted(calls) == [2, 4, 4, 4]  # the warm-up batch, then one whole pass
     assert rate > 0
     assert torch.get_num_threads() == threads
+
+
+def test_a_function_counts_once_per_stack_in_the_split_profile() -> None:
+    raw = "\n".join(
+        [
+            "main (app.py:1);handle (app.py:5);walk (tree.py:9);walk (tree.py:9) 6",
+            "main (app.py:1);metrics (ray/metrics.py:133) 3",
+            "main (app.py:1);handle (app.py:7) 1",
+        ]
+    )
+    shares = {name: share for share, name in inclusive(raw)}
+    assert shares["main (app.py)"] == pytest.approx(100)
+    assert shares["handle (app.py)"] == pytest.approx(70)  # two lines of it, one function
+    assert shares["walk (tree.py)"] == pytest.approx(60)  # recursion is not counted twice
+    assert shares["metrics (metrics.py)"] == pytest.approx(30)
+
+
+async def test_the_ingress_app_instrument_drives_the_real_route() -> None:
+    settings = Settings(rate_limit_per_minute=0)
+    app = create_api(InstantLabeler(), [MINILM], settings, behind_serve_proxy=True)
+    assert await one_request(app) == 200
+    broken = create_api(InstantLabeler(), [], settings, behind_serve_proxy=True)
+    assert await one_request(broken) == 404  # no model: the route answered, not a stub
