@@ -33,7 +33,7 @@ from modelship.service.runner import item_options
 from modelship.service.workflow import Workflow
 from storage.jobs import JobStore
 from storage.services import Services
-from tests.conftest import DATA, EFFICIENTNET, MINILM
+from tests.conftest import DATA, EFFICIENTNET, MINILM, REDIS_URL
 from tests.jobs.conftest import BAD_IMAGES, GOOD_IMAGES, Datasets, texts
 from tests.unit.flow import assert_same_labels, job_results
 
@@ -261,6 +261,7 @@ async def test_a_source_outside_the_allowed_prefixes_is_refused(
         mode="json", include={"data_dir", "batch_allowed_prefixes", "object_store_url"}
     )
     settings["database_url"] = batch_settings.database_url.get_secret_value()
+    settings["redis_url"] = REDIS_URL
     config.write_text(
         yaml.safe_dump({"models": [MINILM.model_dump(mode="json")], "settings": settings})
     )

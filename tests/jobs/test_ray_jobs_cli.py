@@ -30,7 +30,7 @@ from modelship.core.settings import Settings
 from modelship.ops.cli import main
 from modelship.ops.ray_env import free_port
 from modelship.ops.ray_jobs import auth_token
-from tests.conftest import MINILM
+from tests.conftest import MINILM, REDIS_URL
 from tests.jobs.conftest import Datasets, texts
 
 pytestmark = pytest.mark.integration
@@ -137,7 +137,8 @@ def test_a_dataset_labeled_as_a_ray_job(
         yaml.safe_dump(
             {
                 "models": [MINILM.model_dump(mode="json")],
-                "settings": {**settings, "database_url": dsn},
+                # the machine's PostgreSQL and Redis: no embedded service left behind
+                "settings": {**settings, "database_url": dsn, "redis_url": REDIS_URL},
             }
         )
     )
