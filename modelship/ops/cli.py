@@ -86,6 +86,18 @@ def preflight(config_path: Path, as_json: bool) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
+def stop_services(config_path: Path) -> int:
+    """Stop the embedded PostgreSQL and Redis under the config's data dir, which ``modelship
+    serve`` and local batch jobs leave running for the next start; their data stays."""
+    from modelship.core.config import LabelingAppArgs
+    from storage.embedded import stop_embedded
+
+    data_dir = LabelingAppArgs.model_validate(_app_args(config_path)).settings.data_dir
+    stop_embedded(data_dir / "services")
+    print(f"stopped the embedded PostgreSQL and Redis under {data_dir / 'services'}")
+    return 0
+
+
 def keys(ns: argparse.Namespace) -> int:
     """Create a key (printed once, stored hashed) or revoke one."""
     import asyncio
@@ -155,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         ("serve", "serve ModelShip on a local Ray cluster"),
         ("models", "resolve configured models and print their versions"),
         ("preflight", "check settings, PostgreSQL, Redis, object storage, disk and models"),
+        ("stop-services", "stop the embedded PostgreSQL and Redis (the data stays)"),
     ):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
@@ -200,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         return models(ns.config)
     if ns.command == "preflight":
         return preflight(ns.config, ns.json)
+    if ns.command == "stop-services":
+        return stop_services(ns.config)
     if ns.command == "keys":
         return keys(ns)
     if ns.command == "smoke":

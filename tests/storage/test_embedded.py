@@ -16,8 +16,11 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+import yaml
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+from modelship.ops.cli import main
+from storage.embedded import EmbeddedPostgres, EmbeddedRedis, stop_embedded
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -143,3 +146,23 @@ def test_an_outage_keeps_postgres_down_until_it_ends(postgres: EmbeddedPostgres)
         assert not reachable()
     assert elsewhere.communicate(timeout=60)[0].strip() == dsn
     assert reachable()
+
+
+async def test_stop_services_stops_the_servers_a_config_left_running(tmp_path: Path) -> None:
+    """`modelship serve` and local batch jobs leave the embedded servers running for the
+    next start; `modelship stop-services` stops those under the config's data dir."""
+    services = tmp_path / "d" / "services"
+    dsn = EmbeddedPostgres(services / "postgres").start()
+    url = EmbeddedRedis(services / "redis").start()
+    config = yaml.safe_load((ROOT / "config" / "serve_config.yaml").read_text())
+    config["applications"][0]["args"]["settings"] = {"data_dir": str(tmp_path / "d")}
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    try:
+        assert await asyncio.to_thread(main, ["stop-services", "--config", str(path)]) == 0
+        with pytest.raises(ConnectionRefusedError):
+            await asyncpg.connect(dsn, timeout=5)
+        with pytest.raises(RedisConnectionError):
+            await aioredis.from_url(url).ping()
+    finally:
+        stop_embedded(services)
