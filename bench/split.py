@@ -60,6 +60,15 @@ def cpu_by_group(root: psutil.Process) -> dict[int, tuple[str, float]]:
     return seen
 
 
+def _replica(server: ModelShip, deployment: str) -> psutil.Process:
+    """The first replica of ``deployment`` (a name's start) in ``server``'s process tree."""
+    assert server.process is not None
+    for process in psutil.Process(server.process.pid).children(recursive=True):
+        if re.search(rf"ServeReplica:\S+:{re.escape(deployment)}", " ".join(process.cmdline())):
+            return process
+    raise LookupError(f"no {deployment} replica under {server.name}")
+
+
 def spy(pid: int, seconds: int) -> str:
     """py-spy's samples of ``pid`` as collapsed stacks (``frame;frame count`` lines)."""
     out = Path(tempfile.mkdtemp()) / "spy.txt"
@@ -126,26 +135,17 @@ def main() -> None:
         measure(server, args.workload, 4, 1, 3)  # warm-up
         for index, load in enumerate(args.load.split(",")):
             clients, items = (int(n) for n in load.split("x"))
-            if index == 0 and args.spy:
-                names = args.spy.split(",")
-                targets = [
-                    next(
-                        p
-                        for p in psutil.process_iter(["cmdline"])
-                        if f":{name}" in " ".join(p.info["cmdline"] or [])
-                    )
-                    for name in names
+            spied = args.spy.split(",") if index == 0 and args.spy else []
+            with ThreadPoolExecutor(max(1, len(spied))) as pool:
+                samples = [
+                    pool.submit(spy, _replica(server, name).pid, int(args.seconds))
+                    for name in spied
                 ]
-                with ThreadPoolExecutor(len(targets)) as pool:
-                    sampled = [pool.submit(spy, t.pid, int(args.seconds)) for t in targets]
-                    measure(server, args.workload, clients, items, args.seconds)
-                    raws = [future.result() for future in sampled]
-                for name, raw in zip(names, raws, strict=True):
-                    print(f"\npy-spy, {name} at {load}: share of samples on the stack")
-                    for share, function in inclusive(raw):
-                        print(f"  {share:5.1f}%  {function[:120]}")
-            else:
                 measure(server, args.workload, clients, items, args.seconds)
+            for name, sampled in zip(spied, samples, strict=True):
+                print(f"\npy-spy, {name} at {load}: share of samples on the stack")
+                for share, function in inclusive(sampled.result()):
+                    print(f"  {share:5.1f}%  {function[:120]}")
     finally:
         server.stop()
 
