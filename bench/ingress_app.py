@@ -17,19 +17,14 @@ import pstats
 import time
 from typing import Any
 
-from modelship.core.config import LabelSpec, ModelConfig, Task
+from bench.peers._common import model_config
 from modelship.core.errors import ModelShipError
 from modelship.core.messages import ItemOptions, ItemResult, LabelScore, ModelInfo
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
 from modelship.predictors import describe
 
-MINILM = ModelConfig(
-    name="minilm",
-    task=Task.zero_shot_text_classification,
-    source="packaged:all-minilm-l6-v2",
-    labels=[LabelSpec(name="positive"), LabelSpec(name="negative")],
-)
+MINILM = model_config("text")  # the model the benchmark serves
 BODY = json.dumps({"text": "the team won the match in the final minute"}).encode()
 
 
