@@ -102,6 +102,19 @@ def test_invalid_options_exit_non_zero_naming_the_option(
     assert api.writes == 0
 
 
+def test_a_group_given_in_part_keeps_the_defaults_it_leaves_out(tmp_path: Path) -> None:
+    """docs/cluster.md's example names a GPU group's bounds and node selector only: its pods
+    keep the GPU group's own 8 CPUs, 32Gi and 300 s idle timeout."""
+    options = tmp_path / "options.yaml"
+    selector = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    partial = {"gpu_group": {"max_replicas": 6, "node_selector": selector}}
+    options.write_text(yaml.safe_dump(partial))
+    given, default = ClusterOptions.from_file(options).gpu_group, ClusterOptions().gpu_group
+    assert (given.max_replicas, given.node_selector) == (6, selector)
+    assert (given.cpu, given.memory, given.idle_timeout_s) == ("8", "32Gi", 300)
+    assert given.tolerations == default.tolerations
+
+
 def test_apply_creates_then_updates_the_rayservice(tmp_path: Path) -> None:
     api = FakeCustomObjects()
     assert cluster_command(api, "apply", "--config", str(CONFIG)) == 0

@@ -151,6 +151,23 @@ class ClusterOptions(_Options):
     )
     job: JobOptions = Field(default_factory=JobOptions)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _over_defaults(cls, data: Any) -> Any:
+        """A group given in part keeps this class's defaults for what it leaves out: a
+        ``gpu_group`` that only names its node selector still gets 8 CPUs, 32Gi and 300 s,
+        not the plain ``GpuGroup`` field defaults."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, field in cls.model_fields.items():
+            value = data.get(name)
+            if isinstance(value, dict) and field.default_factory is not None:
+                default = field.get_default(call_default_factory=True)
+                if isinstance(default, BaseModel):
+                    merged[name] = default.model_dump() | value
+        return merged
+
     @classmethod
     def from_file(cls, path: Path | None, **overrides: Any) -> ClusterOptions:
         """Options from a YAML file (or the defaults), with command-line overrides on top."""
