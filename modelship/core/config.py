@@ -12,7 +12,8 @@ from modelship.core.settings import Settings
 
 
 class Inbound(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN passes every comparison a validator makes and PostgreSQL's jsonb refuses it
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Task(StrEnum):

@@ -263,6 +263,14 @@ def _text_of(row: object, filename: str | None, index: int) -> str:
             f"{filename}: entry {index} is neither a string nor an object with 'text'",
             "invalid_text_file",
         )
+    if not row.isascii():
+        try:
+            row.encode()
+        except UnicodeEncodeError:  # JSON's \ud800 escapes decode to lone surrogates
+            raise InvalidInput(
+                f"{filename}: entry {index} holds a lone surrogate (not Unicode text)",
+                "invalid_text_file",
+            ) from None
     return row
 
 

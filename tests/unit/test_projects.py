@@ -300,6 +300,8 @@ async def test_text_uploads_from_json_and_files(client: httpx.AsyncClient) -> No
         (("x.csv", b"a,b\n1,2\n"), 422, "invalid_text_file"),
         (("x.jsonl", b"{broken\n"), 422, "invalid_text_file"),
         (("x.json", b'{"text": "not a list"}'), 422, "invalid_text_file"),
+        (("x.jsonl", b'"a \\ud800 b"\n'), 422, "invalid_text_file"),  # was a 500
+        (("x.json", b'[{"text": "\\udfff"}]'), 422, "invalid_text_file"),
         (("x.txt", b"\xff\xfe\xfa"), 415, "unsupported_media_type"),
     ]
     for (name, data), status, code in bad:

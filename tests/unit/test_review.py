@@ -228,6 +228,10 @@ async def test_detection_corrections_are_checked_against_the_image(
     assert_error(await client.post(url, json=body), 422, "unknown_label")
     body["detections"] = [{"label": "FACE_FEMALE", "box": [10, 10, 0, 5]}]
     assert_error(await client.post(url, json=body), 422, "invalid_request")
+    for box in ("[NaN, 0, 5, 5]", "[0, 0, NaN, NaN]"):  # NaN passed every check: a 500
+        nan = f'{{"action": "correct", "detections": [{{"label": "FACE_FEMALE", "box": {box}}}]}}'
+        sent = await client.post(url, content=nan, headers={"content-type": "application/json"})
+        assert_error(sent, 422, "invalid_request")
     body["detections"] = [{"label": "FACE_FEMALE", "box": [180, 60, 120, 140]}]
     done = await client.post(url, json=body)
     assert done.status_code == 200, done.text
