@@ -14,6 +14,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import Depends, Request
+from starlette._utils import get_route_path
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -119,10 +120,13 @@ class AuthMiddleware:
     """Authenticates every API route before its body is read, so a request with a bad key
     costs a header's worth of work, not its body's.
 
-    The route is found in ``SCOPES`` (every API route is listed there). With a
-    ``limiter``, each client address is limited first, across routes and at
-    ``ADDRESS_SCALE`` times the per-route rate (failed authentications included), then
-    each key (or address, with auth off) per route.
+    The route is found in ``SCOPES`` (every API route is listed there) by the path the
+    app routes on: under a ``root_path`` (Serve's ``route_prefix``, a proxy's prefix)
+    that is the path without it. With a ``limiter``, a request with a valid key is
+    limited per key and route; any other (a failed authentication, or every request with
+    auth off) first by its client address across routes, at ``ADDRESS_SCALE`` times the
+    per-route rate. So a flood of guessed keys never spends a valid key's budget, even
+    where every client reaches us from one proxy address (HAProxy, Caddy).
     """
 
     def __init__(
@@ -141,17 +145,24 @@ class AuthMiddleware:
         scope.setdefault("state", {})  # shared with the route's request: the principal too
         request = Request({**scope, "path_params": params})
         try:
-            address = request.client.host if request.client else "unknown"
-            if self.limiter is not None:
-                await self.limiter.check(f"ip:{address}", "*", ADDRESS_SCALE)
-            principal = await self.authenticate(request, route)
-            if self.limiter is not None:
-                who = f"key:{principal.key_id}" if principal else f"ip:{address}"
-                await self.limiter.check(who, f"{request.method} {route}")
+            address = f"ip:{request.client.host if request.client else 'unknown'}"
+            try:
+                principal = await self.authenticate(request, route)
+            except Unauthorized:
+                await self._limit(address, "*", ADDRESS_SCALE)
+                raise
+            if principal is None:  # auth off: the address is all we know of the caller
+                await self._limit(address, "*", ADDRESS_SCALE)
+            who = f"key:{principal.key_id}" if principal else address
+            await self._limit(who, f"{request.method} {route}")
         except ModelShipError as exc:
             await error_response(exc, request_id(request))(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    async def _limit(self, who: str, route: str, scale: float = 1.0) -> None:
+        if self.limiter is not None:
+            await self.limiter.check(who, route, scale)
 
 
 _ROUTES = [(method, path, compile_path(path)[0]) for method, path in SCOPES]
@@ -160,7 +171,7 @@ _ROUTES = [(method, path, compile_path(path)[0]) for method, path in SCOPES]
 def _api_route(scope: Scope) -> tuple[str, dict[str, str]] | None:
     """The API route template ``scope`` asks for, and its path parameters."""
     for method, path, pattern in _ROUTES:
-        match = pattern.match(scope["path"])
+        match = pattern.match(get_route_path(scope))
         if match and method == scope["method"]:
             return path, match.groupdict()
     return None

@@ -9,6 +9,7 @@ import time
 import uuid
 
 from fastapi import Request
+from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -85,7 +86,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        upload = self.upload_paths.match(scope.get("path", ""))
+        upload = self.upload_paths.match(get_route_path(scope))
         limit = self.upload_max_bytes if upload else self.max_bytes
         timeout_s = self.upload_timeout_s if upload else self.timeout_s
         declared = dict(scope["headers"]).get(b"content-length", b"")
@@ -152,7 +153,7 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope.get("path", "")
+        path = get_route_path(scope)
         extra = dict(SECURITY_HEADERS)
         extra["content-security-policy"] = _DOCS_CSP if path == self.docs_path else _API_CSP
         if path.startswith("/api/") or path.startswith("/health"):

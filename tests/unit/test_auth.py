@@ -145,8 +145,34 @@ async def test_failed_authentications_are_rate_limited_by_address(
             (await http.get(f"/api/v1/jobs/{uuid4()}", headers=bearer("ms_x_guess"))).status_code
             for _ in range(ADDRESS_SCALE + 1)
         ]
+        # every client comes from one proxy address: a valid key is limited per key, so
+        # the guesses that spent the address's budget do not lock it out
+        key, _ = await KeyStore(services.db, auth_settings.secret_key.get_secret_value()).create(
+            "tenant-limit", ["read"], "behind-the-proxy"
+        )
+        valid = await http.get("/api/v1/projects", headers=bearer(key))
     await limiter.close()
     assert codes == [401] * ADDRESS_SCALE + [429]
+    assert valid.status_code == 200, valid.text
+
+
+async def test_under_a_path_prefix_every_route_still_needs_its_key(
+    local: LocalLabeler, services: Services, auth_settings: Settings, keys: KeyStore
+) -> None:
+    """Serve mounts an app with ``route_prefix: /ms`` as ``root_path`` with the full path;
+    routes were looked up by the full path, so no key was asked for there."""
+    workflow = Workflow(services, PACKAGED_MODELS, auth_settings)
+    app = create_api(local, local.configs, auth_settings, workflow=workflow)
+    transport = httpx.ASGITransport(app=app, root_path="/ms")
+    key, _ = await keys.create("tenant-prefix", ["read"], "prefixed")
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        assert_error(await http.get("/ms/api/v1/projects"), 401, "unauthorized")
+        body = {"name": "x", "task": "zero-shot-text-classification", "model": "minilm"}
+        assert_error(await http.post("/ms/api/v1/projects", json=body), 401, "unauthorized")
+        assert_error(await http.get("/ms/health/detailed"), 401, "unauthorized")
+        listed = await http.get("/ms/api/v1/projects", headers=bearer(key))
+        assert listed.status_code == 200, listed.text
+        assert listed.headers["cache-control"] == "no-store"
 
 
 async def test_audit_records_name_the_key_that_acted(
