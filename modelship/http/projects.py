@@ -200,11 +200,26 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
     return router
 
 
+async def _limited_body(request: Request, limit: int) -> bytes:
+    """The body, refused past ``limit`` as it streams in. Texts sent as JSON are held to a
+    text file's size: parsing a 256 MiB upload body of JSON held the event loop for 30 s."""
+    too_large = PayloadTooLarge(f"texts sent as JSON may take {limit} bytes; send files")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
 async def _read_uploads(request: Request, settings: Settings, images: bool) -> list[Upload]:
     """Files from multipart ``file`` fields (images, or text files), or JSON texts."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json" and not images:
-        body = parse_model(TextUpload, await request.body())
+        body = parse_model(TextUpload, await _limited_body(request, settings.max_text_file_bytes))
         texts = [Upload(text) for text in body.texts]
     elif content_type == "multipart/form-data":
         texts = []

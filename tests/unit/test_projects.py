@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -324,6 +325,17 @@ async def test_text_files_are_read_no_further_than_the_limits(
     assert_error(await client.post(url, files=files), 413, "too_many_texts")
     big = b"x\n" * (job_settings.max_text_file_bytes // 2 + 1)
     assert_error(await client.post(url, files=[("file", ("big.txt", big))]), 413, "file_too_large")
+    # texts sent as JSON are held to a text file's size too, declared or streamed
+    texts = {"texts": ["x" * 1000] * (job_settings.max_text_file_bytes // 1000 + 1)}
+    assert_error(await client.post(url, json=texts), 413, "payload_too_large")
+
+    async def streamed() -> AsyncIterator[bytes]:
+        yield json.dumps(texts).encode()
+
+    headers = {"content-type": "application/json"}
+    assert_error(
+        await client.post(url, content=streamed(), headers=headers), 413, "payload_too_large"
+    )
     assert (await client.get(url)).json()["items"] == []
 
 
