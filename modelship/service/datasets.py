@@ -90,7 +90,7 @@ def list_entries(uri: str, images: bool, settings: Settings) -> list[Entry]:
     try:
         if fs.isdir(path):
             files = [f for f in sorted(fs.find(path)) if not _hidden(f, path)]
-            entries = [Entry(uri=_uri(fs, f)) for f in files]
+            entries = [_listed(_uri(fs, f), settings) for f in files]  # links out refused
         elif not fs.exists(path):
             raise SourceRefused(f"nothing at {uri}", "source_missing")
         elif path.lower().endswith(".parquet"):
@@ -237,7 +237,8 @@ def _parquet(
 
 
 def _listed(uri: str, settings: Settings) -> Entry:
-    """A manifest's entry, refused (as a failed item) when outside the allowed prefixes."""
+    """A listed or manifest entry, refused (as a failed item) when outside the allowed
+    prefixes: a folder's file may be a link out of it."""
     if allowed(uri, settings.batch_prefixes):
         return Entry(uri=uri)
     return Entry(uri=uri, error=f"source_not_allowed: {uri} is outside the allowed prefixes")

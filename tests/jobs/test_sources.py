@@ -65,6 +65,11 @@ def test_a_folder_of_text_files_and_an_image_manifest(root: Path, settings: Sett
     assert list_entries(str(root / "texts"), False, settings) == [
         Entry(uri=str(root / "texts" / "a.txt"))
     ]
+    (root / "texts" / "b.txt").symlink_to("/etc/passwd")  # was read, line by line
+    link = str(root / "texts" / "b.txt")
+    assert list_entries(str(root / "texts"), False, settings)[1] == Entry(
+        uri=link, error=f"source_not_allowed: {link} is outside the allowed prefixes"
+    )
     manifest = root / "images.jsonl"
     manifest.write_text(json.dumps({"path": "cat.jpg"}) + "\n" + json.dumps("/etc/hosts") + "\n")
     assert list_entries(str(manifest), True, settings) == [
