@@ -163,12 +163,13 @@ class ReviewStore:
         reviewer: str,
     ) -> None:
         """Apply a decision made on ``target`` and record it (who, when, before, after) in
-        one transaction; 409 if the annotation changed since ``target`` was read."""
+        one transaction; 409 if the annotation changed since ``target`` was read: its
+        status, prediction or value (two corrections of one label share the status)."""
         async with self._db.transaction() as conn:
             updated = await conn.execute(
                 "UPDATE annotations SET status = $2, value = $3, top_label = $4,"
                 " updated_by = $5, updated_at = now() WHERE item_id = $1 AND status = $6"
-                " AND prediction_id = $7",
+                " AND prediction_id = $7 AND value = $8",
                 target.item_id,
                 status,
                 value,
@@ -176,6 +177,7 @@ class ReviewStore:
                 reviewer,
                 target.status,
                 target.prediction_id,
+                target.value,
             )
             if updated.split()[-1] != "1":
                 raise Conflict(

@@ -268,6 +268,25 @@ async def test_a_decision_on_a_label_that_changed_meanwhile_is_a_conflict(
     assert detail["annotation"]["status"] == "rejected"
     assert [r["action"] for r in detail["reviews"]] == ["reject"]
 
+    # two corrections made on the same label: the status stays "corrected", the value moved
+    first = {"action": "correct", "labels": ["cooking"]}
+    assert (await client.post(url, json=first)).status_code == 200
+    stale = await workflow.reviews.target(uuid.UUID(project["id"]), item)
+    second = {"action": "correct", "labels": ["sport"]}
+    assert (await client.post(url, json=second)).status_code == 200
+    with pytest.raises(Conflict):  # it overwrote "sport", recording "cooking" as before
+        await workflow.reviews.record(
+            job_settings.tenant,
+            uuid.UUID(project["id"]),
+            stale,
+            ReviewAction.correct,
+            "corrected",
+            [{"label": "cooking", "score": None}, {"label": "sport", "score": None}],
+            "x",
+        )
+    detail = await _detail(client, project, str(item))
+    assert [label["label"] for label in detail["annotation"]["value"]] == ["sport"]
+
 
 async def test_bulk_approval_is_capped_per_call_and_says_when_more_match(
     client: httpx.AsyncClient, runner: JobRunner, services: Services, job_settings: Settings
