@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
-from modelship.ops.cluster.options import GPU_GROUP_RESOURCE
-from modelship.ops.cluster.pods import ray_serve_env
+from modelship.ops.cluster.options import GPU_GROUP_RESOURCE, ClusterOptions
+from modelship.ops.cluster.pods import AGENT_PORT, NODE_HEALTH_PATH, ray_serve_env
+from modelship.ops.cluster.render import render
 from modelship.ops.cluster.serve_config import CPU_DEPLOYMENTS
 from tests.cluster import crd
 from tests.cluster.conftest import CONFIG
@@ -133,9 +134,8 @@ def test_replicas_fit_only_their_own_group(manifests: Manifests) -> None:
         params = group["rayStartParams"]
         resources = json.loads(shlex.split(params.get("resources", "'{}'"))[0])
         offered[name] = {"CPU": float(params["num-cpus"]), **resources}
-    asks = {
-        d.name: d.ray_actor_options for d in (Ingress, Preprocessor, JobRunnerDeployment, Exporter)
-    }
+    cpu_deployments: list[Any] = [Ingress, Preprocessor, JobRunnerDeployment, Exporter]
+    asks = {d.name: d.ray_actor_options for d in cpu_deployments}
     for entry in served(manifests)["applications"][0]["deployments"]:
         if entry["name"].startswith("Model-"):
             asks[entry["name"]] = entry["ray_actor_options"]
@@ -150,6 +150,55 @@ def test_replicas_fit_only_their_own_group(manifests: Manifests) -> None:
             if all(offer.get(resource, 0) >= amount for resource, amount in demand.items())
         }
         assert fits == ({"gpu"} if deployment.startswith("Model-") else {"cpu"}), deployment
+
+
+def container(group: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = group["template"]["spec"]["containers"][0]
+    return found
+
+
+def test_workers_without_a_serve_proxy_get_probes_and_no_serve_traffic(
+    manifests: Manifests,
+) -> None:
+    """KubeRay v1.7 (pod.go, initLivenessAndReadinessProbe) adds a check of
+    ``localhost:<serve port>/-/healthz`` to a RayService worker's readiness only when the
+    container has none: with HeadOnly no worker runs that proxy. A Ready worker joins the
+    Serve Service (KubeRay labels every RayService worker for it), so that Service targets
+    the port named ``serve``, which only the head declares."""
+    from ray._private.ray_constants import DEFAULT_DASHBOARD_AGENT_LISTEN_PORT
+    from ray.dashboard.http_server_agent import PUBLIC_EXACT_PATHS
+
+    assert yaml.safe_load(CONFIG.read_text())["proxy_location"] == "HeadOnly"
+    assert AGENT_PORT == DEFAULT_DASHBOARD_AGENT_LISTEN_PORT
+    assert NODE_HEALTH_PATH in PUBLIC_EXACT_PATHS  # probes carry no Ray token
+    service = manifests["RayService"]
+    for name, group in groups(service).items():
+        ray = container(group)
+        if name == "head":  # KubeRay's own head probes (raylet and GCS) stay
+            assert "readinessProbe" not in ray and "livenessProbe" not in ray
+            assert {"name": "serve", "containerPort": 8000} in ray["ports"]
+            continue
+        assert "dashboard-agent-listen-port" not in group["rayStartParams"]
+        for probe in ("readinessProbe", "livenessProbe"):
+            check = ray[probe]
+            assert "exec" not in check, (name, probe)
+            assert check["httpGet"] == {"path": NODE_HEALTH_PATH, "port": AGENT_PORT}
+        assert all(port["name"] != "serve" for port in ray["ports"]), name
+    ports = service["spec"]["serveService"]["spec"]["ports"]
+    assert ports == [{"name": "serve", "port": 8000, "targetPort": "serve"}]
+
+
+def test_with_a_proxy_on_every_node_kuberay_probes_the_workers(tmp_path: Path) -> None:
+    """EveryNode (Ray's default): each worker's proxy is KubeRay's to check, and serves."""
+    config = yaml.safe_load(CONFIG.read_text())
+    config["proxy_location"] = "EveryNode"
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    (service, _policy) = render(path, ClusterOptions(), "service")
+    assert "serveService" not in service["spec"]
+    for group in cluster_of(service)["workerGroupSpecs"]:
+        assert "readinessProbe" not in container(group)
+        assert "livenessProbe" not in container(group)
 
 
 def test_gpu_group_has_gpus_tolerations_and_a_node_selector(manifests: Manifests) -> None:

@@ -28,6 +28,11 @@ GCS_PORT = 6379
 DASHBOARD_PORT = 8265
 CLIENT_PORT = 10001
 METRICS_PORT = 8080
+SERVE_PORT_NAME = "serve"  # KubeRay's Serve Service takes the head's port of this name
+AGENT_PORT = 52365
+"""Ray's default ``dashboard-agent-listen-port``, where KubeRay's probes reach the agent."""
+NODE_HEALTH_PATH = "/api/healthz"
+"""The agent's node health (raylet; GCS too on the head), open without Ray's token."""
 RAY_UID = 1000  # the ``ray`` user of rayproject/ray images (group ``users``, 100)
 RAY_GID = 100
 GCS_RECONNECT_TIMEOUT_S = "600"
@@ -87,16 +92,47 @@ def env_from(options: ClusterOptions) -> list[dict[str, Any]]:
     ]
 
 
+def worker_probes() -> dict[str, dict[str, Any]]:
+    """A worker's readiness and liveness: its raylet's health at the agent, as KubeRay v1.7
+    probes a worker that serves no traffic (``pod.go``, ``initLivenessAndReadinessProbe``,
+    Ray >= 2.53), same timings. Left to KubeRay, a RayService worker's readiness would also
+    ask ``localhost:<serve port>/-/healthz``, a Serve proxy that ``proxy_location:
+    HeadOnly`` never starts there: the worker would never be Ready."""
+    check = {"httpGet": {"path": NODE_HEALTH_PATH, "port": AGENT_PORT}, "timeoutSeconds": 2}
+    return {
+        "readinessProbe": {
+            **check,
+            "initialDelaySeconds": 10,
+            "periodSeconds": 5,
+            "successThreshold": 1,
+            "failureThreshold": 10,
+        },
+        "livenessProbe": {
+            **check,
+            "initialDelaySeconds": 30,
+            "periodSeconds": 5,
+            "successThreshold": 1,
+            "failureThreshold": 120,
+        },
+    }
+
+
 def cluster_spec(
-    options: ClusterOptions, instance: str, http_options: Mapping[str, Any], gcs_ft: bool
+    options: ClusterOptions,
+    instance: str,
+    http_options: Mapping[str, Any],
+    gcs_ft: bool,
+    probe_workers: bool = False,
 ) -> dict[str, Any]:
-    """A ``RayClusterSpec``: the head, a CPU and a GPU worker group, autoscaler, auth."""
+    """A ``RayClusterSpec``: the head, a CPU and a GPU worker group, autoscaler, auth.
+    ``probe_workers`` gives the workers ``worker_probes()`` (no Serve proxy runs on them);
+    the head keeps the probes KubeRay makes."""
     serve_port = int(http_options.get("port", 8000))
     head_ports = {
         "gcs-server": GCS_PORT,
         "dashboard": DASHBOARD_PORT,
         "client": CLIENT_PORT,
-        "serve": serve_port,
+        SERVE_PORT_NAME: serve_port,
         "metrics": METRICS_PORT,
     }
     head_env = env(options, http_options, worker=False, gcs_ft=gcs_ft)
@@ -127,6 +163,9 @@ def cluster_spec(
             _worker_group(options, instance, "gpu", options.gpu_group, worker_env),
         ],
     }
+    if probe_workers:
+        for group in spec["workerGroupSpecs"]:
+            group["template"]["spec"]["containers"][0].update(worker_probes())
     if gcs_ft:
         spec["gcsFaultToleranceOptions"] = {
             "redisAddress": options.gcs_redis_address,

@@ -18,7 +18,13 @@ import yaml
 from modelship.core.config import LabelingAppArgs
 from modelship.ops.cluster import serve_config
 from modelship.ops.cluster.options import ClusterOptions
-from modelship.ops.cluster.pods import DASHBOARD_PORT, METRICS_PORT, cluster_spec, labels
+from modelship.ops.cluster.pods import (
+    DASHBOARD_PORT,
+    METRICS_PORT,
+    SERVE_PORT_NAME,
+    cluster_spec,
+    labels,
+)
 
 RAY_API_VERSION = "ray.io/v1"
 JOB_ENTRYPOINT = ("python", "-m", "jobs.label_dataset")
@@ -29,8 +35,31 @@ def ray_service(
     config: Mapping[str, Any], args: LabelingAppArgs, options: ClusterOptions
 ) -> dict[str, Any]:
     """The RayService: serveConfigV2 is the file with only the cluster's changes
-    (``serve_config.cluster_config``); GCS state survives head restarts in Redis."""
+    (``serve_config.cluster_config``); GCS state survives head restarts in Redis.
+
+    With no Serve proxy on the workers (``proxy_location: HeadOnly``), workers get probes
+    of their own (``pods.worker_probes``) and the Serve Service targets the port named
+    ``serve``, which only the head declares: KubeRay labels every RayService worker for
+    that Service, and a Ready worker would otherwise get requests on a port nothing
+    listens on."""
     serve = serve_config.cluster_config(dict(config), args)
+    head_only = not serve_config.proxies_on_workers(serve)
+    spec: dict[str, Any] = {
+        # A changed cluster spec brings up a new cluster and moves traffic when it
+        # serves; a Serve config change alone is applied in place, replica by replica.
+        "upgradeStrategy": {"type": options.upgrade_strategy},
+        "serveConfigV2": yaml.safe_dump(serve, sort_keys=False),
+        "rayClusterConfig": cluster_spec(
+            options, options.name, serve["http_options"], gcs_ft=True, probe_workers=head_only
+        ),
+    }
+    if head_only:
+        port = int(serve["http_options"].get("port", 8000))
+        spec["serveService"] = {
+            "spec": {
+                "ports": [{"name": SERVE_PORT_NAME, "port": port, "targetPort": SERVE_PORT_NAME}]
+            }
+        }
     return {
         "apiVersion": RAY_API_VERSION,
         "kind": "RayService",
@@ -39,15 +68,7 @@ def ray_service(
             "namespace": options.namespace,
             "labels": labels(options.name, "serve"),
         },
-        "spec": {
-            # A changed cluster spec brings up a new cluster and moves traffic when it
-            # serves; a Serve config change alone is applied in place, replica by replica.
-            "upgradeStrategy": {"type": options.upgrade_strategy},
-            "serveConfigV2": yaml.safe_dump(serve, sort_keys=False),
-            "rayClusterConfig": cluster_spec(
-                options, options.name, serve["http_options"], gcs_ft=True
-            ),
-        },
+        "spec": spec,
     }
 
 

@@ -126,6 +126,15 @@ def cluster_config(config: dict[str, Any], args: LabelingAppArgs) -> dict[str, A
     return out
 
 
+def proxies_on_workers(config: dict[str, Any]) -> bool:
+    """Whether Serve runs a proxy on worker nodes: ``proxy_location`` EveryNode, Ray's
+    default (HeadOnly serves from the head alone, Disabled from nowhere)."""
+    from ray.serve.config import ProxyLocation
+    from ray.serve.schema import ServeDeploySchema
+
+    return bool(ServeDeploySchema.model_validate(config).proxy_location == ProxyLocation.EveryNode)
+
+
 def _check(model: type[M], data: Any, prefix: str) -> M:
     try:
         return model.model_validate(data) if not issubclass(model, BaseSettings) else model(**data)
