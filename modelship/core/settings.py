@@ -254,9 +254,19 @@ class Settings(BaseSettings):
 
 def _unpickle(values: dict[str, Any], given: list[str]) -> Settings:
     """Settings that travelled without their secrets, which this process's environment
-    supplies; a secret set where they were made and missing here is named in the log."""
+    supplies. A secret set where they were made and missing here is named in the log in
+    ``dev``, and refused in any other profile: a replica without the database URL would
+    start an embedded PostgreSQL of its own, and its data would live apart."""
     settings = Settings(**values)
-    for name in sorted(set(given) - settings.model_fields_set):
+    missing = sorted(set(given) - settings.model_fields_set)
+    if missing and settings.profile is not Profile.dev:
+        names = ", ".join(f"MODELSHIP_{name.upper()}" for name in missing)
+        raise ValueError(
+            f"{names} was set where these settings were made but is not in this process's"
+            f" environment; in the {settings.profile} profile secrets go in every node's"
+            " environment"
+        )
+    for name in missing:
         logger.warning(
             "%s was set where these settings were made but is not in this process's"
             " environment (MODELSHIP_%s): secrets go in every node's environment, not in"

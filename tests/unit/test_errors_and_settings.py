@@ -103,3 +103,6 @@ def test_secrets_never_travel_with_pickled_settings(
     production = made.model_copy(update={"profile": "production"})
     with pytest.raises(ValidationError, match="embedded services"):
         pickle.loads(cloudpickle.dumps(production))  # outside dev, a missing one is fatal
+    staging = made.model_copy(update={"profile": "staging"})  # embedded services allowed
+    with pytest.raises(ValueError, match="MODELSHIP_DATABASE_URL was set where"):
+        pickle.loads(cloudpickle.dumps(staging))  # but not one replica's own
