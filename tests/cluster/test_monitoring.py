@@ -9,6 +9,7 @@ tests/integration/test_prometheus.py.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -87,6 +88,26 @@ def test_every_alert_is_tested_firing_and_not_firing() -> None:
 
 def _carries(series: str, labels: dict[str, str]) -> bool:
     return all(f'{k}="{v}"' in series for k, v in labels.items() if k != "severity")
+
+
+def test_gpu_alerts_and_panels_name_the_labels_ray_gives_gpu_metrics() -> None:
+    """Ray 2.60 tags its GPU metrics (``ray_node_gram_used``...) with GPU_TAG_KEYS
+    (ray/dashboard/consts.py: ``ip``, ``GpuIndex``...); a label it does not set renders
+    as an empty string in an alert or a legend."""
+    from ray.dashboard.consts import GPU_TAG_KEYS
+
+    gpu_metric = re.compile(r"\bray_node_(gram|gpus)_\w+")
+    named: list[str] = []
+    for rule in _alerts().values():
+        if gpu_metric.search(rule["expr"]):
+            for text in rule["annotations"].values():
+                named += re.findall(r"\$labels\.(\w+)", text)
+    for panel in _dashboard()["panels"]:
+        for target in panel.get("targets", []):
+            if gpu_metric.search(target["expr"]):
+                named += re.findall(r"{{\s*(\w+)\s*}}", target.get("legendFormat", ""))
+    assert "GpuIndex" in named and "ip" in named
+    assert set(named) <= set(GPU_TAG_KEYS), set(named) - set(GPU_TAG_KEYS)
 
 
 def test_prometheus_rule_carries_the_same_groups_as_rules_yaml() -> None:
