@@ -40,16 +40,16 @@ async def run_export(
         return
     started = time.perf_counter()
     status = "failed"
-    spec = ExportSpec(
-        format=job.request.format,
-        task=EXPORT_TASKS[job.project.task],
-        categories=await store.categories(job.project),
-        include_images=job.request.include_images,
-        name=job.project.name,
-    )
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="export-") as folder:
         path = Path(folder) / "export"
-        try:
+        try:  # from here on, whatever fails ends the export failed, never left running
+            spec = ExportSpec(
+                format=job.request.format,
+                task=EXPORT_TASKS[job.project.task],
+                categories=await store.categories(job.project),
+                include_images=job.request.include_images,
+                name=job.project.name,
+            )
             writer = open_writer(spec, path)
             with contextlib.closing(writer):
                 after = None

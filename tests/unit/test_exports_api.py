@@ -20,6 +20,7 @@ from pycocotools.coco import COCO
 from modelship.service.exporter import delete_expired
 from modelship.service.runner import JobRunner
 from storage.catalog import Catalog, NewItem
+from storage.exports import ExportStore
 from storage.objects import ObjectNotFound
 from storage.services import Services
 from tests.conftest import payload
@@ -239,3 +240,26 @@ async def test_an_export_file_is_deleted_after_its_retention(
         await client.get(f"/api/v1/exports/{export['id']}/download"), 410, "export_expired"
     )
     assert await delete_expired(services) == 0  # nothing is deleted twice
+
+
+async def test_an_export_that_fails_before_writing_ends_failed_not_running(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The categories are read after the export is marked running: a database error there
+    left it running, holding one of the project's open exports, until a replica restart."""
+    project = await make_project(
+        client, task="zero-shot-text-classification", model="minilm", labels=LABELS
+    )
+
+    async def lost_connection(*_: Any) -> list[str]:
+        raise ConnectionResetError("the database went away")
+
+    monkeypatch.setattr(ExportStore, "categories", lost_connection)
+    created = await client.post(f"/api/v1/projects/{project['id']}/exports", json={"format": "csv"})
+    export = created.json()
+    for _ in range(200):
+        export = (await client.get(f"/api/v1/exports/{export['id']}")).json()
+        if export["status"] not in ("queued", "running"):
+            break
+        await asyncio.sleep(0.05)
+    assert export["status"] == "failed", export
