@@ -1,18 +1,24 @@
 """``FakeCustomObjects``: a small named fake of ``kube.CustomObjects`` (no Kubernetes API server
 runs here). It keeps objects as the API server would: ``resourceVersion`` bumped on every
 write, a stale one refused (409), ``status`` kept apart from what clients write, and every
-body checked against KubeRay's CRD (422 when invalid)."""
+body checked against KubeRay's CRD (422 when invalid). What KubeRay's operator and
+autoscaler write is played by ``create_cluster`` and ``after_next_read``."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster import crd
 
-_KINDS = {("ray.io", "rayservices"): "RayService", ("ray.io", "rayjobs"): "RayJob"}
+_KINDS = {
+    ("ray.io", "rayservices"): "RayService",
+    ("ray.io", "rayjobs"): "RayJob",
+    ("ray.io", "rayclusters"): "RayCluster",
+}
 
 
 class FakeCustomObjects:
@@ -20,11 +26,18 @@ class FakeCustomObjects:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.writes = 0
         self._version = 0
+        self._after_read: dict[tuple[str, str, str], Callable[[dict[str, Any]], None]] = {}
 
     def get_namespaced_custom_object(
         self, group: str, version: str, namespace: str, plural: str, name: str
     ) -> Any:
-        return copy.deepcopy(self._stored(group, namespace, plural, name))
+        found = copy.deepcopy(self._stored(group, namespace, plural, name))
+        change = self._after_read.pop((namespace, plural, name), None)
+        if change is not None:  # another writer, between this read and the reader's write
+            changed = copy.deepcopy(self.objects[(namespace, plural, name)])
+            change(changed["spec"])
+            self._write((namespace, plural, name), changed)
+        return found
 
     def create_namespaced_custom_object(
         self, group: str, version: str, namespace: str, plural: str, body: Any
@@ -54,6 +67,29 @@ class FakeCustomObjects:
     def set_status(self, namespace: str, plural: str, name: str, status: dict[str, Any]) -> None:
         """What KubeRay would write to the status subresource."""
         self.objects[(namespace, plural, name)]["status"] = copy.deepcopy(status)
+
+    def create_cluster(self, namespace: str, service: str, cluster: str) -> None:
+        """What KubeRay does for a new RayService: a RayCluster from its
+        ``rayClusterConfig`` as it is now, named as the active cluster in its status. Later
+        changes to the RayService's replica counts are not copied (v1.7.0 leaves them out
+        of the spec hash it compares)."""
+        owner = self.objects[(namespace, "rayservices", service)]
+        body = {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayCluster",
+            "metadata": {"name": cluster, "namespace": namespace},
+            "spec": copy.deepcopy(owner["spec"]["rayClusterConfig"]),
+        }
+        self.create_namespaced_custom_object("ray.io", "v1", namespace, "rayclusters", body)
+        status = copy.deepcopy(owner.get("status") or {})
+        status.setdefault("activeServiceStatus", {})["rayClusterName"] = cluster
+        owner["status"] = status
+
+    def after_next_read(
+        self, namespace: str, plural: str, name: str, change: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """Once the object is next read, another writer (the autoscaler) changes its spec."""
+        self._after_read[(namespace, plural, name)] = change
 
     def _stored(self, group: str, namespace: str, plural: str, name: str) -> dict[str, Any]:
         if (group, plural) not in _KINDS or (namespace, plural, name) not in self.objects:

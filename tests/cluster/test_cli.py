@@ -142,6 +142,8 @@ def test_status_reports_conditions_groups_and_deployments(
     assert "404" in capsys.readouterr().err
     cluster_command(api, "apply", "--config", str(CONFIG))
     assert cluster_command(api, "status") == 1  # KubeRay has not reported yet
+    assert "group gpu: min 1, max 4 (RayService spec: no RayCluster yet)" in capsys.readouterr().out
+    api.create_cluster(NAMESPACE, "modelship", "modelship-x7k2p")
     api.set_status(
         NAMESPACE,
         "rayservices",
@@ -167,8 +169,58 @@ def test_status_reports_conditions_groups_and_deployments(
     table = capsys.readouterr().out
     assert "RayService modelship: ready" in table
     assert "active cluster: modelship-x7k2p" in table
-    assert "group gpu: min 1, max 4" in table
+    assert "group gpu: min 1, max 4, replicas 1" in table  # the RayCluster's
     assert "deployment Model-minilm-zero-shot: UPSCALING" in table
+
+
+def rayclusters_group(api: FakeCustomObjects, name: str, group: str) -> dict[str, Any]:
+    cluster = api.get_namespaced_custom_object("ray.io", "v1", NAMESPACE, "rayclusters", name)
+    found: dict[str, Any] = next(
+        g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == group
+    )
+    return found
+
+
+def test_scale_of_a_group_reaches_the_running_raycluster(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """KubeRay copies a RayService's group bounds into its RayCluster only when it creates
+    it; scale sets them on the running cluster too, keeping the autoscaler's replicas
+    within the new bounds, and retries when the autoscaler wrote in between."""
+    api = FakeCustomObjects()
+    cluster_command(api, "apply", "--config", str(CONFIG))
+    api.create_cluster(NAMESPACE, "modelship", "modelship-x7k2p")
+
+    def autoscaler_sets(replicas: int) -> None:
+        def change(spec: dict[str, Any]) -> None:
+            (gpu,) = [g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu"]
+            gpu["replicas"] = replicas
+
+        api.after_next_read(NAMESPACE, "rayclusters", "modelship-x7k2p", change)
+
+    autoscaler_sets(3)
+    api.get_namespaced_custom_object("ray.io", "v1", NAMESPACE, "rayclusters", "modelship-x7k2p")
+    capsys.readouterr()
+    assert cluster_command(api, "scale", "--group", "gpu", "--min", "2", "--max", "8") == 0
+    assert "scaled group gpu of modelship (RayCluster modelship-x7k2p)" in capsys.readouterr().err
+    gpu = rayclusters_group(api, "modelship-x7k2p", "gpu")
+    assert (gpu["minReplicas"], gpu["replicas"], gpu["maxReplicas"]) == (2, 3, 8)
+    cpu = rayclusters_group(api, "modelship-x7k2p", "cpu")
+    assert (cpu["minReplicas"], cpu["replicas"], cpu["maxReplicas"]) == (1, 1, 4)
+    assert cluster_command(api, "status") == 1
+    assert "group gpu: min 2, max 8, replicas 3" in capsys.readouterr().out
+
+    writes = api.writes
+    autoscaler_sets(7)  # between scale's read of the cluster and its write: a 409, re-read
+    assert cluster_command(api, "scale", "--group", "gpu", "--max", "5") == 0
+    gpu = rayclusters_group(api, "modelship-x7k2p", "gpu")
+    assert (gpu["minReplicas"], gpu["replicas"], gpu["maxReplicas"]) == (2, 5, 5)
+    assert api.writes == writes + 3  # the RayService, the autoscaler, the RayCluster
+    stored = api.get_namespaced_custom_object("ray.io", "v1", NAMESPACE, "rayservices", "modelship")
+    (spec,) = [
+        g for g in stored["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] == "gpu"
+    ]
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 5)
 
 
 def test_scale_changes_group_and_deployment_bounds_in_place(

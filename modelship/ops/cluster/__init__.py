@@ -95,10 +95,12 @@ def run(ns: argparse.Namespace, api: Any = None) -> int:
             print("modelship cluster scale: give --min, --max or both", file=sys.stderr)
             return 2
         if ns.group:
-            services.scale_group(ns.name, ns.group, ns.min_replicas, ns.max_replicas)
+            clusters = services.scale_group(ns.name, ns.group, ns.min_replicas, ns.max_replicas)
+            where = ", ".join(f"RayCluster {c}" for c in clusters) or "no RayCluster yet"
+            print(f"scaled group {ns.group} of {ns.name} ({where})", file=sys.stderr)
         else:
             services.scale_deployment(ns.name, ns.deployment, ns.min_replicas, ns.max_replicas)
-        print(f"scaled {ns.group or ns.deployment} of {ns.name}", file=sys.stderr)
+            print(f"scaled {ns.deployment} of {ns.name}", file=sys.stderr)
         return 0
     except ConfigError as exc:
         print(f"modelship cluster {action}: {ns.config}: {exc}", file=sys.stderr)

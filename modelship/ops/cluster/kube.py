@@ -1,6 +1,13 @@
 """The RayService through the Kubernetes API: apply a rendered one, read its status, change
 a worker group's or a deployment's replica bounds.
 
+A worker group's bounds are in two places. KubeRay copies the RayService's
+``rayClusterConfig`` into a RayCluster when it creates one, and leaves ``replicas``,
+``minReplicas`` and ``maxReplicas`` out of the hash it compares afterwards (v1.7.0,
+``GenerateHashWithoutReplicasAndWorkersToDelete``): a later change to them in the
+RayService never reaches the running cluster. So scaling a group writes both, and status
+reads the bounds from the cluster.
+
 It goes through the ``kubernetes`` client's ``CustomObjectsApi`` (group ``ray.io``, version
 ``v1``), as KubeRay's own Python client does; any object with the same methods will do
 (``CustomObjects``), which is how the tests drive it without an API server.
@@ -17,6 +24,8 @@ import yaml
 GROUP = "ray.io"
 VERSION = "v1"
 PLURAL = "rayservices"
+CLUSTERS = "rayclusters"
+_WRITE_TRIES = 3  # the autoscaler writes a RayCluster's replicas too: re-read on a conflict
 
 
 class CustomObjects(Protocol):
@@ -46,7 +55,8 @@ class ScaleError(ValueError):
 
 @dataclass(frozen=True)
 class ServiceStatus:
-    """What ``modelship cluster status`` reports about one RayService."""
+    """What ``modelship cluster status`` reports about one RayService: ``groups`` are the
+    bounds in force, the active RayCluster's (the RayService's own before there is one)."""
 
     name: str
     ready: bool
@@ -74,10 +84,7 @@ class RayServices:
         self._namespace = namespace
 
     def get(self, name: str) -> dict[str, Any]:
-        found: dict[str, Any] = self._api.get_namespaced_custom_object(
-            GROUP, VERSION, self._namespace, PLURAL, name
-        )
-        return found
+        return self._get(PLURAL, name)
 
     def apply(self, manifest: dict[str, Any]) -> str:
         """Create the RayService, or replace the spec of the one there (its
@@ -114,10 +121,7 @@ class RayServices:
         }
         active = status.get("activeServiceStatus") or {}
         apps = active.get("applicationStatuses") or {}
-        groups = {
-            g["groupName"]: f"min {g.get('minReplicas', 0)}, max {g.get('maxReplicas', '-')}"
-            for g in service["spec"]["rayClusterConfig"].get("workerGroupSpecs") or []
-        }
+        groups = self._groups(service, active.get("rayClusterName"))
         return ServiceStatus(
             name=name,
             ready=conditions.get("Ready", "").startswith("True"),
@@ -134,21 +138,33 @@ class RayServices:
 
     def scale_group(
         self, name: str, group: str, min_replicas: int | None, max_replicas: int | None
-    ) -> dict[str, Any]:
-        """Change a worker group's autoscaling bounds in place (KubeRay does not start a new
-        cluster for replica counts)."""
+    ) -> list[str]:
+        """Change a worker group's autoscaling bounds in place, in the RayService (kept for
+        the clusters KubeRay creates later) and in its active and pending RayClusters (in
+        force now; KubeRay would not copy them there). A cluster keeps the replicas its
+        autoscaler chose, brought within the new bounds.
+
+        Returns:
+            The RayClusters changed (none before KubeRay has created one).
+        """
         service = self.get(name)
-        groups = service["spec"]["rayClusterConfig"].get("workerGroupSpecs") or []
-        spec = next((g for g in groups if g["groupName"] == group), None)
-        if spec is None:
-            known = ", ".join(g["groupName"] for g in groups)
-            raise ScaleError(f"no worker group {group!r} (there are: {known})")
+        spec = _group(service["spec"]["rayClusterConfig"], group)
         low, high = _bounds(
             spec.get("minReplicas", 0), spec.get("maxReplicas"), min_replicas, max_replicas
         )
-        spec["minReplicas"], spec["maxReplicas"] = low, high
-        spec["replicas"] = min(max(spec.get("replicas", low), low), high)
-        return self._replace(name, service)
+        status = service.get("status") or {}
+        clusters: dict[str, dict[str, Any]] = {}
+        for key in ("activeServiceStatus", "pendingServiceStatus"):
+            cluster = (status.get(key) or {}).get("rayClusterName")
+            found = self._find(CLUSTERS, cluster) if cluster else None
+            if cluster and found is not None:
+                _group(found["spec"], group)  # refused before anything is written
+                clusters[cluster] = found
+        _set_bounds(spec, low, high)
+        self._replace(name, service)
+        for cluster, found in clusters.items():
+            self._scale_cluster(cluster, found, group, low, high)
+        return list(clusters)
 
     def scale_deployment(
         self, name: str, deployment: str, min_replicas: int | None, max_replicas: int | None
@@ -172,6 +188,53 @@ class RayServices:
         autoscaling["min_replicas"], autoscaling["max_replicas"] = low, high
         service["spec"]["serveConfigV2"] = yaml.safe_dump(config, sort_keys=False)
         return self._replace(name, service)
+
+    def _groups(self, service: dict[str, Any], cluster: str | None) -> dict[str, str]:
+        """Each worker group's bounds: the RayCluster's, and its replicas; the RayService's
+        where there is no cluster yet."""
+        found = self._find(CLUSTERS, cluster) if cluster else None
+        if found is not None:
+            return {
+                g["groupName"]: f"{_bounds_text(g)}, replicas {g.get('replicas', '-')}"
+                for g in found["spec"].get("workerGroupSpecs") or []
+            }
+        where = f"RayCluster {cluster} not found" if cluster else "no RayCluster yet"
+        return {
+            g["groupName"]: f"{_bounds_text(g)} (RayService spec: {where})"
+            for g in service["spec"]["rayClusterConfig"].get("workerGroupSpecs") or []
+        }
+
+    def _scale_cluster(
+        self, name: str, cluster: dict[str, Any], group: str, low: int, high: int
+    ) -> None:
+        """Write the bounds into the RayCluster as read; read again when another writer
+        (the autoscaler, setting replicas) changed it since."""
+        for attempt in range(_WRITE_TRIES):
+            _set_bounds(_group(cluster["spec"], group), low, high)
+            cluster.pop("status", None)
+            try:
+                self._api.replace_namespaced_custom_object(
+                    GROUP, VERSION, self._namespace, CLUSTERS, name, cluster
+                )
+                return
+            except Exception as exc:
+                if getattr(exc, "status", None) != 409 or attempt == _WRITE_TRIES - 1:
+                    raise
+            cluster = self._get(CLUSTERS, name)
+
+    def _find(self, plural: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._get(plural, name)
+        except Exception as exc:
+            if getattr(exc, "status", None) != 404:
+                raise
+            return None
+
+    def _get(self, plural: str, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = self._api.get_namespaced_custom_object(
+            GROUP, VERSION, self._namespace, plural, name
+        )
+        return found
 
     def _replace(self, name: str, service: dict[str, Any]) -> dict[str, Any]:
         service.pop("status", None)
@@ -198,6 +261,24 @@ def kubernetes_api(context: str | None = None) -> CustomObjects:
             raise KubeUnavailable(f"no Kubernetes credentials (kubeconfig): {exc}") from exc
     api: CustomObjects = client.CustomObjectsApi()
     return api
+
+
+def _group(cluster_spec: dict[str, Any], group: str) -> dict[str, Any]:
+    groups = cluster_spec.get("workerGroupSpecs") or []
+    found = next((g for g in groups if g["groupName"] == group), None)
+    if found is None:
+        known = ", ".join(g["groupName"] for g in groups)
+        raise ScaleError(f"no worker group {group!r} (there are: {known})")
+    return found
+
+
+def _set_bounds(spec: dict[str, Any], low: int, high: int) -> None:
+    spec["minReplicas"], spec["maxReplicas"] = low, high
+    spec["replicas"] = min(max(spec.get("replicas", low), low), high)
+
+
+def _bounds_text(spec: dict[str, Any]) -> str:
+    return f"min {spec.get('minReplicas', 0)}, max {spec.get('maxReplicas', '-')}"
 
 
 def _bounds(
