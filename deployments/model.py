@@ -24,7 +24,7 @@ from modelship.core.metrics import ServeMetrics
 from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, Predictor, build_predictor, describe
 from modelship.predictors.base import batching_order
-from modelship.predictors.prepare import image_info, prepare_payload
+from modelship.predictors.prepare import image_info, predict_items, prepare_payload
 
 logger = logging.getLogger("modelship.model")
 
@@ -130,7 +130,7 @@ class ModelReplica:
         results = iter(self._results(await self._label(good), good) if good else [])
         return [item if isinstance(item, ModelShipError) else next(results) for item in items]
 
-    async def _label(self, items: list[Prepared]) -> list[Output]:
+    async def _label(self, items: list[Prepared]) -> list[Output | ModelShipError]:
         idle = self._running == 0 and self._pending == 0
         if idle and len(items) <= self._batching.max_batch_size:
             self._direct += 1
@@ -145,14 +145,18 @@ class ModelReplica:
         by_index = dict(zip(order, outputs, strict=True))
         return [by_index[i] for i in range(len(items))]
 
-    def _results(self, outputs: list[Output], items: list[Prepared]) -> list[ItemResult]:
+    def _results(
+        self, outputs: list[Output | ModelShipError], items: list[Prepared]
+    ) -> list[ItemResult | ModelShipError]:
         version = self._predictor.version
         return [
-            ItemResult(output, version, image_info(item))
+            output
+            if isinstance(output, ModelShipError)
+            else ItemResult(output, version, image_info(item))
             for output, item in zip(outputs, items, strict=True)
         ]
 
-    async def _run_batch(self, batch: list[Prepared]) -> list[Output]:
+    async def _run_batch(self, batch: list[Prepared]) -> list[Output | ModelShipError]:
         """One dynamic batch (``self._infer`` is this behind Serve's batch queue)."""
         self._batch_sizes.append(len(batch))
         self._batches += 1
@@ -179,13 +183,14 @@ class ModelReplica:
         self._last_success = time.monotonic()
         return outputs
 
-    def _forward(self, batch: list[Prepared]) -> list[Output]:
-        """The predictor on one batch, on an executor thread; counts batches running."""
+    def _forward(self, batch: list[Prepared]) -> list[Output | ModelShipError]:
+        """The predictor on one batch, on an executor thread (an item the model cannot take
+        fails alone: ``predict_items``); counts batches running."""
         with self._executing_lock:
             self._executing += 1
             self._executing_peak = max(self._executing_peak, self._executing)
         try:
-            return self._predictor.predict(batch)
+            return predict_items(self._predictor, batch, self._config.name)
         finally:
             with self._executing_lock:
                 self._executing -= 1

@@ -32,7 +32,7 @@ from modelship.core.review import model_annotation
 from modelship.core.settings import Settings
 from modelship.exports import check
 from modelship.predictors import ModelStore, Predictor
-from modelship.predictors.prepare import image_info, prepare_payload
+from modelship.predictors.prepare import label_items
 from modelship.service.datasets import Entry, check_source, list_entries, read_entry
 from modelship.service.exporter import run_export
 from modelship.service.labeling import pick_model
@@ -221,18 +221,6 @@ def label_batch(
     options: ItemOptions,
     settings: Settings,
 ) -> list[ItemResult | ModelShipError]:
-    """Label payloads as ``LocalLabeler.label`` does, on the calling thread: each item
-    prepared with every guard, the good ones predicted in one batch, each bad one (or an
-    error passed in) returned in its place."""
-    prepared = [
-        p if isinstance(p, ModelShipError) else prepare_payload(predictor, p, options, settings)
-        for p in payloads
-    ]
-    good = [p for p in prepared if not isinstance(p, ModelShipError)]
-    outputs = iter(predictor.predict(good) if good else [])
-    return [
-        p
-        if isinstance(p, ModelShipError)
-        else ItemResult(next(outputs), predictor.version, image_info(p))
-        for p in prepared
-    ]
+    """Label payloads as ``LocalLabeler.label`` does, on the calling thread
+    (``label_items``: every guard, one batch, each bad item's error in its place)."""
+    return label_items(predictor, payloads, options, settings)

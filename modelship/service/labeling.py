@@ -19,7 +19,7 @@ from modelship.core.errors import (
 from modelship.core.messages import ItemOptions, ItemResult, ModelInfo
 from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, Predictor, build_predictor, describe
-from modelship.predictors.prepare import image_info, prepare_payload
+from modelship.predictors.prepare import label_items
 
 
 class Admission:
@@ -136,15 +136,7 @@ class LocalLabeler:
         self, model: str, payloads: list[bytes | str], options: ItemOptions
     ) -> list[ItemResult | ModelShipError]:
         predictor = self.predictors[model]
-        prepared = [prepare_payload(predictor, p, options, self._settings) for p in payloads]
-        good = [p for p in prepared if not isinstance(p, ModelShipError)]
-        outputs = iter(await asyncio.to_thread(predictor.predict, good) if good else [])
-        return [
-            p
-            if isinstance(p, ModelShipError)
-            else ItemResult(next(outputs), predictor.version, image_info(p))
-            for p in prepared
-        ]
+        return await asyncio.to_thread(label_items, predictor, payloads, options, self._settings)
 
     async def info(self, model: str) -> ModelInfo:
         config = next(config for config in self.configs if config.name == model)

@@ -186,3 +186,20 @@ async def test_health_check_fails_when_the_model_breaks(settings: Settings) -> N
     replica._last_success = 0.0  # idle long enough that the check probes the model
     with pytest.raises(RuntimeError, match="device-side"):
         await replica.check_health()
+
+
+async def test_an_item_the_model_raises_on_fails_alone(settings: Settings) -> None:
+    replica = ModelReplica.func_or_class(MINILM, settings)  # the plain class, in this process
+    items = _items(settings, 3)
+    real = replica._predictor.predict
+
+    def choking(batch: list[PreparedText]) -> object:
+        if any(item is items[1] for item in batch):
+            raise IndexError("index out of range in self")
+        return real(batch)
+
+    replica._predictor.predict = choking  # type: ignore[method-assign]
+    results = await replica.predict(items)
+    assert [type(r).__name__ for r in results] == ["ItemResult", "InvalidInput", "ItemResult"]
+    assert results[1].code == "unprocessable_item"
+    await replica.check_health()  # the model runs: the replica stays

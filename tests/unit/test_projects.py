@@ -16,6 +16,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from modelship.core.config import LabelSpec
 from modelship.core.errors import ModelShipError, QuotaExceeded
 from modelship.core.messages import ItemOptions, ItemResult
 from modelship.core.records import ExportCreate, JobCreate, ProjectCreate
@@ -428,6 +429,48 @@ async def test_image_job_with_an_undecodable_item(
     )
     assert_same_labels(results[ids["cat.jpg"]]["output"], sync.json()["labels"])
     assert results[ids["coffee.jpg"]]["output"][0]["label"] == "espresso"
+
+
+async def test_a_text_the_model_raises_on_fails_alone_and_its_job_ends(
+    client: httpx.AsyncClient,
+    runner: JobRunner,
+    labeler: CountingLabeler,
+    job_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch the model raised on was given back without spending an attempt, so one text
+    that always breaks the forward pass kept its job from ever ending (invariant 2)."""
+    predictor = labeler.predictors["minilm"]
+    real = predictor.predict
+
+    def choking(batch: list[Any]) -> list[Any]:
+        if any("POISON" in item.text for item in batch):
+            raise IndexError("index out of range in self")  # what torch says on a bad token
+        return real(batch)
+
+    monkeypatch.setattr(predictor, "predict", choking)
+    project = await text_project(client)
+    tag = uuid.uuid4().hex  # texts never labeled before: no cached predictions
+    texts = [f"a late goal {tag}", f"POISON {tag}", f"bake the bread {tag}"]
+    ids = await upload_texts(client, project, texts)
+    job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
+    await drain(runner)
+    job = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
+    assert job["status"] == "succeeded"
+    assert (job["counts"]["succeeded"], job["counts"]["failed"]) == (2, 1)
+    assert job["errors"][0]["error"].startswith("unprocessable_item")
+    results = {r["item_id"]: r for r in await job_results(client, job["id"])}
+    assert results[ids[1]]["attempts"] == job_settings.job_max_attempts
+    assert results[ids[0]]["output"][0]["label"] == "sport"
+
+    # a model that runs nothing at all: the batch is given back, no item is blamed
+    def broken(batch: list[Any]) -> list[Any]:
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    monkeypatch.setattr(predictor, "predict", broken)
+    options = ItemOptions(labels=tuple(LabelSpec(name=label["name"]) for label in LABELS))
+    with pytest.raises(RuntimeError, match="device-side"):
+        await labeler.label("minilm", [f"anything {tag}"], options)
 
 
 async def test_idempotent_submission(client: httpx.AsyncClient) -> None:
