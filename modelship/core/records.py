@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 from uuid import UUID
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from modelship.core.config import (
     PRINTABLE,
@@ -121,6 +121,13 @@ class JobCreate(Inbound):
     """Label every item of the project, or only ``item_ids``."""
 
     item_ids: list[UUID] | None = Field(None, min_length=1, max_length=100_000)
+
+    @field_validator("item_ids")
+    @classmethod
+    def _as_a_set(cls, ids: list[UUID] | None) -> list[UUID] | None:
+        """A set of items, in one order: a retry that lists them in another order (or one
+        twice) is the same request to ``Idempotency-Key``."""
+        return sorted(set(ids)) if ids is not None else None
 
 
 class JobStatus(StrEnum):

@@ -489,6 +489,11 @@ async def test_idempotent_submission(client: httpx.AsyncClient) -> None:
     assert_error(
         await client.post(url, json={"item_ids": ids}, headers=key), 409, "idempotency_key_reused"
     )
+    both = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}  # the same items in another order
+    made = await client.post(url, json={"item_ids": ids}, headers=both)
+    replayed = await client.post(url, json={"item_ids": [*ids[::-1], ids[0]]}, headers=both)
+    assert replayed.status_code == 202, replayed.text  # was 409 idempotency_key_reused
+    assert replayed.json()["id"] == made.json()["id"]
     racing = await asyncio.gather(
         *(client.post(url, headers={"Idempotency-Key": "race-" + project["id"]}) for _ in range(5))
     )
