@@ -5,7 +5,8 @@ Two passes over the cluster. First, tasks read the source's entries into items (
 stored in object storage) and the driver adds them to the project and a job in
 PostgreSQL, in bulk; items labeled before by this model version and options are settled
 at once. Then an actor pool of the model's predictor (batch size, CPUs and GPUs from its
-``ModelConfig``) labels the rest, and the driver records each labeled batch. Progress
+``ModelConfig``; on a KubeRay cluster, ``--model-resource gpu_group`` instead of CPUs)
+labels the rest, and the driver records each labeled batch. Progress
 goes to stdout as ``modelship-progress {json}`` lines (``modelship jobs status --wait``
 reads them); ``GET /api/v1/jobs/{id}`` shows the same job.
 """
@@ -58,6 +59,7 @@ async def label_dataset(
     settings: Settings,
     actors: int = 1,
     actor_cls: type | None = None,
+    model_resource: str | None = None,
 ) -> Job:
     """Run one batch job to its end on the connected Ray cluster; returns the job.
 
@@ -67,6 +69,7 @@ async def label_dataset(
         settings: services, limits and the allowed prefixes.
         actors: the most label actors at once (the pool starts with one).
         actor_cls: the ``map_batches`` class labeling batches (``LabelActor``).
+        model_resource: a custom resource that places label actors (``actor_resources``).
     """
     services = Services.from_settings(settings)
     try:
@@ -79,7 +82,8 @@ async def label_dataset(
                 "job %s: %d entries, %d to label", run.job_id, len(run.entries), len(pending)
             )
             if pending and not progress.cancelled:
-                await _label(run, progress, pending, actors, actor_cls)
+                asks = actor_resources(run.config, model_resource)
+                await _label(run, progress, pending, actors, actor_cls, asks)
         finally:
             renewing.cancel()
             job = await run.finish()  # what is still leased (a failed run) fails, with a reason
@@ -135,12 +139,24 @@ async def _ingest(run: BatchRun, progress: _Progress) -> list[Pending]:
     return pending
 
 
+def actor_resources(config: ModelConfig, model_resource: str | None) -> dict[str, Any]:
+    """What each label actor asks Ray for: the model's CPUs and GPUs; with
+    ``model_resource``, one unit of it and no CPUs instead, as model replicas ask on a
+    KubeRay cluster (``modelship.ops.cluster.serve_config.cluster_config``): there only GPU
+    pods offer ``gpu_group``, and they offer no CPUs, so an actor asking for CPUs and a GPU
+    would fit no pod."""
+    if model_resource is None:
+        return {"num_cpus": config.num_cpus, "num_gpus": config.num_gpus}
+    return {"num_cpus": 0, "num_gpus": config.num_gpus, "resources": {model_resource: 1}}
+
+
 async def _label(
     run: BatchRun,
     progress: _Progress,
     pending: list[Pending],
     actors: int,
     actor_cls: type | None,
+    asks: dict[str, Any],
 ) -> None:
     """Second pass: an actor pool of the model labels what is pending; the driver records
     each labeled batch. Texts go in length order: alike lengths batch with little padding."""
@@ -160,8 +176,6 @@ async def _label(
         actor_cls or LabelActor,
         batch_size=size,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
-        num_cpus=config.num_cpus,
-        num_gpus=config.num_gpus,
         fn_constructor_kwargs={
             "config": config,
             "settings": run.settings,
@@ -169,6 +183,7 @@ async def _label(
             "version": run.version,
             "options": run.options,
         },
+        **asks,
     )
     batches = _iterate(labeled.iter_batches(batch_size=256, batch_format="numpy"))
     async with contextlib.aclosing(batches):
@@ -262,6 +277,12 @@ def parser() -> argparse.ArgumentParser:
         "--export-all", action="store_true", help="every item, not only approved ones"
     )
     parser.add_argument("--actors", type=int, default=1, help="most label actors at once")
+    parser.add_argument(
+        "--model-resource",
+        metavar="RESOURCE",
+        help="each label actor asks one unit of this custom Ray resource and no CPUs, as"
+        " model replicas do on a KubeRay cluster (gpu_group); default: the model's CPUs",
+    )
     parser.add_argument("--request-id", help="names the run in the job, logs and audit")
     return parser
 
@@ -291,7 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     if not ray.is_initialized():
         ray.init()
     try:
-        job = asyncio.run(label_dataset(request, args.models, args.settings, ns.actors))
+        job = asyncio.run(
+            label_dataset(
+                request, args.models, args.settings, ns.actors, model_resource=ns.model_resource
+            )
+        )
     except ModelShipError as exc:  # 4xx: a check refused the request before the job began
         print(f"{'refused' if exc.status < 500 else 'failed'}: {exc}", file=sys.stderr)
         return 2 if exc.status < 500 else 1

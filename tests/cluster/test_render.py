@@ -274,11 +274,56 @@ def test_network_policy_opens_only_the_serve_port(manifests: Manifests) -> None:
                 assert sources == [{"podSelector": {"matchLabels": selector}}]
 
 
+def offers(manifest: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """What each group offers Ray: CPUs and custom resources from rayStartParams, GPUs from
+    the container's limit (KubeRay v1.7 adds ``num-gpus`` from it, pod.go)."""
+    offered = {}
+    for name, group in groups(manifest).items():
+        params = group["rayStartParams"]
+        resources = json.loads(shlex.split(params.get("resources", "'{}'"))[0])
+        gpus = container(group)["resources"]["limits"].get("nvidia.com/gpu", 0)
+        offered[name] = {"CPU": float(params["num-cpus"]), "GPU": float(gpus), **resources}
+    return offered
+
+
 def test_ray_job_runs_the_batch_entrypoint_on_its_own_cluster(manifests: Manifests) -> None:
     job = manifests["RayJob"]["spec"]
     assert shlex.split(job["entrypoint"])[:3] == ["python", "-m", "jobs.label_dataset"]
     assert job["shutdownAfterJobFinishes"] is True
+    assert job["ttlSecondsAfterFinished"] == 60  # docs/cluster.md says so
     assert set(groups(manifests["RayJob"])) == {"head", "cpu", "gpu"}
+
+
+def test_ray_job_label_actors_land_on_gpu_pods_started_for_them(manifests: Manifests) -> None:
+    """The entrypoint's label actors ask what the cluster's model replicas ask: a GPU
+    model's actor fits only a GPU pod (they offer no CPUs), and the job's GPU group starts
+    empty, grown by the autoscaler for those actors; the RayService keeps its GPU pods."""
+    from jobs.label_dataset import actor_resources, parser
+    from modelship.core.config import ModelConfig
+
+    words = shlex.split(manifests["RayJob"]["spec"]["entrypoint"])[3:]
+    ns = parser().parse_args([*words, "--project", "p", "--source", "s3://d/"])
+    assert ns.model_resource == GPU_GROUP_RESOURCE
+    offered = offers(manifests["RayJob"])
+    for num_gpus in (1, 0.25, 0):
+        model = ModelConfig(name="m", task="image-classification", source="x", num_gpus=num_gpus)
+        asks = actor_resources(model, ns.model_resource)
+        demand = {
+            "CPU": asks["num_cpus"],
+            "GPU": asks["num_gpus"],
+            **asks.get("resources", {}),
+        }
+        fits = {
+            name
+            for name, offer in offered.items()
+            if all(offer.get(resource, 0) >= amount for resource, amount in demand.items())
+        }
+        assert fits == {"gpu"}, (num_gpus, demand)
+    job_gpu = groups(manifests["RayJob"])["gpu"]
+    assert job_gpu["minReplicas"] == job_gpu["replicas"] == 0 < job_gpu["maxReplicas"]
+    assert groups(manifests["RayService"])["gpu"]["minReplicas"] == 1
+    local = actor_resources(ModelConfig(name="m", task="image-classification", source="x"), None)
+    assert local == {"num_cpus": 0.5, "num_gpus": 0}  # a local run: no custom resource asked
 
 
 def test_a_driver_starts_each_group_from_the_manifest_alone(manifests: Manifests) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -29,7 +30,7 @@ import yaml
 from modelship.core.settings import Settings
 from modelship.ops.cli import main
 from modelship.ops.ray_env import free_port
-from modelship.ops.ray_jobs import auth_token
+from modelship.ops.ray_jobs import auth_token, connect
 from tests.conftest import MINILM, REDIS_URL
 from tests.jobs.conftest import Datasets, texts
 
@@ -68,6 +69,7 @@ def dashboard() -> Iterator[str]:
     command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block"]
     command += [f"--{name}={value}" for name, value in ports.items()]
     command += ["--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}", "--num-cpus=2"]
+    command += ['--resources={"gpu_group": 2}']  # as a KubeRay cluster's GPU pods offer
     command += [f"--object-store-memory={256 * 1024**2}", "--disable-usage-stats"]
     head = subprocess.Popen(
         command,
@@ -114,6 +116,26 @@ def run(address: str, capsys: pytest.CaptureFixture[str], *arguments: str) -> tu
     return code, out, err
 
 
+def job_config(tmp_path: Path, settings: Settings) -> tuple[Path, str]:
+    """A config of MiniLM and the session's settings, and the database's DSN."""
+    assert settings.database_url is not None
+    dsn = settings.database_url.get_secret_value()
+    plain = settings.model_dump(
+        mode="json", include={"data_dir", "object_store_url", "batch_allowed_prefixes"}
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": [MINILM.model_dump(mode="json")],
+                # the machine's PostgreSQL and Redis: no embedded service left behind
+                "settings": {**plain, "database_url": dsn, "redis_url": REDIS_URL},
+            }
+        )
+    )
+    return config, dsn
+
+
 def test_the_job_api_wants_the_token(dashboard: str) -> None:
     assert httpx.get(f"{dashboard}/api/jobs/", timeout=5).status_code == 401
 
@@ -127,21 +149,7 @@ def test_a_dataset_labeled_as_a_ray_job(
 ) -> None:
     source = datasets.root / "ray-job.txt"
     source.write_text("".join(t + "\n" for t in texts(12, 10, seed="rayjob-")))
-    assert batch_settings.database_url is not None
-    dsn = batch_settings.database_url.get_secret_value()
-    settings = batch_settings.model_dump(
-        mode="json", include={"data_dir", "object_store_url", "batch_allowed_prefixes"}
-    )
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "models": [MINILM.model_dump(mode="json")],
-                # the machine's PostgreSQL and Redis: no embedded service left behind
-                "settings": {**settings, "database_url": dsn, "redis_url": REDIS_URL},
-            }
-        )
-    )
+    config, dsn = job_config(tmp_path, batch_settings)
     project = f"rayjob-{uuid.uuid4().hex[:6]}"
     submitted = cli(
         dashboard, "submit", "--py-module", str(REPO / "jobs"), "--config", str(config),
@@ -175,6 +183,45 @@ def test_a_dataset_labeled_as_a_ray_job(
 
     # the job's request id is the submission id: the API's job names its Ray job
     assert asyncio.run(labeled()) == (10, submission_id)
+
+
+def test_label_actors_ask_for_the_gpu_group_as_the_rayjob_runs_them(
+    dashboard: str, batch_settings: Settings, datasets: Datasets, tmp_path: Path
+) -> None:
+    """The RayJob's entrypoint says ``--model-resource gpu_group``: each label actor asks
+    one unit of it and no CPU, as model replicas do (a KubeRay GPU pod offers no CPUs)."""
+    source = datasets.root / "gpu-group.txt"
+    source.write_text("".join(t + "\n" for t in texts(6, 6, seed="gpu-group-")))
+    config, _dsn = job_config(tmp_path, batch_settings)
+    command = [
+        "python", "-m", "jobs.label_dataset", "--model-resource", "gpu_group",
+        "--config", str(config), "--project", f"gpu-group-{uuid.uuid4().hex[:6]}",
+        "--source", str(source), "--model", MINILM.name,
+    ]  # fmt: skip
+    submitted = cli(
+        dashboard, "submit", "--py-module", str(REPO / "jobs"),
+        "--entrypoint", shlex.join(command), "--wait",
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert "6/6 items, 6 succeeded, 0 failed" in submitted.stdout
+    submission_id = submitted.stdout.splitlines()[0]
+    ray_job = connect(dashboard).get_job_info(submission_id).job_id
+    headers = {"Authorization": f"Bearer {auth_token()}"}
+    listed = httpx.get(
+        f"{dashboard}/api/v0/actors",
+        params={"detail": "true", "limit": "10000"},
+        headers=headers,
+        timeout=30,
+    )
+    assert listed.is_success, listed.text
+    actors = [
+        a
+        for a in listed.json()["data"]["result"]["result"]
+        if a["job_id"] == ray_job and "LabelActor" in a["class_name"]
+    ]
+    assert actors, listed.json()["data"]["result"]["result"]
+    for actor in actors:
+        assert actor["required_resources"] == {"gpu_group": 1.0}, actor
 
 
 def test_a_job_stopped(dashboard: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -109,7 +109,12 @@ class JobOptions(_Options):
         default_factory=list, description="Arguments after the entrypoint (input URI, project)."
     )
     active_deadline_s: int = Field(86_400, gt=0, description="The job is stopped after this.")
-    ttl_after_finished_s: int = Field(3_600, ge=0, description="Its cluster is deleted after.")
+    ttl_after_finished_s: int = Field(
+        60,
+        ge=0,
+        description="Seconds its cluster is kept after the job ends (to read its logs), then"
+        " deleted; the RayJob object stays.",
+    )
 
 
 class ClusterOptions(_Options):

@@ -17,7 +17,7 @@ import yaml
 
 from modelship.core.config import LabelingAppArgs
 from modelship.ops.cluster import serve_config
-from modelship.ops.cluster.options import ClusterOptions
+from modelship.ops.cluster.options import GPU_GROUP_RESOURCE, ClusterOptions
 from modelship.ops.cluster.pods import (
     DASHBOARD_PORT,
     METRICS_PORT,
@@ -76,9 +76,15 @@ def ray_job(
     config: Mapping[str, Any], args: LabelingAppArgs, options: ClusterOptions
 ) -> dict[str, Any]:
     """The RayJob for a dataset (``python -m jobs.label_dataset``) on its own cluster of the
-    same shape, deleted when the job ends; KubeRay submits it over the dashboard's API."""
+    same shape, deleted ``job.ttl_after_finished_s`` after the job ends; KubeRay submits it
+    over the dashboard's API. Label actors ask for the GPU group's resource, as model
+    replicas do, and the GPU group starts empty: the autoscaler adds GPU pods for them."""
     job = options.job
     http_options = serve_config.cluster_config(dict(config), args)["http_options"]
+    on_demand = options.model_copy(
+        update={"gpu_group": options.gpu_group.model_copy(update={"min_replicas": 0})}
+    )
+    command = [*JOB_ENTRYPOINT, "--model-resource", GPU_GROUP_RESOURCE, *job.args]
     return {
         "apiVersion": RAY_API_VERSION,
         "kind": "RayJob",
@@ -88,13 +94,13 @@ def ray_job(
             "labels": labels(job.name, "batch"),
         },
         "spec": {
-            "entrypoint": shlex.join([*JOB_ENTRYPOINT, *job.args]),
+            "entrypoint": shlex.join(command),
             "submissionMode": "HTTPMode",
             "backoffLimit": 2,  # a rerun skips the items already labeled
             "activeDeadlineSeconds": job.active_deadline_s,
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": job.ttl_after_finished_s,
-            "rayClusterSpec": cluster_spec(options, job.name, http_options, gcs_ft=False),
+            "rayClusterSpec": cluster_spec(on_demand, job.name, http_options, gcs_ft=False),
         },
     }
 
