@@ -64,6 +64,9 @@ def add_parser(sub: Any) -> None:
     submit.add_argument("--config", help="serve config with the models, as the cluster sees it")
     submit.add_argument("--export", help="export format written at the end (csv, coco...)")
     submit.add_argument("--actors", type=int, help="most label actors at once")
+    submit.add_argument(
+        "--model-resource", help="custom resource each label actor asks (gpu_group on KubeRay)"
+    )
     submit.add_argument("--entrypoint", help="run this command instead of jobs.label_dataset")
     submit.add_argument("--submission-id", help="default: modelship-<random>")
     submit.add_argument("--working-dir", help="upload this folder as the job's working dir")
@@ -123,9 +126,9 @@ def entrypoint(ns: argparse.Namespace, submission_id: str) -> str:
         raise ValueError("submit needs --project and --source (or an --entrypoint)")
     command = ["python", "-m", "jobs.label_dataset", "--project", ns.project]
     command += ["--source", ns.source, "--request-id", submission_id]
-    for flag in ("model", "config", "export", "actors"):
+    for flag in ("model", "config", "export", "actors", "model_resource"):
         if getattr(ns, flag) is not None:
-            command += [f"--{flag}", str(getattr(ns, flag))]
+            command += [f"--{flag.replace('_', '-')}", str(getattr(ns, flag))]
     return shlex.join(command)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -188,19 +187,16 @@ def test_a_dataset_labeled_as_a_ray_job(
 def test_label_actors_ask_for_the_gpu_group_as_the_rayjob_runs_them(
     dashboard: str, batch_settings: Settings, datasets: Datasets, tmp_path: Path
 ) -> None:
-    """The RayJob's entrypoint says ``--model-resource gpu_group``: each label actor asks
-    one unit of it and no CPU, as model replicas do (a KubeRay GPU pod offers no CPUs)."""
+    """The RayJob's entrypoint says ``--model-resource gpu_group`` (and ``jobs submit`` passes
+    it on): each label actor asks one unit of it and no CPU, as model replicas do (a KubeRay
+    GPU pod offers no CPUs)."""
     source = datasets.root / "gpu-group.txt"
     source.write_text("".join(t + "\n" for t in texts(6, 6, seed="gpu-group-")))
     config, _dsn = job_config(tmp_path, batch_settings)
-    command = [
-        "python", "-m", "jobs.label_dataset", "--model-resource", "gpu_group",
-        "--config", str(config), "--project", f"gpu-group-{uuid.uuid4().hex[:6]}",
-        "--source", str(source), "--model", MINILM.name,
-    ]  # fmt: skip
     submitted = cli(
-        dashboard, "submit", "--py-module", str(REPO / "jobs"),
-        "--entrypoint", shlex.join(command), "--wait",
+        dashboard, "submit", "--py-module", str(REPO / "jobs"), "--model-resource", "gpu_group",
+        "--config", str(config), "--project", f"gpu-group-{uuid.uuid4().hex[:6]}",
+        "--source", str(source), "--model", MINILM.name, "--wait",
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     assert "6/6 items, 6 succeeded, 0 failed" in submitted.stdout
