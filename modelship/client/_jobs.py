@@ -28,13 +28,18 @@ class Jobs(Base):
         item_ids: Sequence[Ref] | None = None,
         idempotency_key: str | None = None,
     ) -> Operation[Job]:
-        """Label every item of the project (or ``item_ids``). Sent with an
-        ``Idempotency-Key`` (a new one unless given), so a retried request cannot start a
-        second job."""
-        body = JobCreate(item_ids=[UUID(ref(i)) for i in item_ids]) if item_ids else None
+        """Label every item of the project (``item_ids=None``), or only ``item_ids``. Sent
+        with an ``Idempotency-Key`` (a new one unless given), so a retried request cannot
+        start a second job.
+
+        Raises:
+            pydantic.ValidationError: (a ``ValueError``) ``item_ids`` is empty, before
+                anything is sent: no items is not "every item".
+        """
+        body = None if item_ids is None else JobCreate(item_ids=[UUID(ref(i)) for i in item_ids])
         headers = {"idempotency-key": idempotency_key or uuid.uuid4().hex}
         path = f"{API}/projects/{ref(project)}/jobs"
-        json = body.model_dump(mode="json") if body else None
+        json = None if body is None else body.model_dump(mode="json")
         return (yield from self._post(path, Job, json, headers=headers))
 
     def get_job(self, job: Ref) -> Operation[Job]:
