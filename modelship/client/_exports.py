@@ -7,10 +7,10 @@ from pathlib import Path
 
 from modelship.client._base import API, Base, Ref, ref
 from modelship.client._protocol import Operation, Request, send
-from modelship.client.errors import Conflict
+from modelship.client.errors import Conflict, Gone
 from modelship.core.records import Export, ExportCreate, ExportFormat, ExportSelection
 
-TERMINAL = frozenset({"succeeded", "failed"})
+TERMINAL = frozenset({"succeeded", "failed", "expired"})  # expired: its file deleted
 
 
 class Exports(Base):
@@ -39,7 +39,8 @@ class Exports(Base):
         return (yield from self._get(f"{API}/exports/{ref(export)}", Export))
 
     def wait_export(self, export: Ref, *, timeout_s: float | None = None) -> Operation[Export]:
-        """Poll until the export succeeded or failed (its ``error`` says why)."""
+        """Poll until the export succeeded, failed (its ``error`` says why) or expired (its
+        file was deleted after the server's retention): the export, whichever it is."""
         return (
             yield from self._poll(
                 f"export {ref(export)}",
@@ -74,6 +75,6 @@ class Exports(Base):
         done = yield from self.wait_export(created, timeout_s=timeout_s)
         try:
             return (yield from self.download_export(done, path))
-        except Conflict as exc:  # it failed: say why beside the server's 409
+        except (Conflict, Gone) as exc:  # failed or expired: say why beside the 409 or 410
             exc.add_note(f"export {done.id} {done.status}: {done.error}")
             raise

@@ -18,7 +18,7 @@ from typing import IO, Any, TypeVar
 
 from pydantic import BaseModel
 
-from modelship.client.errors import error_from_reply, retry_after
+from modelship.client.errors import error_code, error_from_reply, retry_after
 from modelship.core.errors import ModelShipError
 
 T = TypeVar("T")
@@ -101,6 +101,10 @@ Step = Request | Sleep
 Operation = Generator[Step, Reply | None, T]
 
 
+NOT_RETRIED = frozenset({"quota_exceeded"})
+"""Codes of retryable statuses that a retry within seconds does not clear."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """When to send a request again.
@@ -109,6 +113,8 @@ class RetryPolicy:
         retries: how many times one request is retried.
         statuses: the answers worth retrying (429: rate limited; 503: overloaded, a model
             loading, a service restarting). The server refuses these before doing anything.
+            Never retried whatever the status: ``NOT_RETRIED`` codes (``quota_exceeded``: a
+            job or export of the project must end first, which takes longer than a retry).
             Idempotent requests are also retried when nothing or a proxy's failure came
             back (``Reply.from_the_way``): a replica or the proxy restarting.
         backoff_s: the first wait when the answer has no ``Retry-After``; doubles each time.
@@ -126,7 +132,7 @@ class RetryPolicy:
             return None
         if idempotent and reply.from_the_way:
             return min(self.backoff_s * 2**attempt, self.max_wait_s)
-        if reply.status not in self.statuses:
+        if reply.status not in self.statuses or error_code(reply.body) in NOT_RETRIED:
             return None
         asked = retry_after(reply.headers.get("retry-after"))
         if asked is None:

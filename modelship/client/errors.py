@@ -73,6 +73,10 @@ class Conflict(ApiError, errors.Conflict):
     """409: e.g. an archived project, an export not ready, an idempotency key reused."""
 
 
+class Gone(ApiError, errors.Gone):
+    """410: e.g. ``export_expired``, an export's file deleted after its retention."""
+
+
 class ServiceUnavailable(ApiError, errors.ServiceUnavailable):
     """503: PostgreSQL, Redis or object storage cannot be reached."""
 
@@ -89,6 +93,11 @@ class RateLimited(ApiError, errors.RateLimited):
     """429: too many requests from this key on this route."""
 
 
+class QuotaExceeded(ApiError, errors.QuotaExceeded):
+    """429: the project has as many unfinished jobs (or exports) as it may; one must end
+    first. Not retried: ``retry_after_s`` is the server's guess, not when a place frees."""
+
+
 _BY_CODE: dict[str, type[ApiError]] = {
     cls.code: cls
     for cls in (
@@ -99,10 +108,12 @@ _BY_CODE: dict[str, type[ApiError]] = {
         Unauthorized,
         Forbidden,
         Conflict,
+        Gone,
         ServiceUnavailable,
         ModelNotReady,
         Overloaded,
         RateLimited,
+        QuotaExceeded,
     )
 }
 _BY_CODE["timeout"] = Overloaded  # the server's Overloaded for a model that did not answer
@@ -114,6 +125,7 @@ _BY_STATUS: dict[int, type[ApiError]] = {
     401: Unauthorized,
     403: Forbidden,
     409: Conflict,
+    410: Gone,
     429: RateLimited,
     503: ServiceUnavailable,
 }
@@ -133,19 +145,30 @@ def retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _error_body(body: bytes) -> dict[str, Any]:
+    """The ``error`` object of ModelShip's error body; empty for any other body."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return {}
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        return parsed["error"]  # type: ignore[no-any-return]
+    return {}
+
+
+def error_code(body: bytes) -> str | None:
+    """The code of ModelShip's error body; None when the body is not ours (a proxy's)."""
+    code = _error_body(body).get("code")
+    return str(code) if code else None
+
+
 def error_from_reply(status: int, headers: Mapping[str, str], body: bytes) -> ApiError:
     """Our error for an error answer: by its code, else by its status, else ``ApiError``.
 
     A body that is not ours (a proxy's page) still gives the status and the
     ``X-Request-ID`` header.
     """
-    error: dict[str, Any] = {}
-    try:
-        parsed = json.loads(body)
-        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-            error = parsed["error"]
-    except ValueError:
-        pass
+    error = _error_body(body)
     code = str(error.get("code") or "http_error")
     message = str(error.get("message") or f"HTTP {status}")
     request_id = error.get("request_id") or headers.get("x-request-id")

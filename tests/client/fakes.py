@@ -42,6 +42,7 @@ def export(status: str = "running", error: str | None = None) -> dict[str, Any]:
         "error": error,
         "created_at": _NOW,
         "finished_at": None,
+        "download_url": None,
     }
 
 

@@ -32,6 +32,7 @@ from modelship.client import (
     Forbidden,
     ModelNotReady,
     PayloadTooLarge,
+    QuotaExceeded,
     RateLimited,
     RetryPolicy,
     Unauthorized,
@@ -96,6 +97,31 @@ async def test_429_raises_when_not_retried(
     assert isinstance(limited.value, errors.RateLimited)
     assert (limited.value.status, limited.value.retry_after_s) == (429, 1)
     assert limited.value.request_id == transport.responses[-1].headers["x-request-id"]
+
+
+async def test_a_quota_is_not_retried(
+    local: LocalLabeler, services: Services, job_settings: Settings
+) -> None:
+    """A second open job over ``max_open_jobs``: 429 with ``Retry-After: 30``, raised at
+    once (a job must end first; retrying 5 x 30 s would block for minutes), not as
+    ``RateLimited``. No runner here, so the first job stays queued."""
+    settings = job_settings.model_copy(update={"max_open_jobs": 1})
+    workflow = Workflow(services, PACKAGED_MODELS, settings)
+    transport = RecordingASGI(create_api(local, local.configs, settings, workflow=workflow))
+    async with AsyncClient("http://test", transport=transport) as ms:
+        project = await ms.create_project(
+            f"quota-{uuid.uuid4().hex[:6]}", "zero-shot-text-classification", "minilm"
+        )
+        await ms.upload_texts(project, ["one text"])
+        await ms.create_job(project)
+        started = time.monotonic()
+        with pytest.raises(QuotaExceeded) as full:
+            await ms.create_job(project)
+        assert time.monotonic() - started < 1
+    assert [r.status_code for r in transport.responses[-2:]] == [202, 429]  # sent once
+    assert isinstance(full.value, errors.QuotaExceeded)
+    assert not isinstance(full.value, RateLimited)
+    assert (full.value.code, full.value.retry_after_s) == ("quota_exceeded", 30)
 
 
 def _flaky_app(failures: int) -> Starlette:
