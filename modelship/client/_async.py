@@ -19,6 +19,7 @@ from modelship.client._protocol import (
     RetryPolicy,
     Sleep,
     defaults,
+    succeeded,
 )
 from modelship.client._signature import returning
 
@@ -101,7 +102,7 @@ class AsyncClient:
             response = await self._http.request(**request.httpx_args())
             return Reply(response.status_code, response.headers, response.content)
         async with self._http.stream(**request.httpx_args()) as response:
-            if response.status_code >= 400:
+            if not succeeded(response.status_code):
                 return Reply(response.status_code, response.headers, await response.aread())
             with Download(request.save_to, response.headers) as download:
                 async for chunk in response.aiter_bytes():

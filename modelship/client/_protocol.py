@@ -143,13 +143,18 @@ class RetryPolicy:
 NO_RETRIES = RetryPolicy(retries=0)
 
 
+def succeeded(status: int) -> bool:
+    """A 2xx: anything else (a redirect included) is an error, and its body not saved."""
+    return 200 <= status < 300
+
+
 def send(request: Request, policy: RetryPolicy) -> Operation[Reply]:
     """Send ``request``, retrying as ``policy`` says; an error answer raises our error."""
     attempt = 0
     while True:
         reply = yield request
         assert reply is not None, "a client answers every Request with a Reply"
-        if 0 < reply.status < 400:
+        if succeeded(reply.status):
             return reply
         wait = policy.delay(attempt, reply, request.idempotent)
         if wait is None:

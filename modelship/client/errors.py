@@ -166,12 +166,17 @@ def error_from_reply(status: int, headers: Mapping[str, str], body: bytes) -> Ap
     """Our error for an error answer: by its code, else by its status, else ``ApiError``.
 
     A body that is not ours (a proxy's page) still gives the status and the
-    ``X-Request-ID`` header.
+    ``X-Request-ID`` header. A redirect is an ``ApiError`` (``redirected``) naming its
+    ``Location``: following it would resend a write, or save the page as a download.
     """
     error = _error_body(body)
+    request_id = error.get("request_id") or headers.get("x-request-id")
+    if 300 <= status < 400:  # a proxy's http -> https, or a moved server: not followed
+        where = headers.get("location")
+        message = f"redirected to {where}: use that base URL" if where else "redirected, to nowhere"
+        return ApiError(message, "redirected", str(request_id) if request_id else None, status)
     code = str(error.get("code") or "http_error")
     message = str(error.get("message") or f"HTTP {status}")
-    request_id = error.get("request_id") or headers.get("x-request-id")
     cls = _BY_CODE.get(code)
     if cls is None or cls.status != status:  # a code of its own, e.g. unknown_project
         cls = _BY_STATUS.get(status, ApiError)

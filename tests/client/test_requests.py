@@ -4,13 +4,15 @@ downloads, and which refusals are retried."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import ValidationError
 
-from modelship.client import Client, Gone
+from modelship.client import ApiError, AsyncClient, Client, Gone
 from modelship.core import errors
 from tests.client.fakes import PROJECT, error, job
 
@@ -39,3 +41,37 @@ def test_an_expired_export_raises_gone() -> None:
         ms.download_export(uuid.uuid4(), "export.json")
     assert isinstance(expired.value, errors.Gone)
     assert (expired.value.status, expired.value.code) == (410, "export_expired")
+
+
+def _redirecting(sent: list[httpx.Request]) -> httpx.MockTransport:
+    """An ingress that sends plain HTTP to HTTPS with a 308 and an HTML page."""
+
+    def server(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        where = f"https://test{request.url.path}"
+        return httpx.Response(308, headers={"location": where}, html="<h1>308</h1>")
+
+    return httpx.MockTransport(server)
+
+
+def test_a_redirect_is_an_error_naming_where(tmp_path: Path) -> None:
+    sent: list[httpx.Request] = []
+    with Client("http://test", transport=_redirecting(sent)) as ms:
+        with pytest.raises(ApiError) as moved:
+            ms.create_project("p", "zero-shot-text-classification", "minilm")
+        assert (moved.value.status, moved.value.code) == (308, "redirected")
+        assert "https://test/api/v1/projects" in str(moved.value)
+        with pytest.raises(ApiError, match="redirected to https://test/api/v1/exports/"):
+            ms.download_export(uuid.uuid4(), tmp_path / "export.json")
+    assert [r.method for r in sent] == ["POST", "GET"]  # neither followed nor sent again
+    assert list(tmp_path.iterdir()) == []  # the redirect page is not saved as the export
+
+
+def test_an_async_download_is_not_saved_from_a_redirect(tmp_path: Path) -> None:
+    async def download() -> None:
+        async with AsyncClient("http://test", transport=_redirecting([])) as ms:
+            await ms.download_export(uuid.uuid4(), tmp_path / "export.json")
+
+    with pytest.raises(ApiError, match="redirected"):
+        asyncio.run(download())
+    assert list(tmp_path.iterdir()) == []
