@@ -99,9 +99,9 @@ class AsyncClient:
 
     async def _exchange(self, request: Request) -> Reply:
         if request.save_to is None:
-            response = await self._http.request(**request.httpx_args())
+            response = await self._http.request(**request.httpx_args(self._http.timeout))
             return Reply(response.status_code, response.headers, response.content)
-        async with self._http.stream(**request.httpx_args()) as response:
+        async with self._http.stream(**request.httpx_args(self._http.timeout)) as response:
             if not succeeded(response.status_code):
                 return Reply(response.status_code, response.headers, await response.aread())
             with Download(request.save_to, response.headers) as download:

@@ -17,6 +17,7 @@ from modelship.client._protocol import (
     RetryPolicy,
     Sleep,
     send,
+    within,
 )
 from modelship.core.config import LabelSpec
 from modelship.core.records import ItemsPage, JobResultsPage
@@ -61,14 +62,19 @@ class Base:
 
     Args:
         retry: when a request is sent again.
-        poll_s: how often ``wait_job`` and ``wait_export`` ask.
+        poll_s: how often ``wait_job`` and ``wait_export`` ask (> 0).
         batch_files: most files in one upload request.
         batch_bytes: most bytes in one upload request.
+
+    Raises:
+        ValueError: ``poll_s`` is not > 0 (0 would ask without pause).
     """
 
     def __init__(
         self, retry: RetryPolicy, poll_s: float, batch_files: int, batch_bytes: int
     ) -> None:
+        if not poll_s > 0:
+            raise ValueError(f"poll_s must be > 0, not {poll_s}")
         self.retry = retry
         self.poll_s = poll_s
         self.batch_files = batch_files
@@ -103,13 +109,23 @@ class Base:
         timeout_s: float | None,
         seen: Callable[[R], None] = lambda _: None,
     ) -> Operation[R]:
-        """Fetch every ``poll_s`` until ``done``; TimeoutError after ``timeout_s``."""
+        """Fetch every ``poll_s`` until ``done``. ``timeout_s`` is a deadline: the last
+        fetch is at it, and a fetch's retries stop at it; then TimeoutError (from the
+        last request's error, if it failed).
+
+        Raises:
+            ValueError: ``timeout_s`` is below 0.
+        """
+        if timeout_s is not None and not timeout_s >= 0:
+            raise ValueError(f"timeout_s must be >= 0, not {timeout_s}")
         deadline = time.monotonic() + timeout_s if timeout_s is not None else math.inf
+        late = f"{what} did not finish within {timeout_s}s"
         while True:
-            current = yield from fetch()
+            current = yield from within(fetch(), deadline, late)
             seen(current)
             if done(current):
                 return current
-            if time.monotonic() + self.poll_s > deadline:
-                raise TimeoutError(f"{what} did not finish within {timeout_s}s")
-            yield Sleep(self.poll_s)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(late)
+            yield Sleep(min(self.poll_s, left))

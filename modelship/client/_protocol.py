@@ -8,14 +8,17 @@ generators, so the two clients only move bytes and sleep.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import time
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
 
+import httpx
 from pydantic import BaseModel
 
 from modelship.client.errors import error_code, error_from_reply, retry_after
@@ -34,7 +37,8 @@ FilePart = tuple[str, tuple[str, bytes, str]]
 @dataclass(frozen=True)
 class Request:
     """One HTTP request, as httpx's ``Client.request`` takes it; ``save_to``: stream a
-    successful body into this file (or a file named by the server in this folder)."""
+    successful body into this file (or a file named by the server in this folder);
+    ``deadline``: a ``time.monotonic()`` its timeouts are cut to (a wait's)."""
 
     method: str
     path: str
@@ -44,6 +48,7 @@ class Request:
     files: Sequence[FilePart] | None = None
     headers: Mapping[str, str] | None = None
     save_to: Path | None = None
+    deadline: float | None = None
 
     @property
     def idempotent(self) -> bool:
@@ -55,12 +60,18 @@ class Request:
             or "idempotency-key" in {name.lower() for name in self.headers or {}}
         )
 
-    def httpx_args(self) -> dict[str, Any]:
+    def httpx_args(self, timeout: httpx.Timeout) -> dict[str, Any]:
+        """The arguments; ``timeout``, the client's, cut to the time left before the
+        deadline."""
         args: dict[str, Any] = {"method": self.method, "url": self.path}
         for name in ("params", "json", "data", "files", "headers"):
             value = getattr(self, name)
             if value is not None:
                 args[name] = list(value) if name == "files" else value
+        if self.deadline is not None and self.deadline < math.inf:
+            left = max(self.deadline - time.monotonic(), 0.001)
+            cut = {k: left if v is None else min(v, left) for k, v in timeout.as_dict().items()}
+            args["timeout"] = httpx.Timeout(**cut)
         return args
 
 
@@ -95,6 +106,11 @@ class Sleep:
     """Wait this long before the operation goes on."""
 
     seconds: float
+
+    def __post_init__(self) -> None:
+        # asyncio.sleep takes a negative wait as none: a loop sleeping so would spin.
+        if not self.seconds >= 0:
+            raise ValueError(f"a wait must be >= 0 seconds, not {self.seconds}")
 
 
 Step = Request | Sleep
@@ -163,6 +179,35 @@ def send(request: Request, policy: RetryPolicy) -> Operation[Reply]:
             raise error_from_reply(reply.status, reply.headers, reply.body)
         attempt += 1
         yield Sleep(wait)
+
+
+def within(operation: Operation[T], deadline: float, what: str) -> Operation[T]:
+    """``operation`` until the ``time.monotonic()`` ``deadline``: a retry whose wait would
+    end past it is not waited for, TimeoutError (``what``, and the last error) is raised."""
+    last: Reply | None = None
+    try:
+        step = next(operation)
+        while True:
+            if isinstance(step, Sleep) and time.monotonic() + step.seconds > deadline:
+                raise _timed_out(what, last)
+            if isinstance(step, Request):
+                step = replace(step, deadline=deadline)
+            reply = yield step
+            last = reply if isinstance(step, Request) else last
+            step = operation.send(reply)
+    except StopIteration as finished:
+        return finished.value  # type: ignore[no-any-return]
+    finally:
+        operation.close()
+
+
+def _timed_out(what: str, last: Reply | None) -> TimeoutError:
+    error: Exception | None = None
+    if last is not None:
+        error = last.error or error_from_reply(last.status, last.headers, last.body)
+    timeout = TimeoutError(f"{what}; the last request failed: {error!r}")
+    timeout.__cause__ = error
+    return timeout
 
 
 def defaults(base_url: str | None, api_key: str | None) -> tuple[str, dict[str, str]]:

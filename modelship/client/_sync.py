@@ -113,9 +113,9 @@ class Client:
 
     def _exchange(self, request: Request) -> Reply:
         if request.save_to is None:
-            response = self._http.request(**request.httpx_args())
+            response = self._http.request(**request.httpx_args(self._http.timeout))
             return Reply(response.status_code, response.headers, response.content)
-        with self._http.stream(**request.httpx_args()) as response:
+        with self._http.stream(**request.httpx_args(self._http.timeout)) as response:
             if not succeeded(response.status_code):
                 return Reply(response.status_code, response.headers, response.read())
             with Download(request.save_to, response.headers) as download:

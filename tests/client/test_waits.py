@@ -5,14 +5,17 @@ clients."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from modelship.client import AsyncClient, Client, Gone
-from tests.client.fakes import error, export
+from tests.client.fakes import error, export, job
 
 
 def test_an_expired_export_ends_the_wait(tmp_path: Path) -> None:
@@ -42,3 +45,104 @@ async def test_an_expired_export_ends_the_async_wait() -> None:
     async with AsyncClient("http://test", transport=server, poll_s=0.01) as ms:
         done = await asyncio.wait_for(ms.wait_export(uuid.uuid4()), 5)
     assert done.status == "expired"
+
+
+def _unreachable(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+def test_timeout_s_is_a_deadline_for_a_server_that_is_down() -> None:
+    """The retries of each poll stop at the deadline (they ran 15 s past ``timeout_s=1``
+    and raised ``ConnectError``): TimeoutError, from the last request's error."""
+    with Client("http://test", transport=httpx.MockTransport(_unreachable)) as ms:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="did not finish within 1s") as late:
+            ms.wait_job(uuid.uuid4(), timeout_s=1)
+        assert time.monotonic() - started < 1.2
+    assert isinstance(late.value.__cause__, httpx.ConnectError)
+    assert "connection refused" in str(late.value)
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    """A server that takes connections (the kernel's backlog) and never answers."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
+
+
+def test_a_request_that_hangs_is_cut_at_the_deadline(silent: str) -> None:
+    """The client's 60 s timeout is cut to what is left of ``timeout_s``."""
+    with Client(silent, timeout=60) as ms:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError) as late:
+            ms.wait_job(uuid.uuid4(), timeout_s=0.5)
+        assert time.monotonic() - started < 1.5
+    assert isinstance(late.value.__cause__, httpx.ReadTimeout)
+
+
+async def test_an_async_request_that_hangs_is_cut_at_the_deadline(silent: str) -> None:
+    async with AsyncClient(silent, timeout=60) as ms:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await ms.wait_export(uuid.uuid4(), timeout_s=0.5)
+        assert time.monotonic() - started < 1.5
+
+
+def _running() -> tuple[httpx.MockTransport, list[float]]:
+    asked: list[float] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        asked.append(time.monotonic())
+        return httpx.Response(200, json=job("running"))
+
+    return httpx.MockTransport(server), asked
+
+
+def test_the_last_poll_is_at_the_deadline() -> None:
+    """``timeout_s`` below ``poll_s``: the wait sleeps what is left and asks once more
+    (it raised at once, without waiting)."""
+    transport, asked = _running()
+    with Client("http://test", transport=transport, poll_s=5) as ms:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            ms.wait_job(uuid.uuid4(), timeout_s=0.3)
+    assert len(asked) == 2 and 0.3 <= asked[1] - started < 0.6
+
+
+async def test_the_async_wait_keeps_the_same_deadline() -> None:
+    down = httpx.MockTransport(_unreachable)
+    async with AsyncClient("http://test", transport=down) as ms:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await ms.wait_export(uuid.uuid4(), timeout_s=1)
+        assert time.monotonic() - started < 1.2
+    transport, asked = _running()
+    async with AsyncClient("http://test", transport=transport, poll_s=5) as ms:
+        with pytest.raises(TimeoutError):
+            await ms.wait_job(uuid.uuid4(), timeout_s=0.3)
+    assert len(asked) == 2
+
+
+@pytest.mark.parametrize("poll_s", [0, -1, float("nan")])
+def test_poll_s_must_be_positive_for_both_clients(poll_s: float) -> None:
+    """``poll_s=-1`` raised only from the sync client's sleep; the async one, and both
+    with 0, asked without pause (10,000 requests in half a second)."""
+    with pytest.raises(ValueError, match="poll_s"):
+        Client("http://test", poll_s=poll_s)
+    with pytest.raises(ValueError, match="poll_s"):
+        AsyncClient("http://test", poll_s=poll_s)
+
+
+async def test_timeout_s_may_not_be_negative() -> None:
+    transport, asked = _running()
+    with (
+        Client("http://test", transport=transport) as ms,
+        pytest.raises(ValueError, match="timeout_s"),
+    ):
+        ms.wait_job(uuid.uuid4(), timeout_s=-1)
+    async with AsyncClient("http://test", transport=transport) as ms:
+        with pytest.raises(ValueError, match="timeout_s"):
+            await ms.wait_export(uuid.uuid4(), timeout_s=-1)
+    assert asked == []  # refused before asking
