@@ -104,7 +104,7 @@ class AsyncClient:
         async with self._http.stream(**request.httpx_args(self._http.timeout)) as response:
             if not succeeded(response.status_code):
                 return Reply(response.status_code, response.headers, await response.aread())
-            with Download(request.save_to, response.headers) as download:
+            with Download(request.save_to, response.headers, request.save_to_folder) as download:
                 async for chunk in response.aiter_bytes():
                     download.write(chunk)
             return Reply(response.status_code, response.headers, saved=download.path)

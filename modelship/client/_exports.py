@@ -51,8 +51,11 @@ class Exports(Base):
         )
 
     def download_export(self, export: Ref, path: str | os.PathLike[str]) -> Operation[Path]:
-        """Stream a finished export into ``path`` (a file, or a folder to name it in)."""
-        request = Request("GET", f"{API}/exports/{ref(export)}/download", save_to=Path(path))
+        """Stream a finished export into ``path``: a file, or a folder to put the file the
+        server names in (an existing folder, or a path ending in ``/``, made if need be)."""
+        folder = os.fspath(path).endswith((os.sep, os.altsep or os.sep))
+        url = f"{API}/exports/{ref(export)}/download"
+        request = Request("GET", url, save_to=Path(path), save_to_folder=folder)
         reply = yield from send(request, self.retry)
         assert reply.saved is not None
         return reply.saved

@@ -37,8 +37,9 @@ FilePart = tuple[str, tuple[str, bytes, str]]
 @dataclass(frozen=True)
 class Request:
     """One HTTP request, as httpx's ``Client.request`` takes it; ``save_to``: stream a
-    successful body into this file (or a file named by the server in this folder);
-    ``deadline``: a ``time.monotonic()`` its timeouts are cut to (a wait's)."""
+    successful body into this file (or a file named by the server in this folder, made
+    if need be, when ``save_to_folder``); ``deadline``: a ``time.monotonic()`` its
+    timeouts are cut to (a wait's)."""
 
     method: str
     path: str
@@ -48,6 +49,7 @@ class Request:
     files: Sequence[FilePart] | None = None
     headers: Mapping[str, str] | None = None
     save_to: Path | None = None
+    save_to_folder: bool = False
     deadline: float | None = None
 
     @property
@@ -231,10 +233,12 @@ class Download:
     Args:
         target: the file, or a folder to put the file the server names in.
         headers: the response's headers (``Content-Disposition``, ``Content-Length``).
+        folder: ``target`` is a folder even if it does not exist yet: it is made.
     """
 
-    def __init__(self, target: Path, headers: Mapping[str, str]) -> None:
-        if target.is_dir():
+    def __init__(self, target: Path, headers: Mapping[str, str], folder: bool = False) -> None:
+        if folder or target.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
             named = _FILENAME.search(headers.get("content-disposition", ""))
             target = target / Path(named.group(1) if named else "download").name
         self.path = target

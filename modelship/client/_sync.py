@@ -118,7 +118,7 @@ class Client:
         with self._http.stream(**request.httpx_args(self._http.timeout)) as response:
             if not succeeded(response.status_code):
                 return Reply(response.status_code, response.headers, response.read())
-            with Download(request.save_to, response.headers) as download:
+            with Download(request.save_to, response.headers, request.save_to_folder) as download:
                 for chunk in response.iter_bytes():
                     download.write(chunk)
             return Reply(response.status_code, response.headers, saved=download.path)

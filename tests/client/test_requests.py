@@ -5,6 +5,7 @@ downloads, and which refusals are retried."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from pathlib import Path
 
@@ -75,3 +76,28 @@ def test_an_async_download_is_not_saved_from_a_redirect(tmp_path: Path) -> None:
     with pytest.raises(ApiError, match="redirected"):
         asyncio.run(download())
     assert list(tmp_path.iterdir()) == []
+
+
+def _export_file(request: httpx.Request) -> httpx.Response:
+    disposition = 'attachment; filename="export-1.json"'
+    return httpx.Response(200, content=b"[]", headers={"content-disposition": disposition})
+
+
+def test_a_path_ending_in_a_separator_is_a_folder_made_for_the_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``exports/`` that does not exist yet was written as a FILE named exports."""
+    monkeypatch.chdir(tmp_path)
+    with Client("http://test", transport=httpx.MockTransport(_export_file)) as ms:
+        saved = ms.download_export(uuid.uuid4(), f"exports{os.sep}")
+        assert saved == Path("exports", "export-1.json") and saved.read_bytes() == b"[]"
+        nested = ms.download_export(uuid.uuid4(), str(tmp_path / "a" / "b") + "/")
+        assert nested == tmp_path / "a" / "b" / "export-1.json"
+        again = ms.download_export(uuid.uuid4(), tmp_path / "exports")  # an existing folder
+        assert again == tmp_path / "exports" / "export-1.json"
+
+    async def download() -> Path:
+        async with AsyncClient("http://test", transport=httpx.MockTransport(_export_file)) as ms:
+            return await ms.download_export(uuid.uuid4(), "async/")
+
+    assert asyncio.run(download()) == Path("async", "export-1.json")
