@@ -122,6 +122,30 @@ Operation = Generator[Step, Reply | None, T]
 NOT_RETRIED = frozenset({"quota_exceeded"})
 """Codes of retryable statuses that a retry within seconds does not clear."""
 
+BEFORE_ANY_WRITE = frozenset(
+    {
+        "rate_limited",  # the auth middleware, before the route runs
+        "rate_limiter_unavailable",  # the same, with Redis down and the limiter failing closed
+        "scanner_unavailable",  # uploads are scanned before anything is stored
+        "overloaded",  # labeling sheds load (labeling stores nothing)
+        "model_not_ready",  # labeling, as above
+    }
+)
+"""Codes of 429 and 503 answers the server gives before it writes anything. Others, e.g.
+``service_unavailable``, may come after a write: PostgreSQL lost during COMMIT is a 503
+too, and the commit may have happened."""
+
+
+def refused_unseen(reply: Reply) -> bool:
+    """Whether a 429 or 503 says the request was not acted on: one of our codes raised
+    before any write, or, from a proxy (not our error body), a ``Retry-After``, which a
+    proxy shedding load sends (Serve's backpressure) and one whose upstream failed
+    mid-request (Envoy's 503 after a reset) does not."""
+    code = error_code(reply.body)
+    if code is not None:
+        return code in BEFORE_ANY_WRITE
+    return "retry-after" in reply.headers
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -130,9 +154,10 @@ class RetryPolicy:
     Attributes:
         retries: how many times one request is retried.
         statuses: the answers worth retrying (429: rate limited; 503: overloaded, a model
-            loading, a service restarting). The server refuses these before doing anything.
-            Never retried whatever the status: ``NOT_RETRIED`` codes (``quota_exceeded``: a
-            job or export of the project must end first, which takes longer than a retry).
+            loading, a service restarting). Idempotent requests are retried on any of these
+            but ``NOT_RETRIED`` codes (``quota_exceeded``: a job or export of the project
+            must end first, which takes longer than a retry); other writes only when the
+            server did nothing (``refused_unseen``), since sending one twice may do it twice.
             Idempotent requests are also retried when nothing or a proxy's failure came
             back (``Reply.from_the_way``): a replica or the proxy restarting.
         backoff_s: the first wait when the answer has no ``Retry-After``; doubles each time.
@@ -151,6 +176,8 @@ class RetryPolicy:
         if idempotent and reply.from_the_way:
             return min(self.backoff_s * 2**attempt, self.max_wait_s)
         if reply.status not in self.statuses or error_code(reply.body) in NOT_RETRIED:
+            return None
+        if not idempotent and not refused_unseen(reply):
             return None
         asked = retry_after(reply.headers.get("retry-after"))
         if asked is None:

@@ -212,10 +212,11 @@ def test_a_read_waits_for_a_server_that_is_coming_back() -> None:
 
 def test_retry_after_is_seconds_or_a_date() -> None:
     policy = RetryPolicy(retries=2, backoff_s=0.25, max_wait_s=60)
+    shed = b'{"error": {"code": "overloaded", "message": "m", "request_id": "r"}}'
 
     def wait(attempt: int, status: int, retry_after: str | None = None) -> float | None:
         headers = httpx.Headers({"retry-after": retry_after} if retry_after else {})
-        return policy.delay(attempt, Reply(status, headers))
+        return policy.delay(attempt, Reply(status, headers, shed))
 
     in_30_s = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert wait(0, 429, "7") == 7

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from modelship.client import ApiError, AsyncClient, Client, Gone
+from modelship.client import ApiError, AsyncClient, Client, Gone, RetryPolicy
 from modelship.core import errors
 from tests.client.fakes import PROJECT, error, job
 
@@ -101,3 +101,41 @@ def test_a_path_ending_in_a_separator_is_a_folder_made_for_the_download(
             return await ms.download_export(uuid.uuid4(), "async/")
 
     assert asyncio.run(download()) == Path("async", "export-1.json")
+
+
+@pytest.mark.parametrize(
+    ("answer", "retried"),
+    [
+        (error(503, "service_unavailable", {"retry-after": "0"}), False),  # lost at COMMIT?
+        (error(503, "object_store_unavailable", {"retry-after": "0"}), False),
+        (error(503, "overloaded", {"retry-after": "0"}), True),  # shed before anything
+        (error(503, "rate_limiter_unavailable", {"retry-after": "0"}), True),
+        (error(429, "rate_limited", {"retry-after": "0"}), True),
+        (httpx.Response(503, text="dropped", headers={"retry-after": "0"}), True),  # Serve
+        (httpx.Response(503, text="upstream reset before headers"), False),  # Envoy
+    ],
+    ids=["database", "objects", "overloaded", "limiter", "rate-limited", "shed", "reset"],
+)
+def test_a_write_without_a_key_is_retried_only_when_nothing_was_done(
+    answer: httpx.Response, retried: bool
+) -> None:
+    """``cancel_job`` has no ``Idempotency-Key``: a 503 that may follow a write (the
+    database lost during COMMIT answers 503 too) is raised, not sent again; ``create_job``
+    has a key, so the server replays it and any 503 is retried."""
+    sent: list[str] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path.rsplit("/", 1)[-1])
+        return answer if len(sent) % 2 else httpx.Response(202, json=job("cancelled"))
+
+    quick = RetryPolicy(retries=1, backoff_s=0.01)
+    with Client("http://test", transport=httpx.MockTransport(server), retry=quick) as ms:
+        if retried:
+            ms.cancel_job(uuid.uuid4())
+        else:
+            with pytest.raises(ApiError) as refused:
+                ms.cancel_job(uuid.uuid4())
+            assert refused.value.status == answer.status_code
+        sent.clear()
+        ms.create_job(PROJECT)
+    assert len(sent) == 2  # create_job: the 503 or 429, then 202
