@@ -52,7 +52,7 @@ async def measure(dsn: str, items: int, batch: int, runners: int) -> dict[str, A
                 return
             status, assessment = model_annotation(claim.task, output, 0.5)
             done = [Success(i.item_id, "v1", "p", output, status, assessment) for i in claim.items]
-            await jobs.complete(name, claim, done, [], 3)
+            await jobs.complete(claim, done, [], 3)
 
     started = time.perf_counter()
     await asyncio.gather(*(runner(f"r{i}") for i in range(runners)))

@@ -1,11 +1,18 @@
 """Durable labeling jobs: a PostgreSQL lease queue (``FOR UPDATE SKIP LOCKED``).
 
 A job's items are rows of ``job_items``. A runner *claims* a batch — the rows become
-``leased`` to it until ``lease_expires_at`` — and *completes* it: each success writes its
-prediction and moves the row to ``succeeded`` in one transaction, but only while the
-runner still owns the lease. A runner that dies leaves leases that expire; the next claim
-takes those rows again. So delivery is at-least-once, every row ends in exactly one
-terminal state, and a prediction is stored once per (item, model version, parameters).
+``leased`` until ``lease_expires_at``, to an owner name of that claim alone (the runner's
+name and a token), so a claim that outlived its lease can never complete, renew or give
+back rows a newer claim holds, even one of the same runner — and *completes* it: each
+success writes its prediction and moves the row to ``succeeded`` in one transaction, but
+only while the claim still owns the lease. A runner that dies leaves leases that expire;
+the next claim takes those rows again. So delivery is at-least-once, every row ends in
+exactly one terminal state, and a prediction is stored once per (item, model version,
+parameters).
+
+Every statement that writes several ``job_items`` rows locks them in ``item_id`` order,
+and a completion writes predictions and annotations in that order too, so completions,
+cancels, renewals and the reaper never wait on each other in a cycle (a deadlock).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import asyncpg
 from modelship.core.config import Task
 from modelship.core.context import current_request_id
 from modelship.core.errors import Conflict, InvalidInput, NotFound
-from modelship.core.records import ErrorCount, ItemState, Job, JobResult, JobStatus, Project
+from modelship.core.records import ErrorCount, ItemState, Job, JobResult, Project
 from modelship.core.review import Assessment
 from storage.catalog import audit, check_open
 from storage.postgres import Database
@@ -52,6 +59,7 @@ class Claim:
     options: dict[str, Any]
     items: list[ClaimedItem]
     request_id: str | None = None  # of the request that submitted the job
+    owner: str = ""  # the lease owner of this claim's rows: the runner's name and a token
 
 
 @dataclass(frozen=True)
@@ -190,20 +198,26 @@ class JobStore:
         return _job(row, counts, [ErrorCount(error=e["error"], count=e["n"]) for e in errors])
 
     async def cancel(self, tenant: str, job_id: UUID, actor: str) -> Job:
-        job = await self.job(tenant, job_id)
-        if job.status in (JobStatus.succeeded, JobStatus.failed):
-            raise Conflict(f"job {job_id} already finished", "job_finished")
+        """Cancel the job's open items and the job; 409 if it finished first. The status is
+        read under the locks the last completion takes too, so a job that finishes while
+        it is being cancelled is either cancelled or reported finished, never both."""
+        await self.job(tenant, job_id)  # 404 for another tenant's job
         async with self._db.transaction() as conn:  # items, then the job: as runners lock
             await conn.execute(
                 "UPDATE job_items SET state = 'cancelled', lease_owner = NULL,"
-                " finished_at = now() WHERE job_id = $1 AND state IN ('queued', 'leased')",
+                " finished_at = now() WHERE (job_id, item_id) IN (SELECT job_id, item_id"
+                " FROM job_items WHERE job_id = $1 AND state IN ('queued', 'leased')"
+                " ORDER BY item_id FOR UPDATE)",
                 job_id,
             )
-            await conn.execute(
+            await _lock_job(conn, job_id)
+            cancelled = await conn.execute(
                 "UPDATE jobs SET status = 'cancelled', finished_at = coalesce(finished_at, now())"
                 " WHERE id = $1 AND status IN ('queued', 'running')",
                 job_id,
             )
+            if cancelled.split()[-1] != "1":
+                raise Conflict(f"job {job_id} already finished", "job_finished")
             await audit(conn, tenant, actor, "job.cancel", f"job:{job_id}")
         return await self.job(tenant, job_id)
 
@@ -240,7 +254,9 @@ class JobStore:
     async def claim(
         self, owner: str, limit: int, lease_s: float, max_attempts: int
     ) -> Claim | None:
-        """Lease up to ``limit`` open items of the oldest job that has any."""
+        """Lease up to ``limit`` open items of the oldest job that has any, to an owner
+        name of this claim alone (``owner`` and a token: ``Claim.owner``)."""
+        owner = f"{owner}/{uuid4().hex[:12]}"
         async with self._db.transaction() as conn:
             rows = await conn.fetch(
                 f"""
@@ -295,6 +311,7 @@ class JobStore:
             auto_approve_threshold=job["auto_approve_threshold"],
             options=job["options"],
             request_id=job["request_id"],
+            owner=owner,
             items=[
                 ClaimedItem(
                     item_id=i["id"],
@@ -308,35 +325,43 @@ class JobStore:
             ],
         )
 
-    async def renew(self, owner: str, claim: Claim, lease_s: float) -> int:
-        """Extend the leases ``owner`` still holds on a claimed batch (it is still working)."""
+    async def renew(self, claim: Claim, lease_s: float) -> int:
+        """Extend the leases the claim still holds (its runner is still working)."""
         async with self._db.connection() as conn:
             status = await conn.execute(
-                "UPDATE job_items SET lease_expires_at = now() + make_interval(secs => $4)"
-                " WHERE job_id = $1 AND item_id = ANY($2::uuid[]) AND state = 'leased'"
-                " AND lease_owner = $3",
+                "UPDATE job_items SET lease_expires_at = now() + make_interval(secs => $3)"
+                " WHERE (job_id, item_id) IN (SELECT job_id, item_id FROM job_items"
+                " WHERE job_id = $1 AND state = 'leased' AND lease_owner = $2"
+                " ORDER BY item_id FOR UPDATE)",
                 claim.job_id,
-                [item.item_id for item in claim.items],
-                owner,
+                claim.owner,
                 lease_s,
             )
         return int(status.split()[-1])
 
     async def complete(
         self,
-        owner: str,
         claim: Claim,
         successes: list[Success],
         failures: list[Failure],
         max_attempts: int,
         on_decision: Callable[[str], None] | None = None,
     ) -> int:
-        """Record outcomes of rows still leased to ``owner``; returns how many counted.
-        ``on_decision`` hears each new prediction's review status (after commit)."""
+        """Record outcomes of rows the claim still holds; returns how many counted. A
+        failed item is queued again, or ends failed once the attempts its row has spent
+        reach ``max_attempts``. ``on_decision`` hears each new prediction's review status
+        (after commit)."""
         counted = 0
         decisions: list[str] = []
+        owner = claim.owner
         async with self._db.transaction() as conn:
-            for success in successes:
+            await conn.execute(
+                "SELECT 1 FROM job_items WHERE job_id = $1 AND item_id = ANY($2::uuid[])"
+                " ORDER BY item_id FOR UPDATE",
+                claim.job_id,
+                [item.item_id for item in claim.items],
+            )
+            for success in sorted(successes, key=lambda s: s.item_id):
                 owned = await _release(conn, owner, claim.job_id, success.item_id, "succeeded")
                 if not owned:
                     continue
@@ -371,9 +396,8 @@ class JobStore:
                 decisions.append(await _annotate(conn, claim.project_id, success, prediction_id))
                 counted += 1
             for failure in failures:
-                state = "failed" if failure.attempts >= max_attempts else "queued"
                 counted += await _release(
-                    conn, owner, claim.job_id, failure.item_id, state, failure.error
+                    conn, owner, claim.job_id, failure.item_id, None, failure.error, max_attempts
                 )
             await finish_if_done(conn, claim.job_id)
         if on_decision is not None:
@@ -390,13 +414,20 @@ class JobStore:
         return depth
 
     async def reap(self, max_attempts: int) -> int:
-        """Fail items whose every attempt ended in an expired lease (their runner died),
-        and close jobs left with no open item."""
+        """Fail items with no attempt left that no claim will take: leased ones whose
+        every attempt ended in an expired lease (their runner died), and queued ones that
+        spent their attempts under a higher ``max_attempts`` than this one. Then close
+        jobs left with no open item. Rows a late runner is completing are skipped (the
+        next reap sees them, if still open)."""
         async with self._db.connection() as conn:
             rows = await conn.fetch(
                 "UPDATE job_items SET state = 'failed', lease_owner = NULL, finished_at = now(),"
+                " lease_expires_at = NULL,"
                 " error = coalesce(error, 'lease expired ' || attempts || ' times')"
-                " WHERE state = 'leased' AND lease_expires_at < now() AND attempts >= $1"
+                " WHERE (job_id, item_id) IN (SELECT job_id, item_id FROM job_items"
+                " WHERE attempts >= $1 AND (state = 'queued'"
+                " OR (state = 'leased' AND lease_expires_at < now()))"
+                " ORDER BY job_id, item_id FOR UPDATE SKIP LOCKED)"
                 " RETURNING job_id",
                 max_attempts,
             )
@@ -412,15 +443,19 @@ class JobStore:
     async def release(
         self, owner: str, job_id: UUID | None = None, item_ids: list[UUID] | None = None
     ) -> int:
-        """Give leases back without spending an attempt: every lease ``owner`` holds (a
-        clean shutdown), or those of a batch that failed through no fault of its items."""
+        """Give leases back without spending an attempt: those of a claim (``owner`` is its
+        ``Claim.owner``) whose batch failed through no fault of its items, or every lease
+        of a runner's claims (``owner`` is the runner's name: a clean shutdown)."""
         async with self._db.connection() as conn:
             status = await conn.execute(
                 "UPDATE job_items SET state = 'queued', lease_owner = NULL,"
                 " lease_expires_at = NULL, attempts = greatest(attempts - 1, 0)"
-                " WHERE state = 'leased' AND lease_owner = $1"
+                " WHERE (job_id, item_id) IN (SELECT job_id, item_id FROM job_items"
+                " WHERE state = 'leased'"
+                " AND (lease_owner = $1 OR starts_with(lease_owner, $1 || '/'))"
                 " AND ($2::uuid IS NULL OR job_id = $2)"
-                " AND ($3::uuid[] IS NULL OR item_id = ANY($3::uuid[]))",
+                " AND ($3::uuid[] IS NULL OR item_id = ANY($3::uuid[]))"
+                " ORDER BY job_id, item_id FOR UPDATE)",
                 owner,
                 job_id,
                 item_ids,
@@ -451,22 +486,31 @@ async def _release(
     owner: str,
     job_id: UUID,
     item_id: UUID,
-    state: str,
+    state: str | None,
     error: str | None = None,
+    max_attempts: int = 0,
 ) -> int:
-    terminal = state != "queued"
+    """End the claim's lease on one row: to the terminal ``state``, or (``None``, a
+    failure) queued again while the row has attempts left under ``max_attempts``, else
+    failed."""
     status = await conn.execute(
-        "UPDATE job_items SET state = $4, error = $5, lease_owner = NULL,"
-        " lease_expires_at = NULL, finished_at = CASE WHEN $6 THEN now() END"
+        "UPDATE job_items SET error = $5, lease_owner = NULL, lease_expires_at = NULL,"
+        " state = coalesce($4::text, CASE WHEN attempts >= $6 THEN 'failed' ELSE 'queued' END),"
+        " finished_at = CASE WHEN $4::text IS NOT NULL OR attempts >= $6 THEN now() END"
         " WHERE job_id = $1 AND item_id = $2 AND state = 'leased' AND lease_owner = $3",
         job_id,
         item_id,
         owner,
         state,
         error,
-        terminal,
+        max_attempts,
     )
     return int(status.split()[-1])
+
+
+async def _lock_job(conn: asyncpg.Connection, job_id: UUID) -> None:
+    """The per-job lock completions hold while they close a job (``finish_if_done``)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))", job_id)
 
 
 async def finish_if_done(conn: asyncpg.Connection, job_id: UUID) -> None:
@@ -475,7 +519,7 @@ async def finish_if_done(conn: asyncpg.Connection, job_id: UUID) -> None:
     them, and the later one's check (a new snapshot) sees what the earlier one committed.
     An advisory lock rather than the job row's: nothing else takes it, so it cannot join
     a deadlock with the row locks of claims and completions."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text, 0))", job_id)
+    await _lock_job(conn, job_id)
     await conn.execute(
         "UPDATE jobs SET finished_at = now(), status = CASE WHEN EXISTS ("
         "  SELECT 1 FROM job_items WHERE job_id = $1 AND state = 'succeeded')"

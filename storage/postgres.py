@@ -35,6 +35,9 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.OperatorInterventionError,
+    # A transaction PostgreSQL aborted to resolve a conflict: the same request, retried, runs.
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
 )
 
 

@@ -145,20 +145,21 @@ class JobRunner:
         renewing = asyncio.create_task(self._renew(claim))
         try:
             successes, failures = await self._label(claim)
+            counted = await self._jobs.complete(
+                claim,
+                successes,
+                failures,
+                settings.job_max_attempts,
+                on_decision=lambda decision: self._metrics.decision(claim.task, decision),
+            )
         except Exception:
-            # Not the items' fault: give the batch back without spending an attempt.
-            await self._jobs.release(self.owner, claim.job_id, [i.item_id for i in claim.items])
+            # Not the items' fault (an outage, a model replica down, a completion that
+            # could not commit): give the batch back without spending an attempt.
+            renewing.cancel()
+            await self._jobs.release(claim.owner, claim.job_id, [i.item_id for i in claim.items])
             raise
         finally:
             renewing.cancel()
-        counted = await self._jobs.complete(
-            self.owner,
-            claim,
-            successes,
-            failures,
-            settings.job_max_attempts,
-            on_decision=lambda decision: self._metrics.decision(claim.task, decision),
-        )
         self.items_done += counted
         if ended := sum(f.attempts >= settings.job_max_attempts for f in failures):
             self._metrics.job_items_failed("item", ended)
@@ -182,7 +183,7 @@ class JobRunner:
         while True:
             await asyncio.sleep(lease_s / 3)
             try:
-                await self._jobs.renew(self.owner, claim, lease_s)
+                await self._jobs.renew(claim, lease_s)
             except Exception as exc:
                 logger.warning("job runner %s could not renew its leases: %r", self.owner, exc)
 

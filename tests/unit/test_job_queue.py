@@ -1,0 +1,145 @@
+"""The lease queue under races, driven through ``JobStore`` on the real PostgreSQL: a claim
+that outlived its lease, attempts left under a lowered limit, completions and a cancel
+locking the same rows. Each case was found wrong by driving these interleavings."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+import storage.jobs
+from modelship.core.errors import Conflict
+from modelship.service.runner import JobRunner
+from storage.jobs import Claim, Failure, JobStore
+from storage.services import Services
+from tests.unit.flow import job_results, text_project, upload_texts
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def _job(client: httpx.AsyncClient, texts: list[str]) -> tuple[str, list[str]]:
+    project = await text_project(client)
+    ids = await upload_texts(client, project, texts)
+    job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
+    return job["id"], ids
+
+
+async def _claim(jobs: JobStore, owner: str, job_id: str, **lease: Any) -> Claim:
+    """The claim of ``job_id``'s items (jobs of other tests may be queued: the oldest
+    job is claimed first, so those are given back)."""
+    lease = {"lease_s": 60, "max_attempts": 3} | lease
+    while (claim := await jobs.claim(owner, 10, **lease)) is not None:
+        if claim.job_id == uuid.UUID(job_id):
+            return claim
+        await jobs.release(claim.owner)
+    raise AssertionError(f"job {job_id} had nothing to claim")
+
+
+async def _status(client: httpx.AsyncClient, job_id: str) -> str:
+    status: str = (await client.get(f"/api/v1/jobs/{job_id}")).json()["status"]
+    return status
+
+
+async def test_a_claim_that_outlived_its_lease_cannot_touch_a_newer_one_of_its_runner(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """A runner's loops shared one lease owner, and a failure was re-queued by the attempt
+    count its (stale) claim saw: the item ended queued with every attempt spent, which no
+    claim and no reaper took, and its job ran forever."""
+    jobs = JobStore(services.db)
+    job_id, (item,) = await _job(client, [f"a lone text {uuid.uuid4().hex}"])
+    stale = await _claim(jobs, "runner-x", job_id, lease_s=0.2)
+    await asyncio.sleep(0.4)  # the lease lapses (renewing failed, say, in an outage)
+    fresh = await _claim(jobs, "runner-x", job_id)  # another loop of the same runner
+    assert fresh.owner != stale.owner and fresh.items[0].attempts == 2
+
+    failure = Failure(uuid.UUID(item), 1, "unprocessable_item: boom")
+    assert await jobs.complete(stale, [], [failure], 3) == 0
+    assert await jobs.renew(stale, 60) == 0
+    assert await jobs.release(stale.owner, stale.job_id, [uuid.UUID(item)]) == 0
+    assert await jobs.complete(fresh, [], [failure], 2) == 1  # its last attempt: failed
+    (result,) = await job_results(client, job_id)
+    assert (result["state"], result["attempts"]) == ("failed", 2)
+    assert await _status(client, job_id) == "failed"
+
+
+async def test_items_with_no_attempt_left_under_a_lowered_limit_are_failed(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Queued with 1 of 5 attempts spent, then every runner restarted with a limit of 1:
+    no claim takes the item (attempts < 1), and the reaper took only expired leases."""
+    jobs = JobStore(services.db)
+    job_id, (item,) = await _job(client, [f"another text {uuid.uuid4().hex}"])
+    claim = await _claim(jobs, "runner-y", job_id, max_attempts=5)
+    failure = Failure(uuid.UUID(item), 1, "unprocessable_item: boom")
+    assert await jobs.complete(claim, [], [failure], 5) == 1
+    assert await jobs.reap(1) >= 1
+    (result,) = await job_results(client, job_id)
+    assert (result["state"], result["error"]) == ("failed", "unprocessable_item: boom")
+    assert await _status(client, job_id) == "failed"
+
+
+@pytest.fixture
+def slow_annotations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each completion pauses after its first annotation, holding its locks, so two
+    completions (or a completion and a cancel) interleave."""
+    real = storage.jobs._annotate
+    paused: set[int] = set()
+
+    async def slow(conn: Any, *args: Any) -> str:
+        decision: str = await real(conn, *args)
+        if id(conn) not in paused:
+            paused.add(id(conn))
+            await asyncio.sleep(0.3)
+        return decision
+
+    monkeypatch.setattr(storage.jobs, "_annotate", slow)
+
+
+@pytest.mark.usefixtures("slow_annotations")
+async def test_completions_of_the_same_items_in_other_orders_both_commit(
+    client: httpx.AsyncClient, services: Services, runner: JobRunner
+) -> None:
+    """Two jobs over the same items, completed at once with their successes in opposite
+    orders (a runner lists cache hits first): one completion died of a deadlock, and its
+    items waited out their lease and spent an attempt."""
+    jobs = JobStore(services.db)
+    tag = uuid.uuid4().hex
+    project = await text_project(client)
+    await upload_texts(client, project, [f"the match {tag}", f"the oven {tag}"])
+    url = f"/api/v1/projects/{project['id']}/jobs"
+    first, second = [(await client.post(url)).json()["id"] for _ in range(2)]
+    claims = [await _claim(jobs, "runner-z", job) for job in (first, second)]
+    labeled = [await runner._label(claim) for claim in claims]
+    forward, _ = labeled[0]
+    backward, _ = labeled[1]
+    backward.sort(key=lambda success: success.item_id, reverse=True)
+    forward.sort(key=lambda success: success.item_id)
+    counted = await asyncio.gather(
+        jobs.complete(claims[0], forward, [], 3), jobs.complete(claims[1], backward, [], 3)
+    )
+    assert counted == [2, 2]
+    assert [await _status(client, job) for job in (first, second)] == ["succeeded"] * 2
+
+
+@pytest.mark.usefixtures("slow_annotations")
+async def test_a_cancel_racing_the_last_completion_is_one_or_the_other(
+    client: httpx.AsyncClient, services: Services, runner: JobRunner
+) -> None:
+    """The cancel read the job as running before the last batch finished it, then
+    answered 200 with the job succeeded and audited a cancel that never happened."""
+    jobs = JobStore(services.db)
+    job_id, _ = await _job(client, [f"one {uuid.uuid4().hex}", f"two {uuid.uuid4().hex}"])
+    claim = await _claim(jobs, "runner-w", job_id)
+    successes, failures = await runner._label(claim)
+    completing = asyncio.create_task(jobs.complete(claim, successes, failures, 3))
+    await asyncio.sleep(0.1)  # the completion holds the items' locks
+    with pytest.raises(Conflict) as refused:
+        await jobs.cancel("default", uuid.UUID(job_id), "anonymous")
+    assert refused.value.code == "job_finished"
+    assert await completing == 2
+    assert await _status(client, job_id) == "succeeded"
