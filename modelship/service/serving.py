@@ -6,8 +6,14 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, cast
 
+import grpc
 from ray import exceptions as ray_exceptions
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+    gRPCStatusError,
+)
 
 from modelship.core import ray_compat
 from modelship.core.errors import ModelNotReady, ModelShipError, Overloaded
@@ -59,7 +65,20 @@ def call_error(exc: BaseException) -> ModelShipError:
         return Overloaded("the model did not answer in time; retry later", "timeout")
     if isinstance(exc, (ray_exceptions.ActorDiedError, ray_exceptions.ActorUnavailableError)):
         return ModelNotReady("a model replica is restarting; retry later")
-    return ModelShipError()
+    if isinstance(exc, _UNAVAILABLE) and not isinstance(exc, ray_exceptions.RayTaskError):
+        return ModelNotReady("the model is unavailable (no replica could answer); retry later")
+    return ModelShipError()  # our own code or the model raised: a 500, logged
+
+
+# Ray, Serve and gRPC saying the call found no live replica or lost it on the way (a replica
+# or node gone, a deployment with none running): the model, not the request, is at fault.
+_UNAVAILABLE = (
+    ray_exceptions.RayError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+    gRPCStatusError,
+    grpc.RpcError,
+)
 
 
 class ServeLabeler:

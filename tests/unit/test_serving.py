@@ -1,12 +1,21 @@
-"""How Ray is started for ModelShip: Serve's fast path, the Python proxy for TLS."""
+"""How Ray is started for ModelShip (Serve's fast path, the Python proxy for TLS), and what
+a failed call between deployments answers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from ray.exceptions import ActorDiedError, NodeDiedError, ObjectLostError, RayTaskError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 
+from modelship.core.errors import Overloaded
 from modelship.ops.ray_env import private_haproxy, ray_environment
+from modelship.service.serving import call_error
 
 
 def test_haproxy_and_throughput_mode_by_default_with_logs_written_at_once() -> None:
@@ -50,3 +59,25 @@ def test_private_haproxy_files_and_ports(tmp_path: Path) -> None:
 def test_a_haproxy_folder_too_long_for_its_sockets_is_refused() -> None:
     with pytest.raises(ValueError, match="at most 27"):
         private_haproxy(Path("/tmp/a-folder-name-far-too-long-for-haproxy"))
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "code"),
+    [
+        (DeploymentUnavailableError("Model-minilm"), 503, "model_not_ready"),  # was a 500
+        (ReplicaUnavailableError("replica gone"), 503, "model_not_ready"),
+        (NodeDiedError("node gone"), 503, "model_not_ready"),
+        (ObjectLostError("abc", "owner", "call site"), 503, "model_not_ready"),
+        (ActorDiedError(), 503, "model_not_ready"),
+        (BackPressureError(num_queued_requests=9, max_queued_requests=8), 503, "overloaded"),
+        (TimeoutError(), 503, "timeout"),
+        (RayTaskError("predict", "traceback", Overloaded("busy")), 503, "overloaded"),
+        (RayTaskError("predict", "traceback", KeyError("a bug")), 500, "internal_error"),
+        (KeyError("a bug"), 500, "internal_error"),
+    ],
+)
+def test_what_a_failed_call_between_deployments_answers(
+    raised: BaseException, status: int, code: str
+) -> None:
+    error = call_error(raised)
+    assert (error.status, error.code) == (status, code)
