@@ -34,7 +34,7 @@ from modelship.core.labeling import (
     TextEntities,
     TextLabels,
 )
-from modelship.core.messages import ItemOptions, ItemResult, ModelInfo
+from modelship.core.messages import ItemOptions, ItemResult
 from modelship.core.metrics import NO_METRICS, Metrics
 from modelship.core.settings import Settings
 from modelship.http.auth import Authenticator, AuthMiddleware
@@ -57,12 +57,12 @@ from modelship.http.schemas import (
     ImagesRequest,
     TextRequest,
 )
-from modelship.service.labeling import Admission, Labeler, model_infos, pick_model
+from modelship.service.labeling import Admission, Labeler, ModelInfos, pick_model
 from modelship.service.workflow import Workflow
 from storage.keys import KeyStore
 from storage.ratelimit import RateLimiter
 
-_INFO_TIMEOUT_S = 2.0  # a model replica that does not describe itself this fast is not ready
+_INFO_TIMEOUT_S = 2.0  # a model replica that does not describe itself this fast is busy or down
 
 
 def _request_results(
@@ -210,8 +210,7 @@ def create_api(
     for exc_class in (Exception, ModelShipError, RequestValidationError, HTTPException):
         app.add_exception_handler(exc_class, _error_handler)
 
-    async def describe_models() -> list[ModelInfo]:
-        return await model_infos(labeler, configs, _INFO_TIMEOUT_S)
+    describe_models = ModelInfos(labeler, configs, _INFO_TIMEOUT_S)
 
     monitor = HealthMonitor(describe_models, workflow.services if workflow else None)
 

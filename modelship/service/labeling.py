@@ -4,6 +4,9 @@ means, and the in-process labeler (no Ray) that tests and the CLI use."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -20,6 +23,8 @@ from modelship.core.messages import ItemOptions, ItemResult, ModelInfo
 from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, Predictor, build_predictor, describe
 from modelship.predictors.prepare import label_items
+
+logger = logging.getLogger("modelship.labeling")
 
 
 class Admission:
@@ -83,19 +88,46 @@ def pick_model(configs: Sequence[ModelConfig], name: str | None, tasks: set[Task
     raise NotFound(f"unknown model {name!r}", "unknown_model")
 
 
-async def model_infos(
-    labeler: Labeler, configs: Sequence[ModelConfig], timeout_s: float
-) -> list[ModelInfo]:
-    """Every configured model's description; one whose replica does not answer in time is
-    described from its configuration, as not ready."""
+class ModelInfos:
+    """Every configured model's description, as its replicas give it.
 
-    async def one(config: ModelConfig) -> ModelInfo:
+    A replica that does not answer in ``timeout_s`` because it is busy (its queue full of
+    labeling work: a timeout or back-pressure) is described as it last answered, for up to
+    ``busy_s``: a loaded model under load is still ready. One that fails otherwise, or has
+    been silent for longer, is described from its configuration, as not ready.
+    """
+
+    def __init__(
+        self,
+        labeler: Labeler,
+        configs: Sequence[ModelConfig],
+        timeout_s: float,
+        busy_s: float = 60.0,
+    ) -> None:
+        self._labeler = labeler
+        self._configs = list(configs)
+        self._timeout_s = timeout_s
+        self._busy_s = busy_s
+        self._last: dict[str, tuple[float, ModelInfo]] = {}
+
+    async def __call__(self) -> list[ModelInfo]:
+        return list(await asyncio.gather(*(self._one(config) for config in self._configs)))
+
+    async def _one(self, config: ModelConfig) -> ModelInfo:
         try:
-            return await asyncio.wait_for(labeler.info(config.name), timeout_s)
-        except Exception:
+            info = await asyncio.wait_for(self._labeler.info(config.name), self._timeout_s)
+        except (TimeoutError, Overloaded) as exc:
+            answered, last = self._last.get(config.name, (-math.inf, None))
+            if last is not None and time.monotonic() - answered < self._busy_s:
+                return last
+            logger.info("model %s did not describe itself: %r", config.name, exc)
             return describe(config, None)
-
-    return list(await asyncio.gather(*(one(config) for config in configs)))
+        except Exception as exc:
+            logger.info("model %s did not describe itself: %r", config.name, exc)
+            self._last.pop(config.name, None)  # restarting or gone: what it said is past
+            return describe(config, None)
+        self._last[config.name] = (time.monotonic(), info)
+        return info
 
 
 async def model_version(labeler: Labeler, model: str) -> str:

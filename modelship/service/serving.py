@@ -120,7 +120,10 @@ class ServeLabeler:
         return results
 
     async def info(self, model: str) -> ModelInfo:
-        info: ModelInfo = await asyncio.wait_for(
-            self._models[model].info.remote(), self._info_timeout_s
-        )
+        try:
+            info: ModelInfo = await asyncio.wait_for(
+                self._models[model].info.remote(), self._info_timeout_s
+            )
+        except Exception as exc:
+            raise call_error(exc) from exc
         return info

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from modelship.core.errors import ModelNotReady, Overloaded
+from modelship.core.messages import ModelInfo
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
-from modelship.service.labeling import LocalLabeler
+from modelship.service.labeling import LocalLabeler, ModelInfos
 from modelship.service.workflow import Workflow
 from storage.services import Services
 from tests.conftest import PACKAGED_MODELS
@@ -75,3 +79,34 @@ async def test_a_service_down_is_unhealthy(local: LocalLabeler, job_settings: Se
         assert history[-1]["status"] == "unhealthy"
         assert (await http.get("/health/live")).status_code == 200
     await services.close()
+
+
+class _BusyAfterOneAnswer(LocalLabeler):
+    """The real labeler, whose models answer once and then fail as ``failure`` says."""
+
+    failure: Exception | None = None
+
+    async def info(self, model: str) -> ModelInfo:
+        if self.failure is not None:
+            raise self.failure
+        return await super().info(model)
+
+
+async def test_a_model_too_busy_to_describe_itself_stays_ready_a_while(
+    local: LocalLabeler, job_settings: Settings
+) -> None:
+    """Under load a replica's queue is full of labeling work: its description timed out and
+    /health/ready said a loaded model was not ready."""
+    labeler = _BusyAfterOneAnswer(PACKAGED_MODELS, job_settings, local.predictors)
+    infos = ModelInfos(labeler, PACKAGED_MODELS[:1], timeout_s=1.0, busy_s=0.5)
+    assert [info.ready for info in await infos()] == [True]
+    labeler.failure = Overloaded("too many requests queued for this model")
+    assert [info.ready for info in await infos()] == [True]  # busy: as it last answered
+    await asyncio.sleep(0.6)
+    assert [info.ready for info in await infos()] == [False]  # silent past busy_s
+    labeler.failure = None
+    assert [info.ready for info in await infos()] == [True]
+    labeler.failure = ModelNotReady("a model replica is restarting")
+    assert [info.ready for info in await infos()] == [False]  # gone: not ready at once
+    labeler.failure = Overloaded("too many requests queued for this model")
+    assert [info.ready for info in await infos()] == [False]  # and busy is no proof now
