@@ -115,8 +115,13 @@ class ServeLabeler:
             results: list[ItemResult | ModelShipError] = await asyncio.wait_for(
                 call, self._timeout_s
             )
-        except Exception as exc:
-            raise call_error(exc) from exc
+        except BaseException as exc:
+            # Timed out or cancelled (the client left): the replica stops working for
+            # nobody. Awaiting a response in Ray's actor mode does not cancel it.
+            call.cancel()
+            if isinstance(exc, Exception):
+                raise call_error(exc) from exc
+            raise
         return results
 
     async def info(self, model: str) -> ModelInfo:
