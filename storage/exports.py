@@ -169,7 +169,13 @@ class ExportStore:
             )
 
     async def categories(self, project: Project) -> list[str]:
-        """The label schema's names in order; without a schema, every label used, sorted."""
+        """The project's category order, which an export's category ids are positions in.
+
+        The first export fixes it: the label list's names in order, then every other label
+        used, sorted. Later exports keep it and append what is new to it (a name added to
+        the label list, a label first used since), in that same order; reordering or
+        shortening the label list moves nothing, so an id never changes meaning.
+        """
         names = [label.name for label in project.labels or []]
         async with self._db.connection() as conn:
             used = await conn.fetch(
@@ -177,7 +183,36 @@ class ExportStore:
                 " jsonb_array_elements(a.value) e WHERE a.project_id = $1",
                 project.id,
             )
-        return names + sorted({r["label"] for r in used if r["label"]} - set(names))
+        others = sorted({r["label"] for r in used if r["label"]} - set(names))
+        return await self.extend_categories(project.id, names + others)
+
+    async def extend_categories(self, project_id: UUID, names: list[str]) -> list[str]:
+        """Append to the project's category order the ``names`` it lacks, in their order;
+        the whole order.
+
+        Under a lock on the project's order, so exports that start at once agree on every id.
+        """
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO export_categories (project_id, names) VALUES ($1, '[]')"
+                " ON CONFLICT (project_id) DO NOTHING",
+                project_id,
+            )
+            order: list[str] = await conn.fetchval(
+                "SELECT names FROM export_categories WHERE project_id = $1 FOR UPDATE",
+                project_id,
+            )
+            known = set(order)
+            new = [name for name in dict.fromkeys(names) if name not in known]
+            if new:
+                order = [*order, *new]
+                await conn.execute(
+                    "UPDATE export_categories SET names = $2, updated_at = now()"
+                    " WHERE project_id = $1",
+                    project_id,
+                    order,
+                )
+        return order
 
     async def rows(
         self, job: ExportJob, after: UUID | None, limit: int

@@ -26,8 +26,9 @@ class UnsupportedExport(InvalidInput, ValueError):
 class ExportSpec:
     """The file to produce.
 
-    ``categories`` are the project's label names in schema order; category ids derive from
-    that order (0-based in YOLO and HF, 1-based in COCO).
+    ``categories`` are the project's category names in order (``ExportStore.categories``: a
+    project's order only grows, so ids keep their meaning across exports); category ids
+    derive from that order (0-based in YOLO and HF, 1-based in COCO).
     """
 
     format: ExportFormat
@@ -47,6 +48,7 @@ class Writer(Protocol):
     media_type: str
     extension: str
     rows: int
+    categories: Categories  # the spec's, then any name met while writing
 
     def add(self, row: ExportRow, image: bytes | None = None) -> None: ...
 

@@ -60,6 +60,10 @@ async def run_export(
                             image = await services.objects.get(key)
                         writer.add(row, image)
                     after = UUID(page[-1][0].item_id)
+            # A label first met while writing (one set after the order was read) was
+            # appended to this file's categories: keep it at that id for the next exports.
+            if len(writer.categories.names) > len(spec.categories):
+                await store.extend_categories(job.project.id, writer.categories.names)
             key = services.objects.new_key(job.tenant, str(job.project.id), writer.extension)
             await services.objects.put_file(key, path)
             size = path.stat().st_size

@@ -25,7 +25,15 @@ from storage.objects import ObjectNotFound
 from storage.services import Services
 from tests.conftest import payload
 from tests.unit.exports.samples import ArchiveReader
-from tests.unit.flow import LABELS, assert_error, drain, make_project, png, upload_texts
+from tests.unit.flow import (
+    LABELS,
+    assert_error,
+    drain,
+    make_project,
+    png,
+    text_project,
+    upload_texts,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -114,6 +122,84 @@ async def test_coco_yolo_and_voc_hold_every_image_with_its_real_size(
         root = ET.fromstring(voc.read(f"Annotations/{item['id']}.xml"))
         assert int(root.findtext("size/width") or 0) == item["width"]
         assert len(root.findall("object")) == len(item["boxes"])
+
+
+async def test_a_label_first_used_later_is_appended_to_the_categories(
+    client: httpx.AsyncClient, runner: JobRunner, tmp_path: Path
+) -> None:
+    """Without a label list, ids came from every used label sorted: a new label ("BIRD",
+    which sorts first) moved every id after it, and YOLO's class 0 changed meaning."""
+    project = await make_project(
+        client, task="object-detection", model="nudenet", confidence_threshold=0.3
+    )
+    files = [
+        ("file", ("astronaut.jpg", payload("astronaut.jpg"))),
+        ("file", ("blank.png", png(9, (640, 480)))),
+    ]
+    upload = await client.post(f"/api/v1/projects/{project['id']}/items", files=files)
+    blank = next(i for i in upload.json()["items"] if i["filename"] == "blank.png")
+    await client.post(f"/api/v1/projects/{project['id']}/jobs")
+    await drain(runner)
+
+    async def yolo() -> tuple[ArchiveReader, list[str]]:
+        archive = ArchiveReader(await _export(client, project, format="yolo", selection="all"))
+        return archive, yaml.safe_load(archive.read("data.yaml"))["names"]
+
+    _, first = await yolo()
+    assert first and "BIRD" < min(first)
+    correction = {"action": "correct", "detections": [{"label": "BIRD", "box": [1, 2, 30, 40]}]}
+    reviewed = await client.post(
+        f"/api/v1/projects/{project['id']}/items/{blank['id']}/review", json=correction
+    )
+    assert reviewed.status_code == 200, reviewed.text
+    archive, names = await yolo()
+    assert names == [*first, "BIRD"]
+    assert archive.read(f"labels/{blank['id']}.txt").split()[0] == str(len(first)).encode()
+
+    coco_path = tmp_path / "coco.json"
+    coco_path.write_bytes(await _export(client, project, format="coco", selection="all"))
+    coco = COCO(str(coco_path))
+    assert [c["name"] for c in coco.loadCats(sorted(coco.getCatIds()))] == names
+
+
+async def test_reordering_the_label_list_moves_no_id(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    import datasets
+
+    project = await text_project(client)  # sport, cooking
+    await upload_texts(client, project, ["a late goal"])
+
+    async def class_names(name: str) -> list[str]:
+        path = tmp_path / f"{name}.parquet"
+        path.write_bytes(await _export(client, project, format="hf", selection="all"))
+        dataset = datasets.load_dataset(
+            "parquet", data_files=str(path), split="train", cache_dir=str(tmp_path / name)
+        )
+        names: list[str] = dataset.features["label"].names
+        return names
+
+    assert await class_names("first") == ["sport", "cooking"]
+    music = {"name": "music", "examples": ["a song on the radio"]}
+    changed = await client.patch(
+        f"/api/v1/projects/{project['id']}", json={"labels": [music, *reversed(LABELS)]}
+    )
+    assert changed.status_code == 200, changed.text
+    assert await class_names("second") == ["sport", "cooking", "music"]
+
+
+async def test_exports_that_start_at_once_agree_on_every_id(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    project = uuid.UUID((await text_project(client))["id"])
+    store = ExportStore(services.db)
+    names = [f"label-{n}" for n in range(8)]
+    orders = await asyncio.gather(*(store.extend_categories(project, [n]) for n in names))
+    final = await store.extend_categories(project, [])
+    assert sorted(final) == names  # no update lost
+    for order in orders:  # each saw a prefix of the final order: the same ids
+        assert final[: len(order)] == order
+    assert await store.extend_categories(project, ["label-3", "new"]) == [*final, "new"]
 
 
 async def test_an_image_item_without_a_readable_file_is_left_out_of_image_formats(
