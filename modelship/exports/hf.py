@@ -7,7 +7,10 @@ Columns: ``item_id``, ``filename``, ``status``, then ``width``/``height`` (image
 
 - classification: ``label``, a ``ClassLabel(names=categories)`` id of the first (best)
   label, **-1 when the item has none** (the ``datasets`` convention for a missing label),
-  and ``score``, that label's score (null when a person set it);
+  ``score``, that label's score (null when a person set it), and ``labels``, a
+  ``Sequence(ClassLabel)`` of every label in order (a person's correction may set several;
+  empty when the item has none) — read ``label`` for single-label training, ``labels`` for
+  multi-label;
 - detection: ``objects``, ``Sequence({"bbox": [x, y, w, h] pixels, "category": ClassLabel,
   "score"})``, which ``datasets`` returns as a dict of lists, as on the Hub;
 - token classification: ``entities``, ``Sequence({"start", "end", "label": ClassLabel,
@@ -82,6 +85,7 @@ class HfWriter(WriterBase):
             best = row.labels[0] if row.labels else None
             values["label"] = -1 if best is None else ids(best.name)
             values["score"] = None if best is None else best.score
+            values["labels"] = [ids(label.name) for label in row.labels]
         for name, column in self._buffer.items():
             column.append(values[name])
         if (
@@ -140,7 +144,8 @@ def _columns(spec: ExportSpec, names: list[str]) -> list[tuple[str, pa.DataType,
         fields = {"start": offset, "end": offset, "label": label, "text": string, "score": number}
         columns.append(("entities", *_struct_of_lists(fields)))
     else:
-        columns += [("label", *label), ("score", *number)]
+        labels = (pa.list_(pa.int64()), _sequence(label[1]))
+        columns += [("label", *label), ("score", *number), ("labels", *labels)]
     return [*columns, ("model", *string), ("model_version", *string)]
 
 

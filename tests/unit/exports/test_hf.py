@@ -30,6 +30,9 @@ def check_labels(dataset: datasets.Dataset, rows: list[ExportRow]) -> None:
     label = dataset.features["label"]
     assert isinstance(label, datasets.ClassLabel)
     assert label.names == CATEGORIES
+    every = dataset.features["labels"].feature
+    assert isinstance(every, datasets.ClassLabel)
+    assert every.names == CATEGORIES
     assert dataset["item_id"] == [row.item_id for row in rows]
     for record, row in zip(dataset, rows, strict=True):
         assert isinstance(record, dict)
@@ -39,6 +42,8 @@ def check_labels(dataset: datasets.Dataset, rows: list[ExportRow]) -> None:
         else:
             assert record["label"] == -1
             assert record["score"] is None
+        # every label, not only the first: rows with two (a person's correction) keep both
+        assert every.int2str(record["labels"]) == [a.name for a in row.labels]
         assert record["status"] == row.status
 
 
@@ -64,6 +69,7 @@ def test_text_classification(tmp_path: Path) -> None:
     path, _ = write(tmp_path, ExportFormat.hf, ExportTask.text_classification, rows)
     dataset = load(path, tmp_path)
     check_labels(dataset, rows)
+    assert dataset["labels"] == [[0], [], [1, 2]]  # "dogs and birds": dog and bird
     assert dataset["text"] == [row.text for row in rows]
     assert "image" not in dataset.features
 
