@@ -13,6 +13,8 @@ annotation whose ``bbox`` covers the whole image, ``[0, 0, width, height]``, ``a
 ``width * height``, ``iscrowd`` 0, with ``"image_label": true`` (and ``score`` when a model
 set it). pycocotools loads it like any detection file.
 
+With images, ``images/`` holds each item's file (upright: see ``images``).
+
 Images and annotations are spooled to temporary files next to the output and joined into
 the document at close, so memory does not grow with the number of rows.
 """
@@ -28,6 +30,7 @@ from typing import IO, Any
 from modelship.core.rows import ExportRow, ExportTask
 from modelship.exports.archive import EXTENSION, MEDIA_TYPE, Archive
 from modelship.exports.base import ExportSpec, WriterBase, dumps, file_name, image_size
+from modelship.exports.images import archive_image
 
 
 class CocoWriter(WriterBase):
@@ -62,7 +65,7 @@ class CocoWriter(WriterBase):
             for label in row.labels:
                 self._annotate(image_id, label.name, label.score, [0, 0, width, height], True)
         if self._archive is not None and image is not None:
-            self._archive.image(f"images/{name}", image)
+            self._archive.image(f"images/{name}", archive_image(row, image).data)
 
     def _annotate(
         self,

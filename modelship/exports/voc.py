@@ -1,5 +1,6 @@
 """Pascal VOC detection: a ``.tar.gz`` of ``Annotations/<item_id>.xml`` per image and, with
-images, ``JPEGImages/<item_id><ext>`` (the real extension, PNG included).
+images, ``JPEGImages/<item_id><ext>`` (the real extension, PNG included; upright: see
+``images``).
 
 Coordinates follow VOC's 1-based, inclusive pixel convention: a box ``[x, y, w, h]`` in
 0-based pixels becomes ``xmin = round(x) + 1``, ``ymin = round(y) + 1``,
@@ -17,12 +18,14 @@ import xml.etree.ElementTree as ET
 from modelship.core.rows import ExportRow
 from modelship.exports.archive import ArchiveWriter
 from modelship.exports.base import clip_box, file_name, image_size
+from modelship.exports.images import archive_image
 
 
 class VocWriter(ArchiveWriter):
     def _add(self, row: ExportRow, image: bytes | None) -> None:
         width, height = image_size(row)
-        name = file_name(row)
+        shipped = archive_image(row, image) if image is not None else None
+        name = file_name(row) if shipped is None else shipped.name
         root = ET.Element("annotation")
         _child(root, "folder", self.spec.name)
         _child(root, "filename", name)
@@ -46,8 +49,8 @@ class VocWriter(ArchiveWriter):
                 _child(bndbox, tag, str(value))
         ET.indent(root)
         self._archive.text(f"Annotations/{row.item_id}.xml", ET.tostring(root, encoding="unicode"))
-        if image is not None:
-            self._archive.image(f"JPEGImages/{name}", image)
+        if shipped is not None:
+            self._archive.image(f"JPEGImages/{name}", shipped.data)
 
 
 def _child(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:

@@ -1,5 +1,5 @@
 """YOLO (Ultralytics) detection: a ``.tar.gz`` of ``data.yaml``, ``labels/<item_id>.txt`` and,
-with images, ``images/<item_id><ext>``.
+with images, ``images/<item_id><ext>`` (upright: see ``images``).
 
 Each label file has a line ``class cx cy w h`` per box: class ids 0..n-1 in category order,
 coordinates normalised by that image's own width and height, 6 decimals. Boxes are first cut
@@ -18,7 +18,8 @@ import yaml
 
 from modelship.core.rows import ExportRow
 from modelship.exports.archive import ArchiveWriter
-from modelship.exports.base import clip_box, file_name, image_size
+from modelship.exports.base import clip_box, image_size
+from modelship.exports.images import archive_image
 
 
 class YoloWriter(ArchiveWriter):
@@ -35,7 +36,8 @@ class YoloWriter(ArchiveWriter):
             lines.append(f"{self.categories.id(box.label)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
         self._archive.text(f"labels/{row.item_id}.txt", "".join(lines))
         if image is not None:
-            self._archive.image(f"images/{file_name(row)}", image)
+            shipped = archive_image(row, image)
+            self._archive.image(f"images/{shipped.name}", shipped.data)
 
     def _close(self) -> None:
         names = self.categories.names

@@ -146,14 +146,19 @@ def write(
     *,
     include_images: bool = False,
     categories: list[str] = CATEGORIES,
+    images: list[bytes] | None = None,
 ) -> tuple[Path, Writer]:
-    """Write ``rows`` through the writer for ``format`` and return the file and the writer."""
+    """Write ``rows`` through the writer for ``format`` and return the file and the writer.
+
+    With ``include_images``, each row's file is ``images[i]``, else a PNG of the row's size.
+    """
     spec = ExportSpec(format, task, categories, include_images=include_images, name="pets")
     path = tmp_path / f"export-{format}"
     with closing(open_writer(spec, path)) as writer:
-        for row in rows:
+        for i, row in enumerate(rows):
             sized = include_images and row.width and row.height
-            writer.add(row, png((row.width or 0, row.height or 0)) if sized else None)
+            image = png((row.width or 0, row.height or 0)) if sized else None
+            writer.add(row, images[i] if images is not None else image)
     return path, writer
 
 

@@ -1,0 +1,56 @@
+"""The image files that archives (COCO with images, YOLO, VOC) ship: pixels that agree with
+the sizes and boxes recorded for them.
+
+Sizes and boxes are for the upright image (``rows.Box``), but a photo's file may store its
+pixels sideways with an EXIF orientation tag. Tools that open files without applying the
+tag (torchvision's ``CocoDetection`` and ``VOCDetection``, plain ``PIL.Image.open``) would
+misplace every box, so such a file is re-encoded upright (``ImageOps.exif_transpose``) in
+its own format, without the tag: JPEG and WebP at quality 95, the rest of its EXIF and its
+ICC profile kept. Every other file ships byte for byte. One image is decoded at a time, so
+memory does not grow with the export.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, ImageOps
+
+from modelship.core.rows import ExportRow
+from modelship.exports.base import file_name
+
+_ORIENTATION = 0x0112
+_TURNED = range(2, 9)  # EXIF orientations that flip or rotate; 1 is upright
+_QUALITY = {"JPEG": 95, "WEBP": 95}
+_PALETTE_DEPTH = {"P": 3, "PA": 4}  # a palette holds RGB colours
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveImage:
+    """An image as it goes in an archive."""
+
+    name: str  # ``<item_id><ext>``
+    data: bytes
+    depth: int  # colour channels: 1 grey, 3 colour, 4 with alpha (or CMYK)
+
+
+def archive_image(row: ExportRow, data: bytes) -> ArchiveImage:
+    """``row``'s image file ``data``, upright (see the module)."""
+    with Image.open(io.BytesIO(data)) as image:
+        depth = _PALETTE_DEPTH.get(image.mode) or Image.getmodebands(image.mode)
+        # the same test as the upload's size (inputs.read_image_header): PNG reads it all
+        if image.getexif().get(_ORIENTATION) not in _TURNED:
+            return ArchiveImage(file_name(row), data, depth)
+        upright = ImageOps.exif_transpose(image)
+        options: dict[str, Any] = {}
+        if image.format in _QUALITY:
+            options["quality"] = _QUALITY[image.format]
+        if exif := upright.getexif():  # exif_transpose took the orientation out
+            options["exif"] = exif
+        if icc := image.info.get("icc_profile"):
+            options["icc_profile"] = icc
+        out = io.BytesIO()
+        upright.save(out, format=image.format, **options)
+    return ArchiveImage(file_name(row), out.getvalue(), depth)
