@@ -6,7 +6,9 @@ pixels sideways with an EXIF orientation tag. Tools that open files without appl
 tag (torchvision's ``CocoDetection`` and ``VOCDetection``, plain ``PIL.Image.open``) would
 misplace every box, so such a file is re-encoded upright (``ImageOps.exif_transpose``) in
 its own format, without the tag: JPEG and WebP at quality 95, the rest of its EXIF and its
-ICC profile kept. Every other file ships byte for byte. One image is decoded at a time, so
+ICC profile kept. For YOLO, a GIF becomes a PNG of its first frame (``<item_id>.png``):
+Ultralytics lists gif among video formats and does not load it as an image. Every other
+file ships byte for byte. One image is decoded at a time, so
 memory does not grow with the export.
 """
 
@@ -36,21 +38,24 @@ class ArchiveImage:
     depth: int  # colour channels: 1 grey, 3 colour, 4 with alpha (or CMYK)
 
 
-def archive_image(row: ExportRow, data: bytes) -> ArchiveImage:
-    """``row``'s image file ``data``, upright (see the module)."""
+def archive_image(row: ExportRow, data: bytes, *, png_for_gif: bool = False) -> ArchiveImage:
+    """``row``'s image file ``data``, upright (see the module); a GIF as a PNG if asked."""
     with Image.open(io.BytesIO(data)) as image:
         depth = _PALETTE_DEPTH.get(image.mode) or Image.getmodebands(image.mode)
+        to_png = png_for_gif and image.format == "GIF"
         # the same test as the upload's size (inputs.read_image_header): PNG reads it all
-        if image.getexif().get(_ORIENTATION) not in _TURNED:
+        turned = image.getexif().get(_ORIENTATION) in _TURNED
+        if not (to_png or turned):
             return ArchiveImage(file_name(row), data, depth)
-        upright = ImageOps.exif_transpose(image)
+        upright = ImageOps.exif_transpose(image) if turned else image  # a GIF: frame 0
+        format = "PNG" if to_png else str(image.format)
         options: dict[str, Any] = {}
-        if image.format in _QUALITY:
-            options["quality"] = _QUALITY[image.format]
-        if exif := upright.getexif():  # exif_transpose took the orientation out
+        if format in _QUALITY:
+            options["quality"] = _QUALITY[format]
+        if (exif := upright.getexif()) and not to_png:  # exif_transpose took the orientation out
             options["exif"] = exif
         if icc := image.info.get("icc_profile"):
             options["icc_profile"] = icc
         out = io.BytesIO()
-        upright.save(out, format=image.format, **options)
-    return ArchiveImage(file_name(row), out.getvalue(), depth)
+        upright.save(out, format=format, **options)
+    return ArchiveImage(f"{row.item_id}.png" if to_png else file_name(row), out.getvalue(), depth)

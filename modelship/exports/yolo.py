@@ -1,5 +1,6 @@
 """YOLO (Ultralytics) detection: a ``.tar.gz`` of ``data.yaml``, ``labels/<item_id>.txt`` and,
-with images, ``images/<item_id><ext>`` (upright: see ``images``).
+with images, ``images/<item_id><ext>`` (upright, and a GIF as ``<item_id>.png``: see
+``images``).
 
 Each label file has a line ``class cx cy w h`` per box: class ids 0..n-1 in category order,
 coordinates normalised by that image's own width and height, 6 decimals. Boxes are first cut
@@ -36,7 +37,7 @@ class YoloWriter(ArchiveWriter):
             lines.append(f"{self.categories.id(box.label)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
         self._archive.text(f"labels/{row.item_id}.txt", "".join(lines))
         if image is not None:
-            shipped = archive_image(row, image)
+            shipped = archive_image(row, image, png_for_gif=True)
             self._archive.image(f"images/{shipped.name}", shipped.data)
 
     def _close(self) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from modelship.exports import Box, ExportFormat, ExportTask
 from tests.unit.exports.samples import (
@@ -69,3 +71,32 @@ def test_images_are_included_under_their_item_id(tmp_path: Path) -> None:
     with ArchiveReader(path) as archive:
         assert archive.read(f"images/{rows[0].item_id}.jpg") == png((640, 480))
         assert archive.read(f"images/{rows[2].item_id}.png") == png((37, 91))
+
+
+def test_a_gif_ships_as_a_png_of_its_first_frame(tmp_path: Path) -> None:
+    """Ultralytics lists gif among its video formats: a .gif in images/ was not an image."""
+    frames = [Image.new("P", (50, 40), 1), Image.new("P", (50, 40), 2)]
+    for frame in frames:
+        frame.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    rows = [
+        image_row(1, (50, 40), media_type="image/gif", boxes=[Box("cat", 0.9, 5, 5, 20, 20)]),
+        image_row(2, (37, 91)),
+    ]
+    path, _ = write(
+        tmp_path,
+        ExportFormat.yolo,
+        ExportTask.object_detection,
+        rows,
+        include_images=True,
+        images=[gif.getvalue(), png((37, 91))],
+    )
+    with ArchiveReader(path) as archive:
+        images = sorted(n for n in archive.namelist() if n.startswith("images/"))
+        assert images == sorted(f"images/{row.item_id}.png" for row in rows)
+        shipped = Image.open(io.BytesIO(archive.read(f"images/{rows[0].item_id}.png")))
+        assert (shipped.format, shipped.size) == ("PNG", (50, 40))
+        assert shipped.convert("RGB").getpixel((0, 0)) == (255, 0, 0)  # the first frame
+        assert label_lines(archive, rows[0].item_id) == [[0, 0.3, 0.375, 0.4, 0.5]]
+        assert archive.read(f"images/{rows[1].item_id}.png") == png((37, 91))
