@@ -7,8 +7,11 @@ Coordinates follow VOC's 1-based, inclusive pixel convention: a box ``[x, y, w, 
 ``xmax = round(x + w)``, ``ymax = round(y + h)`` (Python's ``round``, half to even), after
 cutting it to the image; a box under a pixel wide still covers one pixel. A box over the
 whole image is ``1, 1, width, height``; read back with ``x = xmin - 1``,
-``w = xmax - xmin + 1``. A box with nothing left inside the image is dropped. Every image
-has its file, with no ``<object>`` when it has no boxes.
+``w = xmax - xmin + 1``. A box with nothing left inside the image is dropped; one that
+cutting changed has ``<truncated>1</truncated>`` (0 otherwise; ``<difficult>`` is always 0).
+``<depth>`` is the image's colour channels when it is in the archive (1 grey, 3 colour or a
+palette, 4 with alpha; ``images``), else 3. Every image has its file, with no ``<object>``
+when it has no boxes.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ class VocWriter(ArchiveWriter):
         _child(root, "folder", self.spec.name)
         _child(root, "filename", name)
         size = _child(root, "size")
-        for tag, value in (("width", width), ("height", height), ("depth", 3)):
+        depth = 3 if shipped is None else shipped.depth
+        for tag, value in (("width", width), ("height", height), ("depth", depth)):
             _child(size, tag, str(value))
         for box in row.boxes:
             clipped = clip_box(box, width, height)
@@ -40,8 +44,9 @@ class VocWriter(ArchiveWriter):
             obj = _child(root, "object")
             for tag, text in (("name", box.label), ("pose", "Unspecified")):
                 _child(obj, tag, text)
-            for tag in ("truncated", "difficult"):
-                _child(obj, tag, "0")
+            truncated = clipped != (box.x, box.y, box.x + box.w, box.y + box.h)
+            _child(obj, "truncated", str(int(truncated)))
+            _child(obj, "difficult", "0")
             bndbox = _child(obj, "bndbox")
             xmin, ymin = min(round(x0) + 1, width), min(round(y0) + 1, height)
             corners = (xmin, ymin, max(round(x1), xmin), max(round(y1), ymin))

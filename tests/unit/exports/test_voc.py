@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import pytest
+from PIL import Image
 
 from modelship.exports import Box, ExportFormat, ExportTask
 from tests.unit.exports.samples import ArchiveReader, detection_rows, image_row, png, write
@@ -71,8 +75,13 @@ def test_boxes_are_cut_to_the_image_and_keep_a_pixel(tmp_path: Path) -> None:
         ],
     )
     path, _ = write(tmp_path, ExportFormat.voc, ExportTask.object_detection, [row])
-    boxes = annotations(path)[row.item_id].findall("object/bndbox")
-    assert [[int(e.text or "") for e in box] for box in boxes] == [[1, 41, 20, 50], [12, 6, 12, 6]]
+    objects = annotations(path)[row.item_id].findall("object")
+    assert [[int(e.text or "") for e in obj.findall("bndbox/*")] for obj in objects] == [
+        [1, 41, 20, 50],
+        [12, 6, 12, 6],
+    ]
+    # the cat box was cut on two sides; the dog box, under a pixel, was not cut at all
+    assert [obj.findtext("truncated") for obj in objects] == ["1", "0"]
 
 
 def test_images_go_in_jpegimages(tmp_path: Path) -> None:
@@ -82,3 +91,33 @@ def test_images_go_in_jpegimages(tmp_path: Path) -> None:
     )
     with ArchiveReader(path) as archive:
         assert archive.read(f"JPEGImages/{rows[2].item_id}.png") == png((37, 91))
+
+
+def image_file(mode: str, format: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, (12, 8)).save(out, format=format)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("mode", "format", "depth"),
+    [("L", "PNG", "1"), ("RGB", "JPEG", "3"), ("RGBA", "PNG", "4"), ("P", "GIF", "3")],
+)
+def test_depth_is_the_images_channels(tmp_path: Path, mode: str, format: str, depth: str) -> None:
+    media_type = f"image/{format.lower()}"
+    row = image_row(9, (12, 8), media_type=media_type, boxes=[Box("cat", 0.9, 1, 1, 4, 4)])
+    data = image_file(mode, format)
+    path, _ = write(
+        tmp_path,
+        ExportFormat.voc,
+        ExportTask.object_detection,
+        [row],
+        include_images=True,
+        images=[data],
+    )
+    root = annotations(path)[row.item_id]
+    assert root.findtext("size/depth") == depth
+    with ArchiveReader(path) as archive:
+        shipped = archive.read(f"JPEGImages/{root.findtext('filename')}")
+    assert shipped == data
+    assert Image.open(io.BytesIO(shipped)).mode == mode
