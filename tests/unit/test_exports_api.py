@@ -202,6 +202,31 @@ async def test_exports_that_start_at_once_agree_on_every_id(
     assert await store.extend_categories(project, ["label-3", "new"]) == [*final, "new"]
 
 
+async def test_archived_images_have_the_size_the_api_reports(client: httpx.AsyncClient) -> None:
+    """Opened as torchvision opens them (no EXIF applied), and GIFs as PNGs for YOLO."""
+    from PIL import Image
+
+    project = await make_project(client, task="object-detection", model="nudenet")
+    gif = io.BytesIO()
+    Image.new("RGB", (50, 40), (9, 200, 9)).save(gif, format="GIF")
+    files = [
+        ("file", ("cat.jpg", payload("cat_exif_rotated.jpg"))),
+        ("file", ("green.gif", gif.getvalue())),
+    ]
+    upload = await client.post(f"/api/v1/projects/{project['id']}/items", files=files)
+    items = {item["filename"]: item for item in upload.json()["items"]}
+    assert (items["cat.jpg"]["width"], items["cat.jpg"]["height"]) == (451, 300)
+    for format, folder in (("coco", "images"), ("yolo", "images"), ("voc", "JPEGImages")):
+        body = {"format": format, "selection": "all", "include_images": True}
+        archive = ArchiveReader(await _export(client, project, **body))
+        shipped = {n.split("/")[1]: n for n in archive.namelist() if n.startswith(folder + "/")}
+        for item in items.values():
+            ext = ".png" if format == "yolo" and item["filename"] == "green.gif" else None
+            name = item["id"] + (ext or "." + item["filename"].split(".")[1])
+            with Image.open(io.BytesIO(archive.read(shipped[name]))) as image:
+                assert image.size == (item["width"], item["height"]), (format, name)
+
+
 async def test_an_image_item_without_a_readable_file_is_left_out_of_image_formats(
     client: httpx.AsyncClient, runner: JobRunner, services: Services
 ) -> None:
