@@ -85,7 +85,10 @@ def _kill_runner_holding_leases(dsn: str, tries: int = 5) -> set[Any]:
     the leases left once the process is gone are the ones to check, and a kill that left
     none is tried again on the replacement replica.
     """
-    sql = "SELECT item_id FROM job_items WHERE lease_owner = $1 AND state = 'leased'"
+    sql = (  # each claim leases to the runner's name and a token of its own
+        "SELECT item_id FROM job_items WHERE starts_with(lease_owner, $1 || '/')"
+        " AND state = 'leased'"
+    )
     for _ in range(tries):
         handle = serve.get_deployment_handle("JobRunner", app_name=APP)
         stats = handle.stats.remote().result(timeout_s=60)
