@@ -117,12 +117,17 @@ def read_image_header(data: bytes, settings: Settings) -> ImageHeader:
     Uploads use it: a file that passes here but fails to decode later fails its job item.
     """
 
-    def size(image: Image.Image) -> tuple[int, int, int | None]:
-        return image.width, image.height, image.getexif().get(0x0112)
+    def size(image: Image.Image) -> tuple[int, int, bool]:
+        orientation = image.getexif().get(0x0112)
+        # A TIFF's size comes back from Pillow already upright; its stored one is in tags.
+        tags = getattr(image, "tag_v2", None)
+        stored = (tags.get(256), tags.get(257)) if tags is not None else image.size
+        turned = orientation in _ROTATED and stored == image.size
+        return image.width, image.height, turned
 
-    media_type, (width, height, orientation) = _open_guarded(data, settings, size)
+    media_type, (width, height, turned) = _open_guarded(data, settings, size)
     _check_dimensions(width, height, settings)
-    if orientation in _ROTATED:
+    if turned:
         width, height = height, width
     return ImageHeader(media_type, width, height)
 

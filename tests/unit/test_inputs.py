@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import io
+
 import pytest
 from PIL import Image
 
 from modelship.core.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from modelship.core.inputs import check_texts, decode_image, sniff_image_type
+from modelship.core.inputs import check_texts, decode_image, read_image_header, sniff_image_type
 from modelship.core.settings import Settings
 from tests.conftest import payload
 
@@ -32,6 +34,23 @@ def test_decodes_upright_rgb(settings: Settings) -> None:
 def test_applies_exif_orientation(settings: Settings) -> None:
     stored_sideways = decode_image(payload("cat_exif_rotated.jpg"), settings).image
     assert stored_sideways.size == (451, 300)
+
+
+@pytest.mark.parametrize("kind", ["JPEG", "PNG", "TIFF"])
+def test_the_header_and_the_decoded_image_agree_on_a_turned_image(
+    settings: Settings, kind: str
+) -> None:
+    """Uploads record the header's size, labels use the decoded one. Pillow turns a TIFF's
+    size upright itself, and the header turned it back: a 200x100 TIFF meant to be seen
+    as 100x200 was recorded as 200x100."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: seen turned a quarter
+    buffer = io.BytesIO()
+    Image.new("RGB", (200, 100), (10, 20, 30)).save(buffer, format=kind, exif=exif)
+    header = read_image_header(buffer.getvalue(), settings)
+    decoded = decode_image(buffer.getvalue(), settings)
+    assert (header.width, header.height) == (decoded.width, decoded.height) == (100, 200)
+    assert decoded.image.size == (100, 200)
 
 
 def test_a_jpeg_decodes_smaller_for_a_model_that_shrinks_it_anyway(settings: Settings) -> None:
