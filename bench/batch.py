@@ -1,7 +1,7 @@
 """``python -m bench.batch``: a batch job's labeling rate on Ray Data against the
 in-process limit, on the same texts.
 
-The limit is the predictor in this process (``label_batch``: tokenise and predict, the
+The limit is the predictor in this process (``label_items``: tokenise and predict, the
 work a label actor does), length-sorted batches of the model's batch size, torch on every
 core. The batch job is ``jobs.label_dataset`` end to end on a fresh local Ray cluster and
 a fresh database: its *labeling rate* counts items over the span in which the label
@@ -31,7 +31,8 @@ from modelship.core.config import BatchingConfig, LabelSpec, ModelConfig, Task
 from modelship.core.messages import ItemOptions
 from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, build_predictor
-from modelship.service.batch import BatchRequest, label_batch
+from modelship.predictors.prepare import label_items
+from modelship.service.batch import BatchRequest
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -59,7 +60,7 @@ def limit(config: ModelConfig, items: list[str], settings: Settings, seconds: fl
     batches = [pool[i : i + size] for i in range(0, len(pool), size)]
 
     def run(batch: list[str]) -> None:
-        label_batch(predictor, list(batch), options, settings)
+        label_items(predictor, list(batch), options, settings)
 
     cores = os.cpu_count() or 1
     best = 0.0

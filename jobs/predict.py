@@ -16,7 +16,7 @@ from modelship.core.config import ModelConfig
 from modelship.core.errors import ConfigurationError, ModelShipError
 from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, build_predictor
-from modelship.service.batch import label_batch
+from modelship.predictors.prepare import label_items
 from modelship.service.runner import item_options
 from storage.objects import ObjectNotFound, ObjectStore
 
@@ -61,7 +61,7 @@ class LabelActor:
         ``version``, ``error`` out, one row per item."""
         keys, texts = batch["object_key"], batch["text"]
         payloads = self._loop.run_until_complete(self._payloads(keys, texts))
-        results = label_batch(self._predictor, payloads, self._options, self._settings)
+        results = label_items(self._predictor, payloads, self._options, self._settings)
         outputs, errors = [], []
         for result in results:
             if isinstance(result, ModelShipError):

@@ -1,9 +1,10 @@
 """A batch labeling run, without Ray: the project, the model and its options, the job,
 what a chunk of the dataset adds and what a labeled batch records.
 
-``jobs.label_dataset`` drives a ``BatchRun`` over Ray Data; ``label_batch`` is what its
-actors run on each batch, with the predictor classes the model replicas use, so an item
-gets the labels the online routes give for the same bytes.
+``jobs.label_dataset`` drives a ``BatchRun`` over Ray Data; its actors run
+``label_items`` (``modelship/predictors/prepare.py``) on each batch, with the predictor
+classes the model replicas use, so an item gets the labels the online routes give for the
+same bytes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from uuid import UUID
 
 from modelship.core.config import IMAGE_TASKS, ModelConfig
 from modelship.core.errors import Conflict, InvalidInput, ModelShipError, NotFound
-from modelship.core.messages import ItemOptions, ItemResult
+from modelship.core.messages import ItemOptions
 from modelship.core.records import (
     Export,
     ExportCreate,
@@ -31,8 +32,7 @@ from modelship.core.records import (
 from modelship.core.review import model_annotation
 from modelship.core.settings import Settings
 from modelship.exports import check
-from modelship.predictors import ModelStore, Predictor
-from modelship.predictors.prepare import label_items
+from modelship.predictors import ModelStore
 from modelship.service.datasets import Entry, check_source, list_entries, read_entry
 from modelship.service.exporter import run_export
 from modelship.service.labeling import pick_model
@@ -213,14 +213,3 @@ async def _find_project(workflow: Workflow, tenant: str, ref: str) -> Project | 
         return await workflow.project(tenant, project_id)
     except NotFound:
         raise NotFound(f"no project {ref}", "unknown_project") from None
-
-
-def label_batch(
-    predictor: Predictor[Any, Any],
-    payloads: Sequence[bytes | str | ModelShipError],
-    options: ItemOptions,
-    settings: Settings,
-) -> list[ItemResult | ModelShipError]:
-    """Label payloads as ``LocalLabeler.label`` does, on the calling thread
-    (``label_items``: every guard, one batch, each bad item's error in its place)."""
-    return label_items(predictor, payloads, options, settings)
