@@ -488,8 +488,9 @@ def test_killing_the_cpu_worker_mid_job_loses_no_item(cluster: Cluster) -> None:
     rows = _item_states(cluster.dsn, job_id)
     assert len(rows) == total and {r["state"] for r in rows} == {"succeeded"}
     assert all(r["predictions"] == 1 for r in rows), "an item was labeled twice"
-    for name in CPU_DEPLOYMENTS:
-        assert [r["node_ip"] for r in cluster.replicas()[name]] == [new.host.ip], name
+    on_new = [new.host.ip]
+    for name in CPU_DEPLOYMENTS:  # a replica still starting has no node_ip yet: wait
+        _wait(lambda n=name: [r["node_ip"] for r in cluster.replicas()[n]] == on_new, 60, name)
     assert _wait(lambda: _labels(cluster), 60, "labeling through the Serve port")
 
 
