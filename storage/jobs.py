@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -77,8 +77,15 @@ class Success:
 @dataclass(frozen=True)
 class Failure:
     item_id: UUID
-    attempts: int
     error: str
+
+
+class Completed(NamedTuple):
+    """What a completion recorded: rows the claim still held, and failures that ended
+    their row (no attempt left) rather than queueing it again."""
+
+    counted: int
+    failed: int
 
 
 class JobStore:
@@ -346,12 +353,12 @@ class JobStore:
         failures: list[Failure],
         max_attempts: int,
         on_decision: Callable[[str], None] | None = None,
-    ) -> int:
-        """Record outcomes of rows the claim still holds; returns how many counted. A
+    ) -> Completed:
+        """Record outcomes of rows the claim still holds. A
         failed item is queued again, or ends failed once the attempts its row has spent
         reach ``max_attempts``. ``on_decision`` hears each new prediction's review status
         (after commit)."""
-        counted = 0
+        counted = failed = 0
         decisions: list[str] = []
         owner = claim.owner
         async with self._db.transaction() as conn:
@@ -363,7 +370,7 @@ class JobStore:
             )
             for success in sorted(successes, key=lambda s: s.item_id):
                 owned = await _release(conn, owner, claim.job_id, success.item_id, "succeeded")
-                if not owned:
+                if owned is None:
                     continue
                 output = success.output
                 top = output[0] if output and "score" in output[0] else None
@@ -396,14 +403,16 @@ class JobStore:
                 decisions.append(await _annotate(conn, claim.project_id, success, prediction_id))
                 counted += 1
             for failure in failures:
-                counted += await _release(
+                state = await _release(
                     conn, owner, claim.job_id, failure.item_id, None, failure.error, max_attempts
                 )
+                counted += state is not None
+                failed += state == "failed"
             await finish_if_done(conn, claim.job_id)
         if on_decision is not None:
             for decision in decisions:
                 on_decision(decision)
-        return counted
+        return Completed(counted, failed)
 
     async def open_items(self) -> int:
         """Job items queued or leased, across every job: the queue's depth."""
@@ -489,15 +498,16 @@ async def _release(
     state: str | None,
     error: str | None = None,
     max_attempts: int = 0,
-) -> int:
+) -> str | None:
     """End the claim's lease on one row: to the terminal ``state``, or (``None``, a
     failure) queued again while the row has attempts left under ``max_attempts``, else
-    failed."""
-    status = await conn.execute(
+    failed. Returns the row's new state; ``None`` if the claim no longer held it."""
+    new_state: str | None = await conn.fetchval(
         "UPDATE job_items SET error = $5, lease_owner = NULL, lease_expires_at = NULL,"
         " state = coalesce($4::text, CASE WHEN attempts >= $6 THEN 'failed' ELSE 'queued' END),"
         " finished_at = CASE WHEN $4::text IS NOT NULL OR attempts >= $6 THEN now() END"
-        " WHERE job_id = $1 AND item_id = $2 AND state = 'leased' AND lease_owner = $3",
+        " WHERE job_id = $1 AND item_id = $2 AND state = 'leased' AND lease_owner = $3"
+        " RETURNING state",
         job_id,
         item_id,
         owner,
@@ -505,7 +515,7 @@ async def _release(
         error,
         max_attempts,
     )
-    return int(status.split()[-1])
+    return new_state
 
 
 async def _lock_job(conn: asyncpg.Connection, job_id: UUID) -> None:

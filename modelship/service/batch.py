@@ -165,7 +165,7 @@ class BatchRun:
         for row in labeled:
             item_id = UUID(row.item_id)
             if row.error:
-                failures.append(Failure(item_id, 1, row.error))
+                failures.append(Failure(item_id, row.error))
                 continue
             if row.version != self.version:
                 raise ModelShipError(f"a label actor loaded {row.version}, not {self.version}")

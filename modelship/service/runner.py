@@ -145,7 +145,7 @@ class JobRunner:
         renewing = asyncio.create_task(self._renew(claim))
         try:
             successes, failures = await self._label(claim)
-            counted = await self._jobs.complete(
+            completed = await self._jobs.complete(
                 claim,
                 successes,
                 failures,
@@ -160,9 +160,9 @@ class JobRunner:
             raise
         finally:
             renewing.cancel()
-        self.items_done += counted
-        if ended := sum(f.attempts >= settings.job_max_attempts for f in failures):
-            self._metrics.job_items_failed("item", ended)
+        self.items_done += completed.counted
+        if completed.failed:
+            self._metrics.job_items_failed("item", completed.failed)
         logger.info(
             "job batch settled",
             extra={
@@ -173,7 +173,7 @@ class JobRunner:
                 "latency_ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )
-        return max(counted, 1)
+        return max(completed.counted, 1)
 
     async def _renew(self, claim: Claim) -> None:
         """Keep the batch's leases while it is being labeled, however long that takes: a
@@ -210,7 +210,7 @@ class JobRunner:
         )
         for item, payload in zip(misses, fetched, strict=True):
             if isinstance(payload, ObjectNotFound):
-                failures.append(Failure(item.item_id, item.attempts, "the stored file is missing"))
+                failures.append(Failure(item.item_id, "the stored file is missing"))
             elif isinstance(payload, BaseException):
                 raise payload  # the object store is down: not the item's fault
             else:
@@ -220,9 +220,7 @@ class JobRunner:
         fresh: dict[str, Any] = {}
         for item, outcome in zip(todo, outcomes, strict=True):
             if isinstance(outcome, ModelShipError):
-                failures.append(
-                    Failure(item.item_id, item.attempts, f"{outcome.code}: {outcome.message}")
-                )
+                failures.append(Failure(item.item_id, f"{outcome.code}: {outcome.message}"))
                 continue
             output = [o.model_dump() for o in outcome.output]
             successes.append(_success(claim, item.item_id, outcome.version, params, output))

@@ -57,11 +57,11 @@ async def test_a_claim_that_outlived_its_lease_cannot_touch_a_newer_one_of_its_r
     fresh = await _claim(jobs, "runner-x", job_id)  # another loop of the same runner
     assert fresh.owner != stale.owner and fresh.items[0].attempts == 2
 
-    failure = Failure(uuid.UUID(item), 1, "unprocessable_item: boom")
-    assert await jobs.complete(stale, [], [failure], 3) == 0
+    failure = Failure(uuid.UUID(item), "unprocessable_item: boom")
+    assert await jobs.complete(stale, [], [failure], 3) == (0, 0)
     assert await jobs.renew(stale, 60) == 0
     assert await jobs.release(stale.owner, stale.job_id, [uuid.UUID(item)]) == 0
-    assert await jobs.complete(fresh, [], [failure], 2) == 1  # its last attempt: failed
+    assert await jobs.complete(fresh, [], [failure], 2) == (1, 1)  # its last attempt
     (result,) = await job_results(client, job_id)
     assert (result["state"], result["attempts"]) == ("failed", 2)
     assert await _status(client, job_id) == "failed"
@@ -75,8 +75,8 @@ async def test_items_with_no_attempt_left_under_a_lowered_limit_are_failed(
     jobs = JobStore(services.db)
     job_id, (item,) = await _job(client, [f"another text {uuid.uuid4().hex}"])
     claim = await _claim(jobs, "runner-y", job_id, max_attempts=5)
-    failure = Failure(uuid.UUID(item), 1, "unprocessable_item: boom")
-    assert await jobs.complete(claim, [], [failure], 5) == 1
+    failure = Failure(uuid.UUID(item), "unprocessable_item: boom")
+    assert await jobs.complete(claim, [], [failure], 5) == (1, 0)  # queued again
     assert await jobs.reap(1) >= 1
     (result,) = await job_results(client, job_id)
     assert (result["state"], result["error"]) == ("failed", "unprocessable_item: boom")

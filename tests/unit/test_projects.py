@@ -553,7 +553,7 @@ async def test_a_dead_runners_leases_expire_and_its_late_results_are_dropped(
     alive = JobRunner(jobs, services.objects, services.cache, labeler, job_settings, "runner-b")
     await drain(alive)
     successes, failures = await dead._label(claim)  # the dead runner wakes up late
-    assert await jobs.complete(claim, successes, failures, 3) == 0
+    assert await jobs.complete(claim, successes, failures, 3) == (0, 0)
 
     status = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
     assert status["status"] == "succeeded" and status["counts"]["succeeded"] == 3
