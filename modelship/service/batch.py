@@ -119,7 +119,10 @@ class BatchRun:
         model = request.model or (project.model if project else None)
         tasks = {project.task} if project else {c.task for c in configs}
         config = pick_model(configs, model, tasks)
-        images = (project.task if project else config.task) in IMAGE_TASKS
+        task = project.task if project else config.task
+        if request.export is not None:  # refused now, not once every item is labeled
+            check(request.export, EXPORT_TASKS[task], False)
+        images = task in IMAGE_TASKS
         entries = await asyncio.to_thread(list_entries, request.source, images, settings)
         store = ModelStore(settings.models_dir)
         version = (await asyncio.to_thread(store.resolve, config.source)).version

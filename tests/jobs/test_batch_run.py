@@ -1,0 +1,51 @@
+"""A batch run's checks and its job's life beside the service, without Ray: ``BatchRun``
+on this machine's PostgreSQL, the first pass's ``read_batch`` as a plain function, and the
+entrypoint's refusals. Each case was found wrong by running it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from modelship.core.errors import ModelShipError
+from modelship.core.records import ExportFormat
+from modelship.core.settings import Settings
+from modelship.service.batch import BatchRequest, BatchRun
+from storage.services import Services
+from tests.conftest import EFFICIENTNET, MINILM
+from tests.jobs.conftest import Datasets
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+MODELS = [MINILM, EFFICIENTNET]
+
+
+@pytest.fixture(scope="module")
+async def services(batch_settings: Settings) -> AsyncIterator[Services]:
+    services = Services.from_settings(batch_settings)
+    yield services
+    await services.close()
+
+
+async def _projects_named(services: Services, name: str) -> int:
+    async with services.db.connection() as conn:
+        count: int = await conn.fetchval("SELECT count(*) FROM projects WHERE name = $1", name)
+    return count
+
+
+async def test_an_export_the_task_cannot_take_is_refused_before_the_run(
+    batch_settings: Settings, datasets: Datasets, services: Services
+) -> None:
+    """``--export coco`` of a text project was checked only after every item had been
+    labeled: the run then ended "refused" (exit 2) with its job done. It is refused
+    first, with nothing written."""
+    project = f"export-{uuid.uuid4().hex[:6]}"
+    request = BatchRequest(
+        project=project, source=str(datasets.texts), model=MINILM.name, export=ExportFormat.coco
+    )
+    with pytest.raises(ModelShipError) as refused:
+        await BatchRun.start(services, MODELS, batch_settings, request)
+    assert refused.value.status == 422 and "coco" in refused.value.message
+    assert await _projects_named(services, project) == 0
