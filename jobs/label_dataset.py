@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from modelship.core.config import LabelingAppArgs, ModelConfig
 from modelship.core.context import current_request_id
-from modelship.core.errors import ModelShipError
+from modelship.core.errors import ConfigurationError, ModelShipError
 from modelship.core.records import ExportFormat, ItemState, Job, JobStatus
 from modelship.core.settings import Settings
 from modelship.service.batch import LEASE_S, BatchRequest, BatchRun, Labeled
@@ -255,10 +255,18 @@ class _Progress:
 
 def load_args(path: Path) -> LabelingAppArgs:
     """The models and settings of a serve config (its first application's ``args``), or
-    of a file holding those ``args`` alone."""
-    document: dict[str, Any] = yaml.safe_load(path.read_text())
-    args = document["applications"][0]["args"] if "applications" in document else document
-    return LabelingAppArgs.model_validate(args)
+    of a file holding those ``args`` alone.
+
+    Raises:
+        ConfigurationError: the file cannot be read or holds neither (the file named).
+    """
+    try:
+        document: Any = yaml.safe_load(path.read_text())
+        if isinstance(document, dict) and "applications" in document:
+            document = document["applications"][0]["args"]
+        return LabelingAppArgs.model_validate(document)
+    except (OSError, yaml.YAMLError, LookupError, TypeError, ValidationError) as exc:
+        raise ConfigurationError(f"{path}: not a serve config or its args ({exc})") from None
 
 
 def parser() -> argparse.ArgumentParser:

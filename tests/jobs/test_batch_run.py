@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
+from jobs.label_dataset import main
 from modelship.core.errors import ModelShipError
 from modelship.core.records import ExportFormat
 from modelship.core.settings import Settings
@@ -49,3 +51,23 @@ async def test_an_export_the_task_cannot_take_is_refused_before_the_run(
         await BatchRun.start(services, MODELS, batch_settings, request)
     assert refused.value.status == 422 and "coco" in refused.value.message
     assert await _projects_named(services, project) == 0
+
+
+def test_a_config_that_does_not_parse_is_refused(
+    tmp_path: Path, datasets: Datasets, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--config`` naming broken YAML, an empty file or a config without applications
+    printed a traceback (exit 1) before any check; it is refused (exit 2), the file named."""
+    configs = {
+        "broken.yaml": "models: [\n",
+        "empty.yaml": "",
+        "no-apps.yaml": "applications: []\n",
+        "scalar.yaml": "models\n",
+    }
+    for name, text in configs.items():
+        config = tmp_path / name
+        config.write_text(text)
+        arguments = ["--config", str(config), "--project", "p", "--source", str(datasets.texts)]
+        assert main(arguments) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("refused: ") and str(config) in err, err
