@@ -33,7 +33,13 @@ from modelship.core.review import model_annotation
 from modelship.core.settings import Settings
 from modelship.exports import check
 from modelship.predictors import ModelStore
-from modelship.service.datasets import Entry, check_source, list_entries, read_entry
+from modelship.service.datasets import (
+    Entry,
+    SourceRefused,
+    check_source,
+    list_entries,
+    read_entry,
+)
 from modelship.service.exporter import run_export
 from modelship.service.labeling import pick_model
 from modelship.service.runner import item_options, job_options, params_hash
@@ -123,7 +129,7 @@ class BatchRun:
         if request.export is not None:  # refused now, not once every item is labeled
             check(request.export, EXPORT_TASKS[task], False)
         images = task in IMAGE_TASKS
-        entries = await asyncio.to_thread(list_entries, request.source, images, settings)
+        entries = await _list(request.source, images, settings)
         store = ModelStore(settings.models_dir)
         version = (await asyncio.to_thread(store.resolve, config.source)).version
         if project is None:
@@ -203,6 +209,21 @@ class BatchRun:
         export = await exports.create(self.request.tenant, self.project, spec, self.request.actor)
         await run_export(self.services, export.id, self.settings.export_retention)
         return (await exports.get(self.request.tenant, export.id))[0]
+
+
+async def _list(source: str, images: bool, settings: Settings) -> list[Entry]:
+    """The source's entries. A listing fails in whatever a parser or an fsspec backend
+    raises (JSON, UTF-8, parquet, botocore, a missing backend): each refuses the source
+    with its reason, as a missing or empty one is, instead of ending the run in a
+    traceback."""
+    try:
+        return await asyncio.to_thread(list_entries, source, images, settings)
+    except ModelShipError:
+        raise
+    except Exception as exc:
+        logger.warning("could not list %s: %r", source, exc)
+        message = f"could not read {source}: {type(exc).__name__}: {exc}"
+        raise SourceRefused(message, "source_unreadable") from None
 
 
 async def _find_project(workflow: Workflow, tenant: str, ref: str) -> Project | None:

@@ -71,3 +71,30 @@ def test_a_config_that_does_not_parse_is_refused(
         assert main(arguments) == 2, name
         err = capsys.readouterr().err
         assert err.startswith("refused: ") and str(config) in err, err
+
+
+async def test_a_manifest_that_does_not_parse_is_refused(
+    batch_settings: Settings, datasets: Datasets, services: Services
+) -> None:
+    """An image manifest that is not JSON Lines, not UTF-8 or not parquet raised its
+    parser's own error out of the run (a traceback, exit 1, where a source that cannot be
+    read is refused with exit 2); it is refused as a source, with its reason, and nothing
+    is written."""
+    bad = {
+        "bad.jsonl": b'{"path": "a.jpg"}\n{not json\n',
+        "latin1.txt": "caf\xe9.jpg\n".encode("latin-1"),
+        "broken.parquet": b"PAR1 not a parquet file",
+        "numbers.jsonl": b'{"path": 7}\n',
+    }
+    (datasets.root / "manifests").mkdir(exist_ok=True)
+    for name, content in bad.items():
+        source = datasets.root / "manifests" / name
+        source.write_bytes(content)
+        project = f"manifest-{uuid.uuid4().hex[:6]}"
+        request = BatchRequest(project=project, source=str(source), model=EFFICIENTNET.name)
+        with pytest.raises(ModelShipError) as refused:
+            await BatchRun.start(services, MODELS, batch_settings, request)
+        assert refused.value.status == 422, name
+        assert refused.value.code == "source_unreadable", name
+        assert str(source) in refused.value.message, name
+        assert await _projects_named(services, project) == 0
