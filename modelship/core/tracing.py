@@ -57,12 +57,16 @@ def span(name: str, kind: SpanKind = SpanKind.INTERNAL, **attributes: Any) -> It
 def finished_span(
     name: str, elapsed_s: float, error: BaseException | None = None, **attributes: Any
 ) -> None:
-    """Record an operation that just ended and took ``elapsed_s`` (from a callback)."""
+    """Record an operation that just ended and took ``elapsed_s`` (from a callback).
+
+    A failure is recorded by its type, not its message: a driver's message can quote the
+    statement's arguments (asyncpg: ``invalid input for query argument $1: '...'``)."""
     end = time.time_ns()
     current = tracer.start_span(
         name, kind=SpanKind.CLIENT, attributes=attributes, start_time=end - int(elapsed_s * 1e9)
     )
     if error is not None:
-        current.record_exception(error)
-        current.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        kind = type(error)
+        current.add_event("exception", {"exception.type": f"{kind.__module__}.{kind.__qualname__}"})
+        current.set_status(Status(StatusCode.ERROR, kind.__name__))
     current.end(end_time=end)
