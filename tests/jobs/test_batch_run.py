@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.ingest import read_batch
 from jobs.label_dataset import main
 from modelship.core.errors import ModelShipError
 from modelship.core.records import ExportFormat
@@ -98,3 +99,32 @@ async def test_a_manifest_that_does_not_parse_is_refused(
         assert refused.value.code == "source_unreadable", name
         assert str(source) in refused.value.message, name
         assert await _projects_named(services, project) == 0
+
+
+def test_an_entry_whose_backend_fails_fails_alone(
+    tmp_path: Path, datasets: Datasets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry on S3 read by a worker without credentials raised botocore's
+    ``NoCredentialsError`` (not an ``OSError``) out of the Ray task reading its batch,
+    which ended the whole job; it fails alone as an unreadable file, the entries beside
+    it go on."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    settings = Settings(
+        data_dir=tmp_path, batch_allowed_prefixes=[str(datasets.root), "s3://datasets-bucket"]
+    )
+    good = str(datasets.root / "images" / "cat.jpg")
+    remote = "s3://datasets-bucket/images/cat.jpg"
+    batch = {"uri": [good, remote], "text": ["", ""], "error": ["", ""]}
+    project = str(uuid.uuid4())
+    table = read_batch(batch, True, settings, "t", project, str(tmp_path / "objects"))
+    read, failed = table.to_pylist()
+    assert read["error"] is None and read["object_key"].startswith(f"t/{project}/")
+    assert failed["filename"] == remote and failed["object_key"] is None
+    assert failed["error"].startswith("unreadable_file: ") and remote in failed["error"]
+    assert failed["content_hash"].startswith("source:")
