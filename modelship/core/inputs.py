@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import filetype
+import numpy as np
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ValidationError
 
@@ -95,10 +96,26 @@ def decode_image(data: bytes, settings: Settings, min_side: int | None = None) -
         upright = ImageOps.exif_transpose(image)
         if upright.size != image.size:  # turned a quarter: the file's sides swap too
             width, height = height, width
-        return upright.convert("RGB"), width, height
+        return _to_rgb(upright), width, height
 
     media_type, (rgb, width, height) = _open_guarded(data, settings, decode)
     return DecodedImage(rgb, media_type, width, height)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. PIL's ``convert`` clips one-channel 16-bit pixels (PNG, TIFF) at 255,
+    turning a whole photo white: they are scaled to 8 bits first. 32-bit integer and float
+    pixels (TIFF) have no range to scale from: refused."""
+    if image.mode.startswith("I;16"):
+        pixels = np.asarray(image).astype(np.uint16)  # native byte order, whatever the file's
+        image = Image.fromarray((pixels >> 8).astype(np.uint8))
+    elif image.mode in ("I", "F"):
+        raise UnsupportedMediaType(
+            f"images of 32-bit {'integer' if image.mode == 'I' else 'float'} pixels are not"
+            " supported; send 8- or 16-bit images",
+            "unsupported_pixel_format",
+        )
+    return image.convert("RGB")
 
 
 @dataclass(frozen=True)
