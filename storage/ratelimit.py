@@ -11,12 +11,10 @@ import logging
 import math
 import time
 
-from redis import asyncio as aioredis
-
 from modelship.core import tracing
 from modelship.core.errors import RateLimited, ServiceUnavailable
 from modelship.core.tracing import SpanKind
-from storage.redis import REDIS_ERRORS
+from storage.redis import REDIS_ERRORS, connect
 
 logger = logging.getLogger("modelship.ratelimit")
 
@@ -52,7 +50,7 @@ class RateLimiter:
     def __init__(
         self, url: str, per_minute: int, burst: int, fail_open: bool, prefix: str = "modelship"
     ) -> None:
-        self._client = aioredis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        self._client = connect(url, connect_timeout_s=0.5, timeout_s=0.5)
         self._take = self._client.register_script(_TAKE)
         self._rate = per_minute / 60.0
         self._burst = burst

@@ -13,9 +13,10 @@ import logging
 from typing import Any
 
 from redis import asyncio as aioredis
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from modelship.core import tracing
 from modelship.core.tracing import SpanKind
@@ -25,6 +26,24 @@ _REDIS_SPAN = {"db.system.name": "redis"}
 
 # Redis being unreachable shows up as these (connection refused is an OSError).
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def connect(url: str, connect_timeout_s: float, timeout_s: float, **options: Any) -> aioredis.Redis:
+    """A client whose command on a dead pooled connection runs again at once on a new one.
+
+    After Redis restarts, every connection in the pool is dead; without the retry the first
+    command on each would fail (a cache miss, or a 503 from a limiter failing closed) although
+    Redis is back. Only connection errors are retried: a hung Redis costs one timeout, not
+    several. (The retry is redis.asyncio's: the synchronous ``redis.retry.Retry`` never
+    retries a coroutine.)
+    """
+    return aioredis.from_url(
+        url,
+        socket_connect_timeout=connect_timeout_s,
+        socket_timeout=timeout_s,
+        retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
+        **options,
+    )
 
 
 class Cache:
@@ -40,13 +59,7 @@ class Cache:
         self._prefix = prefix
         self._jobs_channel = f"{prefix}:jobs"
         self._ttl_s = ttl_s
-        self._client = aioredis.from_url(
-            url,
-            socket_connect_timeout=1,
-            socket_timeout=2,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-            health_check_interval=15,
-        )
+        self._client = connect(url, connect_timeout_s=1, timeout_s=2, health_check_interval=15)
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
 

@@ -1,0 +1,51 @@
+"""The cache and the rate limiter on a real Redis of their own (embedded), stopped and started
+again under them: a Redis that comes back is used at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from storage.embedded import EmbeddedRedis
+from storage.ratelimit import RateLimiter
+from storage.redis import Cache
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path / "services")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_the_cache_uses_a_restarted_redis_at_once(redis_server: EmbeddedRedis) -> None:
+    cache = Cache(redis_server.start(), prefix="test")
+    before, after = (cache.prediction_key("v1", "p", h) for h in ("before", "after"))
+    await cache.put_many({before: ["cat"]})
+    assert await cache.get_many([before]) == {before: ["cat"]}
+
+    redis_server.stop()  # every pooled connection dies
+    redis_server.start()
+    await cache.put_many({after: ["dog"]})  # the first call after the restart is not lost
+    assert await cache.get_many([before, after]) == {before: ["cat"], after: ["dog"]}
+    await cache.close()
+
+
+async def test_a_limiter_failing_closed_serves_again_once_redis_is_back(
+    redis_server: EmbeddedRedis,
+) -> None:
+    url = redis_server.start()
+    limiter = RateLimiter(url, per_minute=600, burst=100, fail_open=False, prefix="test")
+    # a few connections in the pool, all of which the restart kills
+    await asyncio.gather(*(limiter.check("key:a", f"GET /r{i}") for i in range(4)))
+
+    redis_server.stop()
+    redis_server.start()
+    for i in range(8):
+        await limiter.check("key:a", f"GET /r{i % 4}")  # no 503: Redis is up
+    await limiter.close()
