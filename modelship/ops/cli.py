@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -15,9 +17,27 @@ from modelship.ops import cluster, db, drill, ray_jobs
 DEFAULT_CONFIG = Path("config/serve_config.yaml")
 
 
+class ConfigFileError(ValueError):
+    """The config file cannot be read, or is not a Serve config: the command exits 2."""
+
+
+def _read_config(config_path: Path) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigFileError(f"{config_path}: cannot be read as YAML: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ConfigFileError(f"{config_path}: not a Serve config (a mapping of applications)")
+    return config
+
+
 def _app_args(config_path: Path) -> dict[str, object]:
-    config = yaml.safe_load(config_path.read_text())
-    args: dict[str, object] = config["applications"][0]["args"]
+    apps = _read_config(config_path).get("applications")
+    if not isinstance(apps, list) or not apps or not isinstance(apps[0], dict):
+        raise ConfigFileError(f"{config_path}: applications: one application expected")
+    args = apps[0].get("args") or {}
+    if not isinstance(args, dict):
+        raise ConfigFileError(f"{config_path}: applications[0].args: must be a mapping")
     return args
 
 
@@ -40,7 +60,7 @@ def serve(config_path: Path) -> int:
     # The dashboard and Job Submission API refuse calls without the cluster's token
     # (~/.ray/auth_token): nobody local can submit a job that reads the service's secrets.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    http_options = yaml.safe_load(config_path.read_text()).get("http_options")
+    http_options = _read_config(config_path).get("http_options")
     os.environ.update(ray_environment(http_options, os.environ))
     # Its own session: a terminal's Ctrl-C reaches it once, through us, like a SIGTERM.
     child = subprocess.Popen([str(serve_bin), "run", str(config_path)], start_new_session=True)
@@ -79,7 +99,7 @@ def preflight(config_path: Path, as_json: bool) -> int:
     try:
         args = LabelingAppArgs.model_validate(_app_args(config_path))
     except ValidationError as exc:
-        print(f"settings: FAILED\n{exc}", file=sys.stderr)
+        print(f"settings: FAILED ({config_path})\n{exc}", file=sys.stderr)
         return 2
     checks = asyncio.run(run_checks(args))
     print(json.dumps([asdict(c) for c in checks], indent=2) if as_json else table(checks))
@@ -101,7 +121,6 @@ def stop_services(config_path: Path) -> int:
 def keys(ns: argparse.Namespace) -> int:
     """Create a key (printed once, stored hashed) or revoke one."""
     import asyncio
-    import uuid
 
     from modelship.core.settings import Settings
     from storage.keys import KeyStore
@@ -114,18 +133,18 @@ def keys(ns: argparse.Namespace) -> int:
         store = KeyStore(services.db, settings.secret_key.get_secret_value())
         try:
             if ns.action == "create":
-                projects = [uuid.UUID(p) for p in ns.project] if ns.project else None
-                key, principal = await store.create(ns.tenant, ns.scope, ns.name, projects)
+                key, principal = await store.create(ns.tenant, ns.scope, ns.name, ns.project)
                 print(key)
+                projects = ", ".join(str(p) for p in ns.project or [])
                 print(
                     f"key {principal.key_id} for tenant {principal.tenant}, scopes"
                     f" {', '.join(sorted(principal.scopes))}"
-                    f"{', projects ' + ', '.join(ns.project) if ns.project else ''}:"
+                    f"{', projects ' + projects if projects else ''}:"
                     " shown once, stored hashed",
                     file=sys.stderr,
                 )
             else:
-                await store.revoke(uuid.UUID(ns.key_id))
+                await store.revoke(ns.key_id)
                 print(f"revoked {ns.key_id}", file=sys.stderr)
         finally:
             await services.close()
@@ -198,23 +217,35 @@ def main(argv: list[str] | None = None) -> int:
         "--project",
         action="append",
         metavar="PROJECT_ID",
+        type=uuid.UUID,
         help="bind the key to this project (repeat for several); default: every project",
     )
     revoke = key_actions.add_parser("revoke", help="revoke a key by its id")
-    revoke.add_argument("key_id")
+    revoke.add_argument("key_id", type=uuid.UUID)
     cluster.add_parser(sub)
     db.add_parser(sub)
     ray_jobs.add_parser(sub)
     drill.add_parser(sub)
     ns = parser.parse_args(argv)
+    try:
+        return _dispatch(ns)
+    except ConfigFileError as exc:
+        print(f"modelship {ns.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(ns: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    if ns.command in ("models", "stop-services"):
+        try:
+            return models(ns.config) if ns.command == "models" else stop_services(ns.config)
+        except ValidationError as exc:
+            raise ConfigFileError(f"{ns.config}: {exc}") from exc
     if ns.command == "serve":
         return serve(ns.config)
-    if ns.command == "models":
-        return models(ns.config)
     if ns.command == "preflight":
         return preflight(ns.config, ns.json)
-    if ns.command == "stop-services":
-        return stop_services(ns.config)
     if ns.command == "keys":
         return keys(ns)
     if ns.command == "smoke":
