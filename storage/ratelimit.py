@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 
 from modelship.core import tracing
 from modelship.core.errors import RateLimited, ServiceUnavailable
@@ -18,9 +17,14 @@ from storage.redis import REDIS_ERRORS, connect
 
 logger = logging.getLogger("modelship.ratelimit")
 
-# KEYS[1]: the bucket. ARGV: tokens per second, burst, now (s). Returns {allowed, wait_s}.
+# KEYS[1]: the bucket. ARGV: tokens per second, burst. Returns {allowed, wait_s}.
+# "now" is Redis's clock, the one clock every ingress replica shares: with each replica's
+# own, one whose clock ran ahead refilled the bucket for all (a skew of a minute, a full one).
 _TAKE = """
-local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.replicate_commands then redis.replicate_commands() end -- TIME, then writes (Redis < 5)
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(state[1]) or burst
 local at = tonumber(state[2]) or now
@@ -69,7 +73,7 @@ class RateLimiter:
         try:
             with tracing.span("redis EVALSHA", SpanKind.CLIENT, **{"db.system.name": "redis"}):
                 allowed, wait = await self._take(
-                    keys=[key], args=[self._rate * scale, self._burst * scale, time.time()]
+                    keys=[key], args=[self._rate * scale, self._burst * scale]
                 )
         except REDIS_ERRORS as exc:
             if self._fail_open:

@@ -4,11 +4,15 @@ again under them: a Redis that comes back is used at once."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from modelship.core.errors import RateLimited
 from storage.embedded import EmbeddedRedis
 from storage.ratelimit import RateLimiter
 from storage.redis import Cache
@@ -48,4 +52,25 @@ async def test_a_limiter_failing_closed_serves_again_once_redis_is_back(
     redis_server.start()
     for i in range(8):
         await limiter.check("key:a", f"GET /r{i % 4}")  # no 503: Redis is up
+    await limiter.close()
+
+
+async def test_replicas_with_skewed_clocks_share_one_budget(
+    redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ingress replicas whose clocks differ by 30 s take turns with one client: the
+    bucket is refilled by Redis's clock, not by whichever replica's clock runs ahead."""
+    skews = itertools.cycle([0.0, 30.0])
+    real = time.time
+    skewed = types.SimpleNamespace(time=lambda: real() + next(skews))
+    monkeypatch.setattr("storage.ratelimit.time", skewed, raising=False)
+    limiter = RateLimiter(redis_server.start(), per_minute=6, burst=3, fail_open=False)
+    allowed = 0
+    for _ in range(12):
+        try:
+            await limiter.check("key:a", "GET /r")
+            allowed += 1
+        except RateLimited:
+            pass
+    assert allowed == 3  # the burst; one token per 10 s
     await limiter.close()
