@@ -70,6 +70,9 @@ def parse_model(model: type[M], data: str | bytes | dict[str, Any]) -> M:
 def sniff_image_type(data: bytes) -> str:
     """The image MIME type from magic bytes; 415 for anything we do not decode."""
     kind = filetype.guess(data[:512])
+    if kind is not None and kind.mime == "image/apng":
+        # An animated PNG is a PNG (its first frame is the image, as a GIF's or a WebP's)
+        return "image/png"
     if kind is None or kind.mime not in IMAGE_TYPES:
         found = kind.mime if kind else "unknown"
         raise UnsupportedMediaType(

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from modelship.core.errors import UnsupportedMediaType
-from modelship.core.inputs import decode_image
+from modelship.core.inputs import decode_image, read_image_header
 from modelship.core.settings import Settings
 from tests.conftest import payload
 
@@ -43,3 +43,16 @@ def test_32_bit_pixels_are_refused_with_415(settings: Settings, dtype: type) -> 
     with pytest.raises(UnsupportedMediaType) as refused:
         decode_image(_saved(Image.fromarray(pixels), "TIFF"), settings)
     assert refused.value.code == "unsupported_pixel_format"
+
+
+@pytest.mark.parametrize("kind", ["PNG", "GIF", "WEBP"])
+def test_an_animated_image_is_labeled_by_its_first_frame(settings: Settings, kind: str) -> None:
+    """An animated PNG (APNG) was refused with 415 'unsupported media type image/apng',
+    although it is a PNG and animated GIFs and WebPs were taken."""
+    frames = [Image.new("RGB", (64, 48), colour) for colour in ((200, 0, 0), (0, 200, 0))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=kind, save_all=True, append_images=frames[1:], lossless=True)
+    decoded = decode_image(buffer.getvalue(), settings)
+    header = read_image_header(buffer.getvalue(), settings)
+    assert decoded.media_type == header.media_type == f"image/{kind.lower()}"
+    assert decoded.image.getpixel((0, 0)) == (200, 0, 0)
