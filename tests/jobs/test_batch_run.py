@@ -4,6 +4,7 @@ entrypoint's refusals. Each case was found wrong by running it."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,9 +14,11 @@ import pytest
 from jobs.ingest import read_batch
 from jobs.label_dataset import main
 from modelship.core.errors import ModelShipError
-from modelship.core.records import ExportFormat
+from modelship.core.records import ExportFormat, ItemState, JobStatus
 from modelship.core.settings import Settings
-from modelship.service.batch import BatchRequest, BatchRun
+from modelship.service.batch import BatchRequest, BatchRun, Labeled
+from modelship.service.datasets import text_item
+from storage.jobs import JobStore
 from storage.services import Services
 from tests.conftest import EFFICIENTNET, MINILM
 from tests.jobs.conftest import Datasets
@@ -128,3 +131,35 @@ def test_an_entry_whose_backend_fails_fails_alone(
     assert failed["filename"] == remote and failed["object_key"] is None
     assert failed["error"].startswith("unreadable_file: ") and remote in failed["error"]
     assert failed["content_hash"].startswith("source:")
+
+
+async def test_a_batch_job_the_reaper_closed_early_ends_as_its_items_say(
+    batch_settings: Settings, datasets: Datasets, services: Services
+) -> None:
+    """The service's job runner reaps every few seconds and closes running jobs with no
+    open item. A batch job has none until its first chunk is read (Ray tasks reading up to
+    1,024 files), nor after a chunk whose every item was settled from earlier predictions:
+    the reaper closed it ("failed", no item yet) and it stayed closed while the run added
+    and labeled its items, so a run that labeled everything ended "failed" (exit 1). The
+    run's next chunk opens it again, and its end gives it the status its items give."""
+    request = BatchRequest(
+        project=f"reaped-{uuid.uuid4().hex[:6]}", source=str(datasets.texts), model=MINILM.name
+    )
+    run = await BatchRun.start(services, MODELS, batch_settings, request)
+    jobs = JobStore(services.db)
+    try:
+        await jobs.reap(batch_settings.job_max_attempts)  # no item yet
+        assert (await run.job()).status is JobStatus.failed  # what the reaper still does
+        [first] = await run.add([text_item("reaped before its first chunk", None, run.settings)])
+        assert (await run.job()).status is JobStatus.running
+        output = json.dumps([{"label": "positive", "score": 0.9}])
+        assert await run.record([Labeled(str(first.item_id), output, run.version, "")]) == 1
+        await jobs.reap(batch_settings.job_max_attempts)  # every item so far settled
+        [_pending] = await run.add([text_item("and after it", None, run.settings)])
+        shown = await run.job()
+        assert shown.status is JobStatus.running and shown.finished_at is None
+        assert shown.total_items == 2
+    finally:
+        job = await run.finish()  # the second item was never labeled: it fails
+    assert job.status is JobStatus.succeeded
+    assert job.counts[ItemState.succeeded] == 1 and job.counts[ItemState.failed] == 1
