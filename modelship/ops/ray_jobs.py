@@ -22,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelship.core.records import ExportFormat
+
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
@@ -62,7 +64,13 @@ def add_parser(sub: Any) -> None:
     submit.add_argument("--source", help="what to label: folder, file or manifest (fsspec URI)")
     submit.add_argument("--model", help="a configured model; default: the project's")
     submit.add_argument("--config", help="serve config with the models, as the cluster sees it")
-    submit.add_argument("--export", help="export format written at the end (csv, coco...)")
+    submit.add_argument(
+        "--export", choices=[f.value for f in ExportFormat], help="export written at the end"
+    )
+    submit.add_argument(
+        "--export-all", action="store_true", help="export every item, not only approved ones"
+    )
+    submit.add_argument("--tenant", help="default: the cluster's MODELSHIP_TENANT")
     submit.add_argument("--actors", type=int, help="most label actors at once")
     submit.add_argument(
         "--model-resource", help="custom resource each label actor asks (gpu_group on KubeRay)"
@@ -126,9 +134,11 @@ def entrypoint(ns: argparse.Namespace, submission_id: str) -> str:
         raise ValueError("submit needs --project and --source (or an --entrypoint)")
     command = ["python", "-m", "jobs.label_dataset", "--project", ns.project]
     command += ["--source", ns.source, "--request-id", submission_id]
-    for flag in ("model", "config", "export", "actors", "model_resource"):
+    for flag in ("model", "config", "export", "actors", "model_resource", "tenant"):
         if getattr(ns, flag) is not None:
             command += [f"--{flag.replace('_', '-')}", str(getattr(ns, flag))]
+    if ns.export_all:
+        command.append("--export-all")
     return shlex.join(command)
 
 

@@ -9,8 +9,10 @@ it, in a fresh process that finds the token where Ray keeps it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -27,6 +29,7 @@ import pytest
 import yaml
 
 from modelship.core.settings import Settings
+from modelship.ops import ray_jobs
 from modelship.ops.cli import main
 from modelship.ops.ray_env import free_port
 from modelship.ops.ray_jobs import auth_token, connect
@@ -231,3 +234,28 @@ def test_a_job_stopped(dashboard: str, capsys: pytest.CaptureFixture[str]) -> No
     assert code == 1 and f"{submission_id}: STOPPED" in out
     code, _, err = run(dashboard, capsys, "status", "no-such-job")
     assert code == 1 and "error:" in err
+
+
+def test_submit_refuses_an_unknown_export_and_passes_every_label_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``jobs submit --export bogus`` was submitted, and the job failed on the cluster on
+    its own argument error; ``--export-all`` and ``--tenant`` (flags of
+    ``jobs.label_dataset``) could not be given at all. No cluster: argparse refuses first."""
+    address = "http://127.0.0.1:9"  # nothing listens: a refusal must come before connecting
+    with pytest.raises(SystemExit) as refused:
+        main(["jobs", "submit", "--project", "p", "--source", "/d", "--export", "bogus",
+              "--address", address])  # fmt: skip
+    assert refused.value.code == 2 and "invalid choice: 'bogus'" in capsys.readouterr().err
+    parser = argparse.ArgumentParser()
+    ray_jobs.add_parser(parser.add_subparsers(dest="command"))
+    ns = parser.parse_args(
+        ["jobs", "submit", "--project", "p", "--source", "/d", "--export", "coco",
+         "--export-all", "--tenant", "acme"]
+    )  # fmt: skip
+    command = shlex.split(ray_jobs.entrypoint(ns, "modelship-1"))
+    assert command[command.index("--export") + 1] == "coco" and "--export-all" in command
+    assert command[command.index("--tenant") + 1] == "acme"
+    from jobs.label_dataset import parser as label_parser
+
+    label_parser().parse_args(command[3:])  # the job's own parser takes what submit passes
