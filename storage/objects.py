@@ -121,14 +121,21 @@ class ObjectStore:
         Raises:
             ServiceUnavailable: it is not.
         """
+        if not await self._container_exists():
+            raise ServiceUnavailable(f"no folder or bucket at {self.url}", _UNAVAILABLE)
+
+    async def _container_exists(self) -> bool:
+        """Whether the folder or bucket is there (a reachable store without it is broken)."""
         # The bucket, not the prefix: an empty prefix does not exist in S3.
         target = self._root if self._folder else self._root.lstrip("/").split("/", 1)[0]
         try:
-            info = await self._call(target, self._fs.info, target, refresh=True)
-        except ObjectNotFound:
-            info = {}
-        if info.get("type") != "directory":
-            raise ServiceUnavailable(f"no folder or bucket at {self.url}", _UNAVAILABLE)
+            info = await asyncio.to_thread(self._fs.info, target, refresh=True)
+        except FileNotFoundError:
+            return False
+        except _OUTAGES as exc:
+            logger.warning("object storage %s failed: %r", self.url, exc)
+            raise ServiceUnavailable("object storage unavailable", _UNAVAILABLE) from exc
+        return bool(info.get("type") == "directory")
 
     @staticmethod
     def new_key(tenant: str, project: str, extension: str) -> str:
@@ -156,6 +163,14 @@ class ObjectStore:
         try:
             return await asyncio.to_thread(function, *args, **kwargs)
         except FileNotFoundError:
+            # No such object, or no folder or bucket at all: a volume not mounted, a bucket
+            # deleted or misnamed. That is an outage (503; a job gives its batch back), not
+            # a missing file (which fails a job's item for good).
+            if not await self._container_exists():
+                logger.warning("object storage %s: no folder or bucket", self.url)
+                raise ServiceUnavailable(
+                    f"no folder or bucket at {self.url}", _UNAVAILABLE
+                ) from None
             raise ObjectNotFound(key) from None
         except _OUTAGES as exc:
             logger.warning("object storage %s failed: %r", self.url, exc)

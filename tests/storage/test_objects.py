@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,21 @@ async def test_ping_fails_when_the_folder_is_gone(tmp_path: Path) -> None:
         await store.ping()
 
 
+async def test_a_folder_gone_is_an_outage_not_a_missing_file(tmp_path: Path) -> None:
+    """A volume not mounted is a 503 (a job gives its batch back), not a missing file (which
+    fails a job's item for good)."""
+    store = ObjectStore(str(tmp_path / "objects"))
+    key = ObjectStore.new_key("acme", "42", ".jpg")
+    await store.put(key, b"bytes")
+    shutil.rmtree(tmp_path / "objects")
+    with pytest.raises(ServiceUnavailable):
+        await store.get(key)
+    with pytest.raises(ServiceUnavailable):
+        await store.size(key)
+    with pytest.raises(ServiceUnavailable):
+        await anext(aiter(store.read_chunks(key)))
+
+
 async def test_s3_round_trip(s3_options: dict[str, Any]) -> None:
     store = ObjectStore("s3://labels/uploads", s3_options)
     await store.ping()
@@ -128,3 +144,16 @@ async def test_s3_round_trip(s3_options: dict[str, Any]) -> None:
 async def test_s3_missing_bucket_fails_ping(s3_options: dict[str, Any]) -> None:
     with pytest.raises(ServiceUnavailable):
         await ObjectStore("s3://no-such-bucket/x", s3_options).ping()
+
+
+async def test_s3_missing_bucket_is_an_outage_not_a_missing_file(
+    s3_options: dict[str, Any],
+) -> None:
+    store = ObjectStore("s3://no-such-bucket/x", s3_options)
+    key = ObjectStore.new_key("acme", "42", ".jpg")
+    with pytest.raises(ServiceUnavailable):
+        await store.put(key, b"bytes")
+    with pytest.raises(ServiceUnavailable):
+        await store.get(key)
+    with pytest.raises(ObjectNotFound):  # the bucket is there, the object is not
+        await ObjectStore("s3://labels/x", s3_options).get(key)
