@@ -138,6 +138,8 @@ def read_image_header(data: bytes, settings: Settings) -> ImageHeader:
     """
 
     def size(image: Image.Image) -> tuple[int, int, bool]:
+        # First: reading a PNG's EXIF decodes every pixel (Pillow looks past IDAT for it)
+        _check_dimensions(image.width, image.height, settings)
         orientation = image.getexif().get(0x0112)
         # A TIFF's size comes back from Pillow already upright; its stored one is in tags.
         tags = getattr(image, "tag_v2", None)
@@ -146,7 +148,6 @@ def read_image_header(data: bytes, settings: Settings) -> ImageHeader:
         return image.width, image.height, turned
 
     media_type, (width, height, turned) = _open_guarded(data, settings, size)
-    _check_dimensions(width, height, settings)
     if turned:
         width, height = height, width
     return ImageHeader(media_type, width, height)
