@@ -85,22 +85,26 @@ class BatchStore:
         options: dict[str, Any],
         actor: str,
         max_open: int,
+        lease_s: float,
     ) -> UUID:
-        """Commit a running job with no items yet; the request id names the batch run.
-        A project already holding ``max_open`` unfinished jobs gets 429, as over the API."""
+        """Commit a running job with no items yet, held open for ``lease_s`` (``renew``);
+        the request id names the batch run. A project already holding ``max_open``
+        unfinished jobs gets 429, as over the API."""
         job_id = uuid4()
         async with self._db.transaction() as conn:
             await check_open(conn, "jobs", project.id, max_open)
             await conn.execute(
                 "INSERT INTO jobs (id, project_id, status, model, label_schema_version, options,"
-                " total_items, request_id, started_at)"
-                " VALUES ($1, $2, 'running', $3, $4, $5, 0, $6, now())",
+                " total_items, request_id, started_at, alive_until)"
+                " VALUES ($1, $2, 'running', $3, $4, $5, 0, $6, now(),"
+                " now() + make_interval(secs => $7))",
                 job_id,
                 project.id,
                 model,
                 project.label_schema_version,
                 options,
                 current_request_id.get(),
+                lease_s,
             )
             await audit(conn, tenant, actor, "job.submit", f"job:{job_id}", {"batch": True})
         return job_id
@@ -274,8 +278,14 @@ class BatchStore:
         return settled + int(failed.split()[-1])
 
     async def renew(self, job_id: UUID, owner: str, lease_s: float) -> int:
-        """Extend the leases the batch holds on its job's open items (it is still working)."""
-        async with self._db.connection() as conn:
+        """Extend the leases the batch holds on its job and its open items (it is still
+        working)."""
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "UPDATE jobs SET alive_until = now() + make_interval(secs => $2) WHERE id = $1",
+                job_id,
+                lease_s,
+            )
             status = await conn.execute(
                 "UPDATE job_items SET lease_expires_at = now() + make_interval(secs => $3)"
                 " WHERE job_id = $1 AND state = 'leased' AND lease_owner = $2",

@@ -426,8 +426,9 @@ class JobStore:
         """Fail items with no attempt left that no claim will take: leased ones whose
         every attempt ended in an expired lease (their runner died), and queued ones that
         spent their attempts under a higher ``max_attempts`` than this one. Then close
-        jobs left with no open item. Rows a late runner is completing are skipped (the
-        next reap sees them, if still open)."""
+        jobs left with no open item, but for a batch job whose run still renews it
+        (``alive_until``: it reads its next chunk). Rows a late runner is completing are
+        skipped (the next reap sees them, if still open)."""
         async with self._db.connection() as conn:
             rows = await conn.fetch(
                 "UPDATE job_items SET state = 'failed', lease_owner = NULL, finished_at = now(),"
@@ -441,7 +442,8 @@ class JobStore:
                 max_attempts,
             )
             stalled = await conn.fetch(
-                "SELECT id FROM jobs j WHERE status IN ('queued', 'running') AND NOT EXISTS ("
+                "SELECT id FROM jobs j WHERE status IN ('queued', 'running')"
+                " AND (alive_until IS NULL OR alive_until < now()) AND NOT EXISTS ("
                 " SELECT 1 FROM job_items WHERE job_id = j.id AND state IN ('queued', 'leased'))"
             )
             for job_id in sorted({r["job_id"] for r in rows} | {r["id"] for r in stalled}):

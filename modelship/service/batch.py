@@ -137,7 +137,13 @@ class BatchRun:
             project = await workflow.create_project(request.tenant, spec, request.actor)
         run = cls(services, settings, request, project, config, version, entries)
         run.job_id = await run._store.start(
-            request.tenant, project, config.name, run.options, request.actor, settings.max_open_jobs
+            request.tenant,
+            project,
+            config.name,
+            run.options,
+            request.actor,
+            settings.max_open_jobs,
+            LEASE_S,
         )
         return run
 

@@ -13,7 +13,9 @@ import pytest
 
 import storage.jobs
 from modelship.core.errors import Conflict
+from modelship.core.records import Project
 from modelship.service.runner import JobRunner
+from storage.batch import BatchStore
 from storage.jobs import Claim, Failure, JobStore
 from storage.services import Services
 from tests.unit.flow import job_results, text_project, upload_texts
@@ -143,3 +145,21 @@ async def test_a_cancel_racing_the_last_completion_is_one_or_the_other(
     assert refused.value.code == "job_finished"
     assert await completing == 2
     assert await _status(client, job_id) == "succeeded"
+
+
+async def test_the_reaper_leaves_a_batch_job_open_while_its_run_renews_it(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """The reaper closes running jobs with no open item (a batch run that died between
+    chunks). A live run has none while it reads its first chunk, or after a chunk settled
+    whole from earlier predictions: the reaper closed it, failed, under a run still adding
+    and labeling. A run holds its job open (``alive_until``) while it renews it."""
+    project = await text_project(client)
+    batches = BatchStore(services.db)
+    stored = Project.model_validate(project)
+    live = await batches.start("t", stored, "m", {}, "tester", 100, lease_s=60)
+    dead = await batches.start("t", stored, "m", {}, "tester", 100, lease_s=0.2)
+    await asyncio.sleep(0.4)  # the second run stopped renewing: it died
+    await JobStore(services.db).reap(3)
+    assert await _status(client, str(live)) == "running"
+    assert await _status(client, str(dead)) == "failed"
