@@ -191,16 +191,8 @@ class BatchStore:
                 " WHERE b.object_key IS NOT NULL AND i.object_key IS DISTINCT FROM b.object_key",
                 project_id,
             )
-            # The service's reaper closes running jobs with no open item: this one, while
-            # its first chunk was read or after a chunk settled whole. Its run is alive
-            # (adding), so its job is running again; a cancel stays.
             await conn.execute(
-                "UPDATE jobs SET total_items = total_items + $2,"
-                " finished_at = CASE WHEN status = 'cancelled' THEN finished_at END,"
-                " status = CASE WHEN status = 'cancelled' THEN status ELSE 'running' END"
-                " WHERE id = $1",
-                job_id,
-                len(ids),
+                "UPDATE jobs SET total_items = total_items + $2 WHERE id = $1", job_id, len(ids)
             )
         return Added(
             items=len(ids),

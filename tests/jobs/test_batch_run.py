@@ -133,15 +133,15 @@ def test_an_entry_whose_backend_fails_fails_alone(
     assert failed["content_hash"].startswith("source:")
 
 
-async def test_a_batch_job_the_reaper_closed_early_ends_as_its_items_say(
+async def test_the_reaper_leaves_a_live_batch_run_its_job(
     batch_settings: Settings, datasets: Datasets, services: Services
 ) -> None:
     """The service's job runner reaps every few seconds and closes running jobs with no
     open item. A batch job has none until its first chunk is read (Ray tasks reading up to
     1,024 files), nor after a chunk whose every item was settled from earlier predictions:
     the reaper closed it ("failed", no item yet) and it stayed closed while the run added
-    and labeled its items, so a run that labeled everything ended "failed" (exit 1). The
-    run's next chunk opens it again, and its end gives it the status its items give."""
+    and labeled its items, so a run that labeled everything ended "failed" (exit 1). Its
+    run now holds it open (``alive_until``), and its end gives it its items' status."""
     request = BatchRequest(
         project=f"reaped-{uuid.uuid4().hex[:6]}", source=str(datasets.texts), model=MINILM.name
     )
@@ -149,7 +149,7 @@ async def test_a_batch_job_the_reaper_closed_early_ends_as_its_items_say(
     jobs = JobStore(services.db)
     try:
         await jobs.reap(batch_settings.job_max_attempts)  # no item yet
-        assert (await run.job()).status is JobStatus.running  # its run holds it (alive_until)
+        assert (await run.job()).status is JobStatus.running
         [first] = await run.add([text_item("reaped before its first chunk", None, run.settings)])
         assert (await run.job()).status is JobStatus.running
         output = json.dumps([{"label": "positive", "score": 0.9}])
