@@ -269,6 +269,31 @@ class BatchStore:
             )
         return settled + int(failed.split()[-1])
 
+    async def close_dead(self, project_id: UUID) -> int:
+        """Close the project's batch jobs whose run died (it stopped renewing them:
+        ``alive_until`` passed): their open items fail with ``STOPPED``, as the service's
+        reaper fails them when a job runner runs. Returns how many such jobs it found."""
+        async with self._db.connection() as conn:
+            dead = await conn.fetch(
+                "SELECT id FROM jobs WHERE project_id = $1 AND status = 'running'"
+                " AND alive_until < now() ORDER BY id",
+                project_id,
+            )
+            ids = [row["id"] for row in dead]
+            await conn.execute(
+                "UPDATE job_items SET state = 'failed', error = coalesce(error, $2),"
+                " lease_owner = NULL, lease_expires_at = NULL, finished_at = now()"
+                " WHERE (job_id, item_id) IN (SELECT job_id, item_id FROM job_items"
+                " WHERE job_id = ANY($1::uuid[]) AND state = 'leased'"
+                " ORDER BY job_id, item_id FOR UPDATE SKIP LOCKED)",
+                ids,
+                STOPPED,
+            )
+            for job_id in ids:
+                async with conn.transaction():
+                    await finish_if_done(conn, job_id)
+        return len(ids)
+
     async def renew(self, job_id: UUID, owner: str, lease_s: float) -> int:
         """Extend the leases the batch holds on its job and its open items (it is still
         working)."""

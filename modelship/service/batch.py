@@ -136,6 +136,8 @@ class BatchRun:
             spec = ProjectCreate(name=request.project, task=config.task, model=config.name)
             project = await workflow.create_project(request.tenant, spec, request.actor)
         run = cls(services, settings, request, project, config, version, entries)
+        if closed := await run._store.close_dead(project.id):
+            logger.info("closed %d batch jobs of project %s whose run died", closed, project.id)
         run.job_id = await run._store.start(
             request.tenant,
             project,

@@ -18,6 +18,7 @@ from modelship.core.records import ExportFormat, ItemState, JobStatus
 from modelship.core.settings import Settings
 from modelship.service.batch import BatchRequest, BatchRun, Labeled
 from modelship.service.datasets import text_item
+from storage.batch import STOPPED
 from storage.jobs import JobStore
 from storage.services import Services
 from tests.conftest import EFFICIENTNET, MINILM
@@ -163,3 +164,35 @@ async def test_the_reaper_leaves_a_live_batch_run_its_job(
         job = await run.finish()  # the second item was never labeled: it fails
     assert job.status is JobStatus.succeeded
     assert job.counts[ItemState.succeeded] == 1 and job.counts[ItemState.failed] == 1
+
+
+async def test_a_rerun_closes_the_job_of_a_run_that_died(
+    batch_settings: Settings, datasets: Datasets, services: Services
+) -> None:
+    """A driver killed mid-run (OOM, a lost node) leaves its items leased. Only the
+    service's job runner failed them once the leases expired: a batch job run without the
+    service stayed "running" for ever, and counted against MAX_OPEN_JOBS, so with a limit
+    of 1 the rerun that resumes it was refused (429) for ever. The rerun closes it."""
+    one = batch_settings.model_copy(update={"max_open_jobs": 1})
+    request = BatchRequest(
+        project=f"died-{uuid.uuid4().hex[:6]}", source=str(datasets.texts), model=MINILM.name
+    )
+    dead = await BatchRun.start(services, MODELS, one, request)
+    [item] = await dead.add([text_item("labeled by nobody", None, dead.settings)])
+    async with services.db.connection() as conn:  # the driver died; its leases ran out
+        await conn.execute(
+            "UPDATE jobs SET alive_until = now() - interval '1 second' WHERE id = $1",
+            dead.job_id,
+        )
+        await conn.execute(
+            "UPDATE job_items SET lease_expires_at = now() - interval '1 second' WHERE job_id = $1",
+            dead.job_id,
+        )
+    rerun = await BatchRun.start(services, MODELS, one, request)
+    try:
+        closed = await dead.job()
+        assert closed.status is JobStatus.failed and closed.counts[ItemState.failed] == 1
+        [result] = (await JobStore(services.db).results(one.tenant, dead.job_id, None, 10))[0]
+        assert result.item_id == item.item_id and result.error == STOPPED
+    finally:
+        await rerun.finish()
