@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import struct
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -138,9 +139,9 @@ def read_image_header(data: bytes, settings: Settings) -> ImageHeader:
     """
 
     def size(image: Image.Image) -> tuple[int, int, bool]:
-        # First: reading a PNG's EXIF decodes every pixel (Pillow looks past IDAT for it)
         _check_dimensions(image.width, image.height, settings)
-        orientation = image.getexif().get(0x0112)
+        exif = _png_exif(data) if image.format == "PNG" else image.getexif()
+        orientation = exif.get(0x0112)
         # A TIFF's size comes back from Pillow already upright; its stored one is in tags.
         tags = getattr(image, "tag_v2", None)
         stored = (tags.get(256), tags.get(257)) if tags is not None else image.size
@@ -151,6 +152,22 @@ def read_image_header(data: bytes, settings: Settings) -> ImageHeader:
     if turned:
         width, height = height, width
     return ImageHeader(media_type, width, height)
+
+
+def _png_exif(data: bytes) -> Image.Exif:
+    """A PNG's EXIF, from its eXIf chunk wherever it is, without decoding a pixel: Pillow's
+    ``getexif`` decodes the whole image to look past IDAT for it."""
+    exif = Image.Exif()
+    position = 8  # past the signature; each chunk: length, type, data, CRC
+    while position + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        if kind == b"eXIf":
+            exif.load(data[position + 8 : position + 8 + length])
+            break
+        if kind == b"IEND":
+            break
+        position += 12 + length
+    return exif
 
 
 def _open_guarded(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 
 import pytest
+from PIL import Image, ImageFile
 
 from modelship.core.errors import InvalidInput
-from modelship.core.inputs import read_image_header
+from modelship.core.inputs import decode_image, read_image_header
 from modelship.core.settings import Settings
 
 
@@ -31,3 +33,43 @@ def test_the_header_refuses_a_png_bomb_before_decoding_it(settings: Settings) ->
     with pytest.raises(InvalidInput) as refused:
         read_image_header(_png_header(8_000, 8_000), settings)
     assert refused.value.code == "decompression_bomb"
+
+
+def _chunks(png: bytes) -> list[bytes]:
+    chunks, position = [], 8
+    while position < len(png):
+        (length,) = struct.unpack_from(">I", png, position)
+        chunks.append(png[position : position + 12 + length])
+        position += 12 + length
+    return chunks
+
+
+@pytest.mark.parametrize("exif", ["none", "before pixels", "after pixels"])
+def test_a_png_header_is_read_without_decoding_its_pixels(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, exif: str
+) -> None:
+    """Pillow's getexif() decodes a whole PNG to look past IDAT for an eXIf chunk: every
+    PNG uploaded without EXIF before its pixels was decoded (up to max_image_pixels, outside
+    the decode slots) to read its size. The EXIF is read from the chunk, wherever it is,
+    and the size agrees with the decoded image's."""
+    tags = Image.Exif()
+    tags[0x0112] = 6  # stored sideways: seen turned a quarter
+    buffer = io.BytesIO()
+    image = Image.new("RGB", (200, 100), (10, 20, 30))
+    image.save(buffer, format="PNG", **({} if exif == "none" else {"exif": tags}))
+    png = buffer.getvalue()
+    if exif == "after pixels":  # allowed by the PNG spec; Pillow writes it before
+        chunks = _chunks(png)
+        exif_chunk = next(c for c in chunks if c[4:8] == b"eXIf")
+        chunks.remove(exif_chunk)
+        chunks.insert(-1, exif_chunk)  # just before IEND
+        png = png[:8] + b"".join(chunks)
+    decoded = decode_image(png, settings)
+
+    def no_decoding(self: ImageFile.ImageFile) -> None:
+        raise AssertionError("the header decoded the pixels")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    header = read_image_header(png, settings)
+    assert (header.width, header.height) == (decoded.width, decoded.height)
+    assert (header.width, header.height) == ((200, 100) if exif == "none" else (100, 200))
