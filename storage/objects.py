@@ -33,6 +33,17 @@ _UNAVAILABLE = "object_store_unavailable"
 # What an unreachable store looks like: s3fs maps S3 replies to OSError, but connection
 # failures come through as botocore's own errors (botocore is a dependency of s3fs).
 _OUTAGES: tuple[type[Exception], ...] = (OSError, TimeoutError, BotoCoreError)
+# s3fs tries a timed-out request 5 times and botocore each of those 5 times: an S3 endpoint
+# that accepts connections but never answers held one call ~400 s. One try each in botocore
+# and two in s3fs bound it to ~30 s (2 x the 15 s read timeout); a chunk read or a part
+# upload is one request, so large files are not cut short. OBJECT_STORE_OPTIONS'
+# config_kwargs win over these.
+_S3_CONFIG: dict[str, Any] = {
+    "connect_timeout": 5,
+    "read_timeout": 15,
+    "retries": {"total_max_attempts": 1},
+}
+_S3_TRIES = 2
 
 
 class ObjectNotFound(KeyError):
@@ -50,7 +61,13 @@ class ObjectStore:
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url
-        self._fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        options = dict(storage_options or {})
+        s3 = fsspec.core.split_protocol(url)[0] in ("s3", "s3a")
+        if s3:
+            options["config_kwargs"] = {**_S3_CONFIG, **options.get("config_kwargs", {})}
+        self._fs, root = fsspec.core.url_to_fs(url, **options)
+        if s3:
+            self._fs.retries = _S3_TRIES  # an attribute of s3fs, not an option
         self._local = isinstance(self._fs, LocalFileSystem)
         self._root = root.rstrip("/")
         # A folder we create, unlike a bucket, which must exist already.

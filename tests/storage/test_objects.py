@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +159,23 @@ async def test_s3_missing_bucket_is_an_outage_not_a_missing_file(
         await store.get(key)
     with pytest.raises(ObjectNotFound):  # the bucket is there, the object is not
         await ObjectStore("s3://labels/x", s3_options).get(key)
+
+
+async def test_s3_that_never_answers_is_an_outage_within_seconds() -> None:
+    """An endpoint that takes connections and never answers: two tries of one read timeout
+    (2 s here), not s3fs's 5 tries of botocore's 5 (~50 s here, ~400 s by default)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # connections complete in the backlog; nothing ever answers
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        options = {
+            "endpoint_url": endpoint,
+            "key": "testing",
+            "secret": "testing",
+            "config_kwargs": {"read_timeout": 2},
+        }
+        store = ObjectStore("s3://labels/x", options)
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable):
+            await store.get(ObjectStore.new_key("acme", "42", ".jpg"))
+        assert time.monotonic() - started < 10
