@@ -184,12 +184,15 @@ def _open_guarded(
     media_type = sniff_image_type(data)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # The pixel limit is max_image_pixels (_check_dimensions, before any pixel is
+            # decoded): Pillow's warning at its own 89M would refuse images a larger setting
+            # allows. Past twice that Pillow refuses to open; Settings stops the setting there.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             # Only the sniffed format's decoder may run: PIL would otherwise try every
             # plugin it has, parsers nobody asked for included.
             image = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[media_type]])
             return media_type, read(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise InvalidInput(
             "the image has too many pixels (decompression-bomb guard)", "decompression_bomb"
         ) from None

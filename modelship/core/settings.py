@@ -20,6 +20,10 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET = "modelship-dev-secret-change-me"
+# Pillow refuses to open an image of more pixels than this (twice its MAX_IMAGE_PIXELS),
+# whatever max_image_pixels says. Written out: the client imports these settings without
+# Pillow.
+PILLOW_MAX_PIXELS = 2 * 89_478_485
 SECRETS = frozenset({"secret_key", "database_url", "redis_url"})
 
 logger = logging.getLogger("modelship.settings")
@@ -73,7 +77,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000,
         gt=0,
-        description="Decompression-bomb guard: images with more pixels are refused (422).",
+        le=PILLOW_MAX_PIXELS,
+        description="Decompression-bomb guard: images with more pixels are refused (422). At"
+        " most 178,956,970: Pillow opens no larger image.",
     )
     max_image_side: int = Field(
         16_384, gt=0, description="Largest width or height accepted, in pixels."

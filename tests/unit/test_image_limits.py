@@ -8,10 +8,11 @@ import zlib
 
 import pytest
 from PIL import Image, ImageFile
+from pydantic import ValidationError
 
 from modelship.core.errors import InvalidInput
 from modelship.core.inputs import decode_image, read_image_header
-from modelship.core.settings import Settings
+from modelship.core.settings import PILLOW_MAX_PIXELS, Settings
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -73,3 +74,19 @@ def test_a_png_header_is_read_without_decoding_its_pixels(
     header = read_image_header(png, settings)
     assert (header.width, header.height) == (decoded.width, decoded.height)
     assert (header.width, header.height) == ((200, 100) if exif == "none" else (100, 200))
+
+
+def test_max_image_pixels_above_pillows_limit_applies() -> None:
+    """Pillow's own warning at 89M pixels refused a 95M-pixel image that
+    MODELSHIP_MAX_IMAGE_PIXELS=100000000 allows."""
+    header = read_image_header(_png_header(10_000, 9_500), Settings(max_image_pixels=100_000_000))
+    assert (header.width, header.height) == (10_000, 9_500)
+    with pytest.raises(InvalidInput, match="exceeds the limit of 90000000") as refused:
+        read_image_header(_png_header(10_000, 9_500), Settings(max_image_pixels=90_000_000))
+    assert refused.value.code == "decompression_bomb"
+
+
+def test_max_image_pixels_past_what_pillow_opens_is_refused_at_startup() -> None:
+    assert PILLOW_MAX_PIXELS == 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ValidationError, match="max_image_pixels"):
+        Settings(max_image_pixels=PILLOW_MAX_PIXELS + 1)
