@@ -245,10 +245,12 @@ def restore(
 
     One transaction: on any error nothing changes. Objects in the archive are dropped and
     recreated, owned by the connecting user (no owners or grants restored, so an archive
-    loads into a server without the original roles); objects it lacks are left alone.
+    loads into a server without the original roles); objects it lacks are left alone. An
+    archive that predates tables a later migration made is refused before anything runs.
 
     Raises:
-        BackupError: the archive is missing or unreadable, or the restore failed.
+        BackupError: the archive is missing or unreadable, predates the database's schema,
+            or the restore failed.
     """
     env = libpq_environment(dsn)
     with _redacted(env), tempfile.TemporaryDirectory(prefix="modelship-restore-") as scratch:
@@ -262,12 +264,13 @@ def restore(
             raise BackupError(f"no backup at {source}") from None
         except Exception as exc:
             raise BackupError(f"cannot read {source}: {type(exc).__name__}: {exc}") from None
-        _run(
+        listing = _run(
             tools.pg_restore,
             ["--list", str(local)],
             env,
             f"{source} is not a readable pg_dump custom-format archive",
         )
+        _check_schema(dsn, _archived_schema(tools, local, listing, env))
         started = time.monotonic()
         database = env.get("PGDATABASE") or env.get("PGUSER") or "postgres"
         options = ["--clean", "--if-exists", "--no-owner", "--no-privileges", "--no-password"]
@@ -282,8 +285,75 @@ def restore(
         )
 
 
-def _run(tool: Path, args: list[str], env: dict[str, str], failure: str = "") -> None:
-    """Run a libpq tool with only our ``PG*`` variables (none inherited)."""
+_MIGRATIONS_DATA = re.compile(r"^\d+; \d+ \d+ TABLE DATA \S+ schema_migrations ", re.M)
+_TABLE = re.compile(r"^\d+; \d+ \d+ TABLE (\S+) (\S+) ", re.M)
+
+
+@dataclass(frozen=True)
+class _Schema:
+    """The migrations and tables of a database, or of an archive."""
+
+    migrations: set[str]
+    tables: set[str]
+
+
+def _archived_schema(
+    tools: Tools, archive: Path, listing: str, env: dict[str, str]
+) -> _Schema | None:
+    """What the archive holds (None: no ``schema_migrations``, not a ModelShip database)."""
+    if not _MIGRATIONS_DATA.search(listing):
+        return None
+    args = ["--data-only", "--table=schema_migrations", "--file=-", str(archive)]
+    sql = _run(tools.pg_restore, args, env, "cannot read the archive's schema_migrations")
+    rows = sql.split(" FROM stdin;\n", 1)[-1].split("\n\\.\n", 1)[0]
+    migrations = {row.split("\t")[1] for row in rows.splitlines() if "\t" in row}
+    return _Schema(migrations, {f"{schema}.{name}" for schema, name in _TABLE.findall(listing)})
+
+
+def _check_schema(dsn: str, archived: _Schema | None) -> None:
+    """Refuse to restore an archive that predates tables a later migration made.
+
+    A restore drops and recreates what the archive holds and leaves the rest. A table made
+    by a migration the archive predates would stay: referencing a table the restore must
+    drop (``pg_restore`` fails), or, unreferenced, while ``schema_migrations`` forgets its
+    migration (the next start applies it again and fails on the table).
+    """
+    if archived is None:
+        return
+    import asyncpg
+
+    async def ask() -> _Schema:
+        conn = await asyncpg.connect(dsn, timeout=30)
+        try:
+            tables = await conn.fetch(
+                "SELECT schemaname, tablename FROM pg_tables"
+                " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+            )
+            names = {f"{r['schemaname']}.{r['tablename']}" for r in tables}
+            if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+                return _Schema(set(), names)
+            rows = await conn.fetch("SELECT name FROM schema_migrations")
+            return _Schema({r["name"] for r in rows}, names)
+        finally:
+            await conn.close()
+
+    try:
+        current = asyncio.run(ask())
+    except Exception as exc:
+        raise BackupError(f"cannot reach PostgreSQL: {type(exc).__name__}: {exc}") from None
+    newer = sorted(current.migrations - archived.migrations)
+    left = sorted(current.tables - archived.tables)
+    if newer and left:
+        raise BackupError(
+            f"the backup predates migrations of this database ({', '.join(newer)}) and"
+            f" lacks tables it has ({', '.join(left)}), which a restore would leave behind;"
+            " nothing was changed. Restore into an empty database (createdb) and point"
+            " MODELSHIP_DATABASE_URL at it"
+        )
+
+
+def _run(tool: Path, args: list[str], env: dict[str, str], failure: str = "") -> str:
+    """Run a libpq tool with only our ``PG*`` variables (none inherited); its output."""
     done = subprocess.run(
         [str(tool), *args],
         env=_tool_environment(env),
@@ -294,6 +364,7 @@ def _run(tool: Path, args: list[str], env: dict[str, str], failure: str = "") ->
     )
     if done.returncode != 0:
         raise BackupError(f"{failure or tool.name + ' failed'}: {_last_lines(done.stderr)}")
+    return done.stdout
 
 
 def _restore_through_psql(

@@ -12,9 +12,10 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 from urllib.parse import quote
 
 import asyncpg
@@ -30,6 +31,7 @@ from modelship.ops.db import (
     server_major,
     settings_dsn,
 )
+from storage import postgres
 from storage.embedded import EmbeddedPostgres
 from tests.conftest import POSTGRES_ADMIN_DSN
 
@@ -210,6 +212,72 @@ def test_newer_tools_restore_into_an_older_server(database: str, tmp_path: Path)
     with pytest.raises(BackupError, match="failed; the database is unchanged"):
         restore(database, str(truncated), pg_bin=EMBEDDED_BIN)
     assert _rows(database) == ROWS
+
+
+@pytest.fixture
+def new_database() -> Iterator[Callable[[], str]]:
+    """Makes empty scratch databases, dropped after the test."""
+    names: list[str] = []
+
+    def make() -> str:
+        names.append(f"modelship_backup_{uuid.uuid4().hex[:10]}")
+        _sql(POSTGRES_ADMIN_DSN, f"CREATE DATABASE {names[-1]}")
+        return POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{names[-1]}"
+
+    try:
+        yield make
+    finally:
+        for name in names:
+            _sql(POSTGRES_ADMIN_DSN, f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def _migrate(dsn: str, up_to: int | None = None) -> list[str]:
+    everything = postgres.migrations()
+
+    async def run() -> list[str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            chosen = [m for m in everything if up_to is None or m[0] <= up_to]
+            with mock.patch.object(postgres, "migrations", return_value=chosen):
+                return await postgres.migrate(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+PROJECT = (
+    "INSERT INTO projects VALUES ('00000000-0000-0000-0000-000000000001', 't', 'p',"
+    " 'text-classification', 'm', 0.5, 0.9)"
+)
+
+
+def test_an_archive_older_than_the_schema_is_refused_with_the_way_out(
+    new_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """A backup from before migration 0005 (a new table), restored into the upgraded
+    database: refused before anything changes, saying what to do (pg_restore failed on the
+    new table's foreign key; an unreferenced one it would leave behind for the next start
+    to trip on). Into an empty database it loads, and the next start upgrades it."""
+    old = new_database()
+    _migrate(old, up_to=4)
+    _sql(old, PROJECT)
+    archive = backup(old, str(tmp_path / "old.dump"))
+
+    upgraded = new_database()
+    _migrate(upgraded)
+    _sql(upgraded, PROJECT)
+    with pytest.raises(BackupError, match=r"0005_export_categories.*public\.export_categories"):
+        restore(upgraded, archive)
+    assert _sql(upgraded, "SELECT count(*) FROM schema_migrations") == [
+        (len(postgres.migrations()),)
+    ]
+
+    empty = new_database()
+    restore(empty, archive)
+    assert _migrate(empty) == [name for version, name, _ in postgres.migrations() if version > 4]
+    assert _sql(empty, "SELECT name FROM projects") == [("p",)]
+    restore(empty, backup(empty, str(tmp_path / "new.dump")))  # same schema: fine
 
 
 def test_the_password_stays_out_of_command_lines(database: str, tmp_path: Path) -> None:
