@@ -1,8 +1,9 @@
 """``modelship preflight``: everything the service needs, checked before it starts.
 
 Settings are validated when they load; then PostgreSQL (migrations applied), Redis,
-object storage, free disk under the data dir, clamd when uploads are scanned, and every
-configured model's files. Each check reports ok or the reason, and how long it took.
+object storage (an object written, read back and deleted), free disk under the data dir,
+clamd when uploads are scanned, and every configured model's files. Each check reports ok
+or the reason, and how long it took.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from storage.scan import Clamd
 from storage.services import Services
 
 MIN_FREE_BYTES = 2 * 1024**3
+_PROBE = b"modelship preflight probe\n"
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,18 @@ async def run_checks(args: LabelingAppArgs) -> list[Check]:
         return "answers PING"
 
     async def objects() -> str:
-        await services.objects.ping()
-        return services.objects.url
+        # Written, read back and deleted: a folder or bucket that is there but read-only (a
+        # read-only volume, read-only credentials) passes a ping and fails every upload.
+        store = services.objects
+        await store.ping()
+        key = store.new_key("modelship-preflight", "probe", ".txt")
+        await store.put(key, _PROBE)
+        try:
+            if await store.get(key) != _PROBE:
+                raise RuntimeError(f"{key} read back other bytes than were written")
+        finally:
+            await store.delete(key)
+        return f"{store.url} (written, read, deleted)"
 
     async def disk() -> str:
         settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,8 @@ def test_preflight_passes_when_everything_is_reachable(
     [
         ({"MODELSHIP_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}, None, "database"),
         ({"MODELSHIP_REDIS_URL": "redis://127.0.0.1:1/0"}, None, "redis"),
+        # a folder that is there but that no one, root included, can write into
+        ({"MODELSHIP_OBJECT_STORE_URL": "/proc/sys"}, None, "object_storage"),
         ({}, "/nonexistent/model", "model:efficientnet-lite0"),
     ],
 )
