@@ -49,6 +49,12 @@ DEFAULT_CONFIG = Path("config/serve_config.yaml")
 _READ_BATCH = 64
 _CHUNK = 1024  # items per bulk write
 _PROGRESS_EVERY_S = 1.0
+_TRIES = 3  # a batch's tries on (restarted) label actors before it is left out
+_ISOLATE_BATCHES = 4  # batches' worth of items labeled one by one at most, or 1%
+ISOLATED_FAILURE = (
+    "unprocessable_item: labeling this item alone failed on every try"
+    " (the model's process died on it, or raised)"
+)
 
 T = TypeVar("T")
 
@@ -159,40 +165,79 @@ async def _label(
     asks: dict[str, Any],
 ) -> None:
     """Second pass: an actor pool of the model labels what is pending; the driver records
-    each labeled batch. Texts go in length order: alike lengths batch with little padding."""
-    import ray.data
+    each labeled batch. Texts go in length order: alike lengths batch with little padding.
 
-    from jobs.predict import LabelActor
-
+    A batch whose actor dies (or raises) on every try is left out rather than retried for
+    ever; its items are then labeled one by one, so an item that kills the model's
+    process fails alone (``ISOLATED_FAILURE``). Past a few batches' worth, the model, not
+    an item, is at fault: the run fails."""
     pending = sorted(pending, key=lambda p: len(p.text or ""))
     rows = [
         {"item_id": str(p.item_id), "object_key": p.object_key or "", "text": p.text or ""}
         for p in pending
     ]
-    config = run.config
-    size = config.batching.max_batch_size
+    size = run.config.batching.max_batch_size
+    seen = await _label_pass(run, progress, rows, size, actors, actor_cls, asks)
+    left = [row for row in rows if row["item_id"] not in seen]
+    if not left or progress.cancelled:
+        return
+    if len(left) > max(_ISOLATE_BATCHES * size, len(rows) // 100):
+        raise ModelShipError(f"the label actors failed on every try at {len(left)} items")
+    logger.warning("job %s: labeling %d items alone, their batches failed", run.job_id, len(left))
+    seen = await _label_pass(run, progress, left, 1, actors, actor_cls, asks)
+    failed = [row["item_id"] for row in left if row["item_id"] not in seen]
+    if failed and not progress.cancelled:
+        await run.record([Labeled(item, "", run.version, ISOLATED_FAILURE) for item in failed])
+
+
+async def _label_pass(
+    run: BatchRun,
+    progress: _Progress,
+    rows: list[dict[str, str]],
+    size: int,
+    actors: int,
+    actor_cls: type | None,
+    asks: dict[str, Any],
+) -> set[str]:
+    """``rows`` labeled in batches of ``size`` and recorded; returns the item ids that
+    came back. A batch is tried ``_TRIES`` times; one that fails each time is left out."""
+    import ray.data
+
+    from jobs.predict import LabelActor
+
     dataset = ray.data.from_items(rows, override_num_blocks=_blocks(rows, size))
     labeled = dataset.map_batches(
         actor_cls or LabelActor,
         batch_size=size,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
+        compute=ray.data.ActorPoolStrategy(
+            min_size=1,
+            max_size=max(1, actors),
+            # alone, an item shares no actor it might kill with another in flight
+            max_tasks_in_flight_per_actor=1 if size == 1 else None,
+        ),
         fn_constructor_kwargs={
-            "config": config,
+            "config": run.config,
             "settings": run.settings,
             "objects_url": run.services.urls.objects,
             "version": run.version,
             "options": run.options,
         },
+        max_task_retries=_TRIES - 1,  # Ray Data's default retries a batch for ever
         **asks,
     )
+    labeled.context.max_errored_blocks = -1  # a failed batch is left out; the rest goes on
+    seen: set[str] = set()
     batches = _iterate(labeled.iter_batches(batch_size=256, batch_format="numpy"))
     async with contextlib.aclosing(batches):
         async for batch in batches:
             columns = (batch["item_id"], batch["output"], batch["version"], batch["error"])
-            await run.record([Labeled(*map(str, row)) for row in zip(*columns, strict=True)])
+            outcomes = [Labeled(*map(str, row)) for row in zip(*columns, strict=True)]
+            seen.update(outcome.item_id for outcome in outcomes)
+            await run.record(outcomes)
             await progress.report()
             if progress.cancelled:
                 break
+    return seen
 
 
 def _blocks(rows: list[Any], batch_size: int) -> int:

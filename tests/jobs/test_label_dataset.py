@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from jobs.label_dataset import label_dataset, main
+from jobs.label_dataset import ISOLATED_FAILURE, label_dataset, main
 from modelship.core.config import ModelConfig
 from modelship.core.errors import ModelShipError, QuotaExceeded
 from modelship.core.messages import ItemOptions
@@ -191,6 +191,27 @@ async def test_a_killed_actor_still_labels_everything(
     assert not flag.exists()  # an actor died on its second batch
     assert job.status == "succeeded"
     assert job.total_items == 200 and job.counts[ItemState.succeeded] == 200
+
+
+async def test_an_item_that_kills_the_model_fails_alone(
+    serve_cluster: int, batch_settings: Settings, datasets: Datasets
+) -> None:
+    """An item whose batch kills the label actor's process on every try was retried for
+    ever (Ray Data's default for actor pools): the job never ended. The batch is now
+    left out after three tries and its items labeled one by one; the item that kills
+    the model fails alone, with its reason, and the others are labeled."""
+    from tests.jobs.crash import POISON, KilledByPoison
+
+    entries = texts(60, 60, seed="poison-")
+    entries[17] = f"a {POISON} among the reviews"
+    source = datasets.root / "poison.txt"
+    source.write_text("".join(t + "\n" for t in entries))
+    project = f"poison-{uuid.uuid4().hex[:6]}"
+    labeling = run(batch_settings, project, source, MINILM, actor_cls=KilledByPoison)
+    job = await asyncio.wait_for(labeling, timeout=240)
+    assert job.status == "succeeded" and job.total_items == 60
+    assert job.counts[ItemState.succeeded] == 59 and job.counts[ItemState.failed] == 1
+    assert [(e.error, e.count) for e in job.errors] == [(ISOLATED_FAILURE, 1)]
 
 
 async def test_a_cancelled_batch_job_stops_labeling(
