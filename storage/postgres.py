@@ -71,6 +71,7 @@ class Database:
         min_size, max_size: pool bounds (small: many replicas share one server).
         migrate: apply pending migrations when the pool first opens.
         idle_transaction_timeout_s: ``idle_in_transaction_session_timeout``.
+        acquire_timeout_s: how long a caller waits for a free connection of the pool.
     """
 
     def __init__(
@@ -80,11 +81,13 @@ class Database:
         max_size: int = 4,
         migrate: bool = True,
         idle_transaction_timeout_s: float = 60.0,
+        acquire_timeout_s: float = 10.0,
     ) -> None:
         self._dsn = dsn
         self._migrate = migrate
         self._min_size = min_size
         self._max_size = max_size
+        self._acquire_timeout_s = acquire_timeout_s
         self._server_settings = {
             "idle_in_transaction_session_timeout": str(int(idle_transaction_timeout_s * 1000)),
             "tcp_keepalives_idle": "30",
@@ -119,11 +122,32 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; raises ``ServiceUnavailable`` when PostgreSQL is down."""
+        """A pooled connection.
+
+        Raises:
+            ServiceUnavailable: PostgreSQL is down (``service_unavailable``), or every
+                connection of the pool stayed busy for ``acquire_timeout_s``
+                (``database_busy``: PostgreSQL is fine, this process is saturated).
+        """
         try:
             pool = await self._get_pool()
-            async with pool.acquire(timeout=10) as conn:
+            try:
+                conn = await pool.acquire(timeout=self._acquire_timeout_s)
+            except TimeoutError:
+                if pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size():
+                    logger.warning(
+                        "all %d PostgreSQL connections busy for %.0fs (MODELSHIP_DB_POOL_SIZE)",
+                        pool.get_max_size(),
+                        self._acquire_timeout_s,
+                    )
+                    raise ServiceUnavailable(
+                        "the database is busy; retry later", "database_busy"
+                    ) from None
+                raise  # no connection could be opened: an outage
+            try:
                 yield conn
+            finally:
+                await pool.release(conn)
         except OUTAGE_ERRORS as exc:
             logger.warning("PostgreSQL unavailable: %r", exc)
             raise ServiceUnavailable("the database is unavailable; retry later") from exc

@@ -47,3 +47,39 @@ async def test_a_session_idle_in_a_transaction_is_ended_and_its_locks_released(
         await db.close()
         await setup.execute(f"DROP TABLE {table}")
         await setup.close()
+
+
+async def test_a_saturated_pool_is_busy_not_a_database_outage(postgres_dsn: str) -> None:
+    """Every connection of the pool held: a caller waits its acquire timeout, then gets a
+    503 saying the database is busy (PostgreSQL answers fine), and its log says the pool."""
+    db = Database(postgres_dsn, min_size=1, max_size=2, migrate=False, acquire_timeout_s=0.5)
+    release = asyncio.Event()
+    held = asyncio.Semaphore(0)
+
+    async def hold() -> None:
+        async with db.connection() as conn:
+            await conn.fetchval("SELECT 1")
+            held.release()
+            await release.wait()
+
+    holders = [asyncio.create_task(hold()) for _ in range(2)]
+    try:
+        for _ in holders:
+            await held.acquire()
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable) as raised:
+            async with db.connection():
+                pass
+        assert raised.value.code == "database_busy"
+        assert 0.4 < time.monotonic() - started < 3
+    finally:
+        release.set()
+        await asyncio.gather(*holders)
+    async with db.connection() as conn:  # free again
+        assert await conn.fetchval("SELECT 1") == 1
+    await db.close()
+    down = Database("postgresql://postgres@127.0.0.1:1/none", migrate=False)
+    with pytest.raises(ServiceUnavailable) as raised:
+        async with down.connection():
+            pass
+    assert raised.value.code == "service_unavailable"  # an outage is still one
