@@ -76,9 +76,10 @@ class ServeMetrics:
         )
         self._latency = Histogram(
             "modelship_http_request_seconds",
-            description="HTTP request latency inside the ingress.",
+            description="HTTP request latency inside the ingress, by route template and method.",
             boundaries=_SECONDS,
-            tag_keys=_keys("route"),
+            # the method tells an upload (POST .../items) from a listing on the same route
+            tag_keys=_keys("route", "method"),
         )
         self._items = Counter(
             "modelship_items_labeled",
@@ -134,7 +135,7 @@ class ServeMetrics:
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         self._requests.inc(tags={"route": route, "method": method, "status": str(status)})
-        self._latency.observe(seconds, tags={"route": route})
+        self._latency.observe(seconds, tags={"route": route, "method": method})
 
     def batch(self, model: str, task: str, size: int, seconds: float) -> None:
         self._items.inc(size, tags={"model": model, "task": task})

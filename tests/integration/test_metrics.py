@@ -59,6 +59,11 @@ def test_requests_items_and_batches_are_exported(http: httpx.Client, metrics_url
     assert _total(requests, "ray_modelship_http_requests_total", route=route, status="200") >= 3
     # route templates, never raw paths with ids
     assert _total(requests, "ray_modelship_http_requests_total", route="/api/v1/jobs/{job_id}") >= 1
+    # latency by route and method: an upload (POST .../items) apart from listing items (GET)
+    latency = families["ray_modelship_http_request_seconds"]
+    count = "ray_modelship_http_request_seconds_count"
+    assert _total(latency, count, route=route, method="POST") >= 3
+    assert _total(latency, count, route=route, method="GET") == 0
     assert {s.labels["deployment"] for s in requests} == {"Ingress"}
     items = families["ray_modelship_items_labeled"]
     assert (
