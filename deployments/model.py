@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from ray import serve
 
 from modelship.core import tracing
@@ -85,11 +86,32 @@ class ModelReplica:
             time.perf_counter() - started,
         )
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply new batching settings without reloading the model."""
-        self._batching = BatchingConfig.model_validate(user_config)
-        self._infer.set_max_batch_size(self._batching.max_batch_size)  # type: ignore[attr-defined]
-        self._infer.set_batch_wait_timeout_s(self._batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
+    def reconfigure(self, user_config: Any) -> None:
+        """Apply new batching settings without reloading the model: ``user_config``'s
+        fields over the model's ``batching`` (a field left out keeps the configured value).
+
+        An invalid ``user_config`` is refused: the error, naming the field, goes to the log
+        and the replica keeps the batching it runs (``info`` shows it). Raising here would
+        make Serve stop this replica, so a ``serve deploy`` with a typo in it would take a
+        serving model down."""
+        try:
+            if not isinstance(user_config, dict):
+                raise TypeError(f"expected a mapping, got {type(user_config).__name__}")
+            batching = BatchingConfig.model_validate(
+                {**self._config.batching.model_dump(), **user_config}
+            )
+        except (TypeError, ValidationError) as exc:
+            logger.error(
+                "%s: user_config %r refused, batching stays %s: %s",
+                self._config.deployment_name,
+                user_config,
+                self._batching.model_dump(),
+                exc,
+            )
+            return
+        self._batching = batching
+        self._infer.set_max_batch_size(batching.max_batch_size)  # type: ignore[attr-defined]
+        self._infer.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     async def label(
         self, payloads: list[bytes | str], options: ItemOptions
