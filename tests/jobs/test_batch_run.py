@@ -196,3 +196,27 @@ async def test_a_rerun_closes_the_job_of_a_run_that_died(
         assert result.item_id == item.item_id and result.error == STOPPED
     finally:
         await rerun.finish()
+
+
+async def test_a_glob_source_lists_what_it_matches(
+    batch_settings: Settings, datasets: Datasets, services: Services
+) -> None:
+    """A glob (``folder/*.txt``, an fsspec URI as ``s3://bucket/photos/*.jpg``) was read as
+    one path and refused as missing ("nothing at ..."); it lists every file it matches,
+    as a folder's, hidden ones skipped. One that matches nothing is refused as missing."""
+    folder = datasets.root / "glob"  # not the shared text folder: other tests count it
+    folder.mkdir(exist_ok=True)
+    for name in ["b.txt", "a.txt", ".hidden.txt", "c.csv"]:
+        (folder / name).write_text(f"the text of {name}\n")
+    request = BatchRequest(
+        project=f"glob-{uuid.uuid4().hex[:6]}", source=f"{folder}/*.txt", model=MINILM.name
+    )
+    run = await BatchRun.start(services, MODELS, batch_settings, request)
+    await run.finish()
+    assert [entry.uri for entry in run.entries] == [str(folder / "a.txt"), str(folder / "b.txt")]
+    nothing = BatchRequest(
+        project=f"glob-{uuid.uuid4().hex[:6]}", source=f"{folder}/*.xml", model=MINILM.name
+    )
+    with pytest.raises(ModelShipError) as refused:
+        await BatchRun.start(services, MODELS, batch_settings, nothing)
+    assert refused.value.code == "source_missing" and "nothing matches" in refused.value.message
