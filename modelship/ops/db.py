@@ -286,7 +286,7 @@ def restore(
 
 
 _MIGRATIONS_DATA = re.compile(r"^\d+; \d+ \d+ TABLE DATA \S+ schema_migrations ", re.M)
-_TABLE = re.compile(r"^\d+; \d+ \d+ TABLE (\S+) (\S+) ", re.M)
+_TABLE = re.compile(r"^\d+; \d+ \d+ TABLE (?!DATA )(\S+) (\S+) ", re.M)
 
 
 @dataclass(frozen=True)
