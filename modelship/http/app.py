@@ -192,7 +192,6 @@ def create_api(
         upload_timeout_s=settings.upload_body_timeout_s,
     )
     app.add_middleware(AuthMiddleware, authenticate=authenticate, limiter=limiter)
-    app.add_middleware(RequestIdMiddleware, set_header=not behind_serve_proxy)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -207,6 +206,8 @@ def create_api(
     app.add_middleware(
         MetricsMiddleware, metrics=metrics, window=window, slow_s=settings.slow_request_s
     )
+    # outermost: every record of the request, the slow-request line too, has its id
+    app.add_middleware(RequestIdMiddleware, set_header=not behind_serve_proxy)
     for exc_class in (Exception, ModelShipError, RequestValidationError, HTTPException):
         app.add_exception_handler(exc_class, _error_handler)
 

@@ -13,7 +13,7 @@ from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelship.core.context import current_request_id
+from modelship.core.context import request_scope
 from modelship.core.metrics import Metrics
 from modelship.http.health import RequestWindow
 
@@ -43,7 +43,6 @@ class RequestIdMiddleware:
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-        current_request_id.set(request_id)
 
         async def send_with_id(message: Message) -> None:
             if self.set_header and message["type"] == "http.response.start":
@@ -52,7 +51,9 @@ class RequestIdMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        # Serve's log records read Serve's request context, which holds the id as sent
+        with request_scope(request_id):
+            await self.app(scope, receive, send_with_id)
 
 
 class BodyLimitMiddleware:

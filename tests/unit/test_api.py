@@ -105,6 +105,31 @@ async def test_malformed_request_ids_are_replaced(client: httpx.AsyncClient) -> 
     assert len(response.headers["x-request-id"]) == 32
 
 
+async def test_a_replaced_request_id_is_the_one_every_log_record_carries(
+    local: LocalLabeler, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Serve's log records take the request id from Serve's request context, which holds a
+    malformed client id as sent: the body had a fresh id, the logs the malformed one. The
+    filter here is the one Serve's replica log handlers run."""
+    from ray.serve._private.logging_utils import ServeContextFilter
+
+    app = create_api(local, local.configs, Settings(slow_request_s=0.0))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as http:
+        handler = caplog.handler
+        handler.addFilter(ServeContextFilter())
+        try:
+            with caplog.at_level("WARNING", logger="modelship.http"):
+                response = await http.get("/api/v1/jobs/nope", headers={"X-Request-ID": "bad id!"})
+        finally:
+            handler.removeFilter(handler.filters[-1])
+    given = response.json()["error"]["request_id"]
+    assert given != "bad id!" and response.headers["x-request-id"] == given
+    (slow,) = [r for r in caplog.records if r.getMessage() == "slow request"]
+    assert getattr(slow, "request_id", None) == given
+
+
 async def test_classify_texts_with_request_labels(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/api/v1/classify/text",
