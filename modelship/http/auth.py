@@ -142,7 +142,9 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         route, params = found
-        scope.setdefault("state", {})  # shared with the route's request: the principal too
+        # shared with the route's request (the principal too), and with MetricsMiddleware,
+        # which counts a request refused here by its route
+        scope.setdefault("state", {})["route"] = route
         request = Request({**scope, "path_params": params})
         try:
             address = f"ip:{request.client.host if request.client else 'unknown'}"

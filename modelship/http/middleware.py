@@ -207,7 +207,9 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = getattr(scope.get("route"), "path", None)
+            if route is None:  # refused before routing (auth, rate limit), or no route
+                route = scope.get("state", {}).get("route", "unmatched")
             seconds = time.perf_counter() - started
             self.metrics.request(route, scope["method"], status, seconds)
             if self.window is not None and not route.startswith("/health"):

@@ -13,6 +13,7 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 
+from modelship.core.metrics import _NoMetrics
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
 from modelship.http.auth import ADDRESS_SCALE, SCOPES
@@ -342,3 +343,33 @@ def test_the_cli_creates_a_key_that_works_once_shown(
             await services.close()
 
     asyncio.run(check())
+
+
+class _Requests(_NoMetrics):
+    """Metrics that keep the requests they count."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, int]] = []
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.seen.append((route, method, status))
+
+
+async def test_a_request_refused_before_routing_is_counted_by_its_route(
+    local: LocalLabeler, services: Services, auth_settings: Settings
+) -> None:
+    """A 401 (or 403, 429) is answered before the router matches a route: the metrics
+    counted it as route "unmatched", with the 404s, and the dashboard lost it."""
+    metrics = _Requests()
+    app = create_api(
+        local,
+        local.configs,
+        auth_settings,
+        workflow=Workflow(services, PACKAGED_MODELS, auth_settings),
+        metrics=metrics,
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        assert_error(await http.get(f"/api/v1/jobs/{uuid4()}"), 401, "unauthorized")
+        assert (await http.get("/api/v1/nothing-here")).status_code == 404
+    assert metrics.seen == [("/api/v1/jobs/{job_id}", "GET", 401), ("unmatched", "GET", 404)]
