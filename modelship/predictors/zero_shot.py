@@ -55,7 +55,10 @@ class EmbeddingZeroShotClassifier(TextPredictor):
         return bool(json.loads(pooling.read_text()).get("pooling_mode_cls_token", False))
 
     def tokenize(self, text: str) -> list[int]:
-        encoded = self._tokenizer(text, truncation=True, max_length=self.config.max_length)
+        # The model takes no more than its tokenizer's limit (its positions), whatever the
+        # configured max_length says, as the other text predictors do (_hf_text).
+        max_length = min(self.config.max_length, self._tokenizer.model_max_length)
+        encoded = self._tokenizer(text, truncation=True, max_length=max_length)
         return list(encoded["input_ids"])
 
     def preprocess(self, raw: str, options: ItemOptions) -> PreparedText:

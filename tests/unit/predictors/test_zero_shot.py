@@ -111,3 +111,17 @@ def test_packed_embeddings_match_the_models_own_forward(
             hidden = model(input_ids=torch.tensor([item.input_ids])).last_hidden_state[0]
             alone = F.normalize(hidden.mean(0), dim=-1)
             assert torch.allclose(vector, alone, atol=1e-5)
+
+
+def test_a_max_length_past_the_models_positions_truncates_to_them(
+    minilm: EmbeddingZeroShotClassifier,
+) -> None:
+    """max_length: 1024 on MiniLM (512 positions): every text over 512 tokens failed with
+    422 unprocessable_item (IndexError in the position embeddings), after its batch ran
+    twice. Text predictors truncate to what the model takes."""
+    config = minilm.config.model_copy(update={"max_length": 1024})
+    long = build_predictor(config, minilm.files)
+    assert isinstance(long, EmbeddingZeroShotClassifier)
+    long.load()
+    (output,) = _top(long, ["word " * 700], TOPICS)
+    assert len(output) == len(TOPICS)
