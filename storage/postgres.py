@@ -35,6 +35,9 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.OperatorInterventionError,
+    # Out of connection slots (max_connections: too many replicas x DB_POOL_SIZE), disk or
+    # memory: the server cannot serve now, as when it is down.
+    asyncpg.InsufficientResourcesError,
     # A transaction PostgreSQL aborted to resolve a conflict: the same request, retried, runs.
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.SerializationError,

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from modelship.core.errors import ServiceUnavailable
+from storage.embedded import EmbeddedPostgres
 from storage.postgres import Database
 
 
@@ -83,3 +85,30 @@ async def test_a_saturated_pool_is_busy_not_a_database_outage(postgres_dsn: str)
         async with down.connection():
             pass
     assert raised.value.code == "service_unavailable"  # an outage is still one
+
+
+async def test_a_server_out_of_connection_slots_is_an_outage(tmp_path: Path) -> None:
+    """max_connections reached (replicas x DB_POOL_SIZE past it): a 503, not asyncpg's
+    TooManyConnectionsError escaping as a 500."""
+    server = EmbeddedPostgres(tmp_path / "postgres")
+    dsn = server.start()
+    try:
+        admin = await asyncpg.connect(dsn)
+        await admin.execute("ALTER SYSTEM SET max_connections = 3")
+        await admin.execute("ALTER SYSTEM SET superuser_reserved_connections = 0")
+        await admin.close()
+        server.stop()
+        server.start()
+        hogs = [await asyncpg.connect(dsn) for _ in range(3)]
+        db = Database(dsn, migrate=False)
+        try:
+            with pytest.raises(ServiceUnavailable) as raised:
+                await db.ping()
+            assert raised.value.code == "service_unavailable"
+        finally:
+            for hog in hogs:
+                await hog.close()
+        await db.ping()  # slots free again: served
+        await db.close()
+    finally:
+        server.stop()
