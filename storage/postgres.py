@@ -98,30 +98,44 @@ class Database:
             "tcp_keepalives_count": "3",
         }
         self._pool: asyncpg.Pool | None = None
-        self._lock = asyncio.Lock()
+        self._opening: asyncio.Future[asyncpg.Pool] | None = None
 
     async def _get_pool(self) -> asyncpg.Pool:
-        if self._pool is None:
-            async with self._lock:
-                if self._pool is None:
-                    pool = await asyncpg.create_pool(
-                        self._dsn,
-                        min_size=self._min_size,
-                        max_size=self._max_size,
-                        timeout=5,
-                        command_timeout=30,
-                        init=_setup_connection,
-                        server_settings=self._server_settings,
-                    )
-                    if self._migrate:
-                        try:
-                            async with pool.acquire() as conn:
-                                await migrate(conn)
-                        except BaseException:
-                            await pool.close()
-                            raise
-                    self._pool = pool
-        return self._pool
+        """The pool, opened on first use. Callers arriving while it opens share that one
+        attempt and its failure: queued one after another behind a lock, each made its own
+        attempt, and with PostgreSQL unreachable the tenth caller waited ten connect
+        timeouts for its 503. The next call after a failure tries again."""
+        if self._pool is not None:
+            return self._pool
+        opening = self._opening
+        if (
+            opening is None
+            or opening.done()
+            or opening.get_loop() is not asyncio.get_running_loop()
+        ):
+            opening = self._opening = asyncio.ensure_future(self._open())
+        # shielded: a caller cancelled (a client gone) does not cancel the others' attempt
+        return await asyncio.shield(opening)
+
+    async def _open(self) -> asyncpg.Pool:
+        pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            timeout=5,
+            command_timeout=30,
+            init=_setup_connection,
+            server_settings=self._server_settings,
+        )
+        if self._migrate:
+            try:
+                async with pool.acquire() as conn:
+                    await migrate(conn)
+            except BaseException:
+                await pool.close()
+                raise
+        self._pool = pool
+        return pool
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:

@@ -4,6 +4,7 @@ transaction (its process lost its network, say) does not hold its locks for long
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -112,3 +113,22 @@ async def test_a_server_out_of_connection_slots_is_an_outage(tmp_path: Path) -> 
         await db.close()
     finally:
         server.stop()
+
+
+async def test_callers_share_one_attempt_to_reach_an_unanswering_server() -> None:
+    """PostgreSQL unreachable at start (it takes connections and never answers): every
+    caller waiting for the pool gets its 503 after one connect timeout (5 s), not the
+    fourth after four attempts made one after another."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        db = Database(f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/none")
+        started = time.monotonic()
+
+        async def ping() -> float:
+            with pytest.raises(ServiceUnavailable):
+                await db.ping()
+            return time.monotonic() - started
+
+        waited = await asyncio.gather(*(ping() for _ in range(4)))
+        assert max(waited) < 9, waited
