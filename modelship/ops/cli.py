@@ -45,31 +45,84 @@ def serve(config_path: Path) -> int:
     """Serve the application on a local Ray cluster (``serve run`` on the config), with
     Serve's fast data path unless the config asks for TLS (``modelship.ops.ray_env``).
 
-    ``serve run`` shuts Serve and its cluster down on Ctrl-C only; a SIGTERM (systemd,
-    ``docker stop``, ``kill``) would end it with Serve's HAProxy still holding the ports
-    and the next start failing. So it runs as a child, and SIGTERM or SIGINT reaches it
-    as one SIGINT.
+    It refuses to start while something listens on the config's Serve port: a second
+    instance would start a Ray cluster of its own whose HAProxy cannot bind that port,
+    and whose replicas would share the first one's replica ports (``SO_REUSEPORT``,
+    ``ray_env._replica_ports``), taking some of its requests.
     """
-    import signal
-    import subprocess
-
     from modelship.ops.ray_env import ray_environment
 
+    http_options = _read_config(config_path).get("http_options") or {}
+    taken = _serve_port_taken(config_path, http_options)
+    if taken:
+        print(
+            f"modelship serve: {taken}; is another modelship serve running? Stop it, or give"
+            f" this one another http_options.port in {config_path}",
+            file=sys.stderr,
+        )
+        return 1
     serve_bin = Path(sys.executable).with_name("serve")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The dashboard and Job Submission API refuse calls without the cluster's token
     # (~/.ray/auth_token): nobody local can submit a job that reads the service's secrets.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    http_options = _read_config(config_path).get("http_options")
     os.environ.update(ray_environment(http_options, os.environ))
-    # Its own session: a terminal's Ctrl-C reaches it once, through us, like a SIGTERM.
-    child = subprocess.Popen([str(serve_bin), "run", str(config_path)], start_new_session=True)
+    return _supervise([str(serve_bin), "run", str(config_path)])
+
+
+def _serve_port_taken(config_path: Path, http_options: dict[str, Any]) -> str | None:
+    """Why Serve could not listen where the config says (as Serve binds: SO_REUSEADDR, so
+    only a listener counts), or None."""
+    import socket
+
+    host = str(http_options.get("host") or "127.0.0.1")
+    try:
+        port = int(http_options.get("port") or 8000)
+    except (TypeError, ValueError) as exc:
+        raise ConfigFileError(f"{config_path}: http_options.port: not a port number") from exc
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.create_server((host, port), family=family):
+            return None
+    except OSError as exc:
+        return f"cannot listen on {host}:{port} ({exc.strerror or exc})"
+
+
+def _supervise(argv: list[str]) -> int:
+    """Run ``argv`` (``serve run``) as a child in its own session until it exits; the first
+    SIGTERM or SIGINT reaches it as one SIGINT, and later ones are not passed on.
+
+    ``serve run`` shuts Serve and its cluster down on Ctrl-C only; a SIGTERM (systemd,
+    ``docker stop``, ``kill``) would end it with Serve's HAProxy still holding the ports
+    and the next start failing. A second SIGINT while it shuts down (an impatient Ctrl-C,
+    a supervisor's repeated SIGTERM) would interrupt ``serve.shutdown()`` the same way.
+    """
+    import signal
+    import subprocess
+
+    child: subprocess.Popen[bytes] | None = None
+    stopping = forwarded = False
+
+    def forward() -> None:
+        nonlocal forwarded
+        if child is not None and not forwarded:
+            forwarded = True
+            child.send_signal(signal.SIGINT)
 
     def stop(signum: int, frame: object) -> None:
-        child.send_signal(signal.SIGINT)
+        nonlocal stopping
+        if stopping:
+            print("modelship serve: already stopping, please wait", file=sys.stderr)
+            return
+        stopping = True
+        forward()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Its own session: a terminal's Ctrl-C reaches it once, through us, like a SIGTERM.
+    child = subprocess.Popen(argv, start_new_session=True)
+    if stopping:  # a signal came while it started
+        forward()
     return child.wait()
 
 

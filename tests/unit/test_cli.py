@@ -3,11 +3,18 @@ non-zero exit, never a traceback."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
+
+from modelship.ops import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 UNREADABLE = [
@@ -66,3 +73,94 @@ def test_an_id_that_is_no_uuid_is_refused_before_anything_connects(args: list[st
     assert run.returncode == 2, run.stderr
     assert "invalid UUID value: 'not-a-uuid'" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
+
+
+def _serve_config(tmp_path: Path, port: int) -> Path:
+    config = tmp_path / "serve_config.yaml"
+    http = {"host": "127.0.0.1", "port": port}
+    config.write_text(yaml.safe_dump({"http_options": http, "applications": [{"args": {}}]}))
+    return config
+
+
+@pytest.fixture
+def no_child(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """What ``modelship serve`` would start, recorded instead (and its signal handlers and
+    environment kept to itself)."""
+    started: list[list[str]] = []
+
+    class Child:
+        def __init__(self, argv: list[str], **kwargs: object) -> None:
+            started.append(argv)
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Child)
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: None)
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    return started
+
+
+def test_serve_refuses_to_start_while_its_port_is_taken(
+    tmp_path: Path, no_child: list[list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second ``modelship serve`` beside a running one: nothing is started."""
+    with socket.create_server(("127.0.0.1", 0)) as running:
+        port = running.getsockname()[1]
+        assert cli.main(["serve", "--config", str(_serve_config(tmp_path, port))]) == 1
+    assert no_child == []
+    error = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in error and "another modelship serve" in error
+    assert cli.main(["serve", "--config", str(_serve_config(tmp_path, port))]) == 0
+    assert no_child and no_child[0][1:3] == ["run", str(tmp_path / "serve_config.yaml")]
+
+
+CHILD = """
+import signal, sys, time
+from pathlib import Path
+
+log = Path(sys.argv[1])
+
+def interrupted(signum, frame):
+    with log.open("a") as out:
+        out.write("SIGINT\\n")
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGINT, interrupted)
+try:
+    print("ready", flush=True)
+    while True:
+        time.sleep(0.05)
+except KeyboardInterrupt:
+    try:
+        time.sleep(2)  # shutting down, as serve.shutdown() does; a SIGINT here cuts it short
+    except KeyboardInterrupt:
+        sys.exit(3)
+"""
+
+
+def test_serve_passes_on_one_sigint_however_often_it_is_stopped(tmp_path: Path) -> None:
+    """SIGTERM, then an impatient Ctrl-C while ``serve run`` shuts down: the child gets
+    one SIGINT and finishes its shutdown."""
+    script, log = tmp_path / "child.py", tmp_path / "signals.log"
+    script.write_text(CHILD)
+    supervise = (
+        "import sys; from modelship.ops.cli import _supervise; sys.exit(_supervise(sys.argv[1:]))"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", supervise, sys.executable, str(script), str(log)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "ready\n"
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert code == 0, process.stderr.read() if process.stderr else ""
+    assert log.read_text() == "SIGINT\n"
