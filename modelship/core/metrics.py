@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from modelship.core import ray_compat
+from modelship.core.records import ExportFormat
+
 
 def _keys(*names: str) -> Any:
     """Tag keys (Ray annotates them as a 1-tuple, ``Tuple[str]``; any length works)."""
@@ -132,6 +135,14 @@ class ServeMetrics:
             boundaries=[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0],
             tag_keys=_keys("format"),
         )
+
+        # Rare events start at 0 (Prometheus' rate() cannot see a series' first increment):
+        # the alert on failed job items and the exports panel count their first one.
+        for cause in ("item", "lease_expired"):
+            ray_compat.start_at_zero(self._failed, {"cause": cause})
+        for format in ExportFormat:
+            for status in ("succeeded", "failed"):
+                ray_compat.start_at_zero(self._exports, {"format": format, "status": status})
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         self._requests.inc(tags={"route": route, "method": method, "status": str(status)})

@@ -1,6 +1,7 @@
 """Every use of Ray's private API, in one file, so a Ray upgrade breaks here alone.
 
-Each function has a test in tests/unit/test_ray_compat.py (pinned: ``ray[serve]==2.60.0``).
+Each function has a test on a real cluster (tests/composition/test_ray_compat.py, and
+tests/integration/test_metrics.py for ``start_at_zero``; pinned: ``ray[serve]==2.60.0``).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
@@ -50,3 +51,10 @@ def batch_request_ids() -> list[str]:
     from ray.serve import context
 
     return [c.request_id for c in context._get_serve_batch_request_context()]
+
+
+def start_at_zero(counter: Any, tags: dict[str, str]) -> None:
+    """Export ``counter``'s series for ``tags`` at 0 before its first event: Prometheus'
+    ``rate()`` and ``increase()`` see no increment in a series' first sample, so the first
+    failure of a replica's life never counted. ``Counter.inc`` refuses 0."""
+    counter._record(0, tags=tags)

@@ -124,6 +124,11 @@ def test_job_decisions_queue_depth_and_exports_are_exported(
     assert "ray_modelship_job_queue_items" in families
     exports = families["ray_modelship_exports"]
     assert _total(exports, "ray_modelship_exports_total", format="csv", status="succeeded") >= 1
+    # rare events' series are there before their first event (at 0), so that rate() and
+    # increase() count it: a series' first sample is no increment to them
+    failed = families["ray_modelship_job_items_failed"]
+    assert {s.labels["cause"] for s in failed} == {"item", "lease_expired"}
+    assert any(s.labels["format"] == "coco" and s.labels["status"] == "failed" for s in exports)
 
 
 def test_the_smoke_command_passes_against_the_live_graph(base_url: str) -> None:
