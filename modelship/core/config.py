@@ -124,6 +124,10 @@ class ModelConfig(Inbound):
 class LabelingAppArgs(Inbound):
     """Arguments of ``graphs.labeling.build_app`` (the ``args`` of serve_config.yaml)."""
 
+    # An error in ``settings`` would quote their input, secrets included (Settings hides
+    # it too; the outer model decides for errors raised under it).
+    model_config = ConfigDict(**Inbound.model_config, hide_input_in_errors=True)
+
     models: list[ModelConfig] = Field(min_length=1)
     settings: Settings = Field(default_factory=Settings)
 

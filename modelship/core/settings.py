@@ -38,7 +38,11 @@ class Profile(StrEnum):
 class Settings(BaseSettings):
     """Everything an operator can set, with the reason for each default."""
 
-    model_config = SettingsConfigDict(env_prefix="MODELSHIP_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a validation error (a bad profile, a URL of the wrong kind)
+    # would quote its input, the secrets included, into Serve's status and the logs.
+    model_config = SettingsConfigDict(
+        env_prefix="MODELSHIP_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     profile: Profile = Field(Profile.dev, description="dev, staging or production.")
     secret_key: SecretStr = Field(
