@@ -309,6 +309,32 @@ def as_json(report: OverloadReport | ChaosReport) -> str:
     return json.dumps({**asdict(report), **extra, "ok": report.ok}, indent=2)
 
 
+def _above(low: float, kind: Callable[[str], float]) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` above ``low``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > low:
+            raise argparse.ArgumentTypeError(f"{text!r}: must be above {low}")
+        return value
+
+    return parse
+
+
+def _targets(text: str) -> tuple[str, ...]:
+    """``--targets``: known targets, comma-separated."""
+    targets = tuple(t for t in text.split(",") if t)
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown or not targets:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give some of {', '.join(TARGETS)}, comma-separated"
+        )
+    return targets
+
+
 def add_parser(sub: Any) -> None:
     """Register ``modelship drill overload|chaos`` on the CLI's subparsers."""
     drill = sub.add_parser("drill", help="put a running deployment through overload or chaos")
@@ -317,9 +343,9 @@ def add_parser(sub: Any) -> None:
     common.add_argument("--api-key", default=os.environ.get("MODELSHIP_API_KEY"))
     actions = drill.add_subparsers(dest="action", required=True)
     load = actions.add_parser("overload", parents=[common], help="offer 3x its capacity")
-    load.add_argument("--multiple", type=float, default=3.0, help="times the capacity")
-    load.add_argument("--seconds", type=float, default=20.0, help="how long")
-    load.add_argument("--words", type=int, default=120, help="words per text")
+    load.add_argument("--multiple", type=_above(0, float), default=3.0, help="times the capacity")
+    load.add_argument("--seconds", type=_above(0, float), default=20.0, help="how long")
+    load.add_argument("--words", type=_above(0, int), default=120, help="words per text")
     kill = actions.add_parser("chaos", parents=[common], help="kill actors during a job")
     kill.add_argument(
         "--address",
@@ -327,19 +353,32 @@ def add_parser(sub: Any) -> None:
         required="RAY_ADDRESS" not in os.environ,
         help="the service's Ray cluster (GCS ip:port); 'auto' could join another one",
     )
-    kill.add_argument("--items", type=int, default=300, help="texts the job labels")
-    kill.add_argument("--interval", type=float, default=5.0, help="seconds between kills")
-    kill.add_argument("--targets", default=",".join(TARGETS), help="what to kill, in order")
+    kill.add_argument("--items", type=_above(0, int), default=300, help="texts the job labels")
+    kill.add_argument(
+        "--interval", type=_above(0, float), default=5.0, help="seconds between kills"
+    )
+    kill.add_argument(
+        "--targets",
+        type=_targets,
+        default=TARGETS,
+        help=f"what to kill, in order: a comma-separated list of {', '.join(TARGETS)}",
+    )
 
 
 def run(ns: argparse.Namespace) -> int:
-    """Run the drill ``ns`` names; print its report; 0 when it passed."""
+    """Run the drill ``ns`` names; print its report; 0 when it passed, 1 when it failed or
+    could not run (the service unreachable, not serving, or without a zero-shot model)."""
     report: OverloadReport | ChaosReport
-    if ns.action == "overload":
-        drill = overload(ns.url, ns.api_key, ns.multiple, ns.seconds, ns.words)
-        report = asyncio.run(drill)
-    else:
-        targets = tuple(t for t in ns.targets.split(",") if t)
-        report = chaos(ns.url, ns.address, ns.api_key, ns.items, ns.interval, targets=targets)
+    try:
+        if ns.action == "overload":
+            drill = overload(ns.url, ns.api_key, ns.multiple, ns.seconds, ns.words)
+            report = asyncio.run(drill)
+        else:
+            report = chaos(
+                ns.url, ns.address, ns.api_key, ns.items, ns.interval, targets=ns.targets
+            )
+    except (RuntimeError, LookupError, ConnectionError, ApiError, httpx.HTTPError) as exc:
+        print(f"modelship drill {ns.action}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     print(as_json(report))
     return 0 if report.ok else 1

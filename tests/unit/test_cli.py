@@ -164,3 +164,21 @@ def test_serve_passes_on_one_sigint_however_often_it_is_stopped(tmp_path: Path) 
         process.kill()
     assert code == 0, process.stderr.read() if process.stderr else ""
     assert log.read_text() == "SIGINT\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "said"),
+    [
+        (["overload", "--seconds", "1"], 1, "does not serve one request at a time"),
+        (["chaos", "--address", "127.0.0.1:1"], 1, "ConnectError"),
+        (["chaos", "--address", "127.0.0.1:1", "--targets", "model,node"], 2, "'model,node'"),
+        (["chaos", "--address", "127.0.0.1:1", "--interval", "-1"], 2, "must be above 0"),
+        (["overload", "--words", "0"], 2, "must be above 0"),
+    ],
+)
+def test_a_drill_that_cannot_run_says_why(args: list[str], code: int, said: str) -> None:
+    """Against a URL where nothing listens, or with arguments it cannot use."""
+    run = modelship("drill", *args, "--url", "http://127.0.0.1:1")
+    assert run.returncode == code, run.stderr
+    assert said in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert run.stdout == ""
