@@ -232,6 +232,16 @@ def openapi() -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelship", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -249,9 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     smoke_parser = sub.add_parser("smoke", help="check a running deployment from outside")
     smoke_parser.add_argument("--url", required=True)
     smoke_parser.add_argument("--api-key", default=os.environ.get("MODELSHIP_API_KEY"))
-    smoke_parser.add_argument("--samples", type=int, default=20, help="latency samples")
+    smoke_parser.add_argument("--samples", type=_positive, default=20, help="latency samples")
     smoke_parser.add_argument(
-        "--rate-limit", type=int, help="the burst configured: expect a 429 right after it"
+        "--rate-limit", type=_positive, help="the burst configured: expect a 429 right after it"
     )
     smoke_parser.add_argument("--json", action="store_true")
     key_parser = sub.add_parser("keys", help="create or revoke API keys")

@@ -82,6 +82,8 @@ class Smoke:
             return Result(name, False, str(exc))
         except httpx.HTTPError as exc:
             return Result(name, False, f"{type(exc).__name__}: {exc}")
+        except (ValueError, LookupError, TypeError) as exc:  # a body that is not ModelShip's
+            return Result(name, False, f"not a ModelShip answer: {type(exc).__name__}: {exc}")
         if isinstance(outcome, Result):
             return outcome
         return Result(name, True, outcome)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
 import subprocess
@@ -77,3 +78,41 @@ def test_smoke_fails_loudly(server: str) -> None:
     assert results["rate_limit"]["ok"] is False
     code, results = _smoke("http://127.0.0.1:1")
     assert code == 1 and results["health"]["ok"] is False
+
+
+class _NotModelShip(http.server.BaseHTTPRequestHandler):
+    """Any other web server at the URL given: 200 and a page for every path."""
+
+    def do_GET(self) -> None:
+        body = b"<html>welcome</html>"
+        self.send_response(200)
+        self.send_header("content-type", "text/html")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_smoke_against_something_else_fails_each_check_without_a_traceback() -> None:
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotModelShip)
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code, results = _smoke(f"http://127.0.0.1:{other.server_address[1]}")
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert code == 1
+    assert results["models"]["ok"] is False
+    assert "not a ModelShip answer" in str(results["models"]["detail"])
+
+
+@pytest.mark.parametrize("args", [["--samples", "0"], ["--rate-limit", "-1"]])
+def test_smoke_refuses_counts_below_one(args: list[str]) -> None:
+    command = [sys.executable, "-m", "modelship.ops.cli", "smoke", "--url", "http://x", *args]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "is not a whole number above 0" in done.stderr, done.stderr
