@@ -15,8 +15,9 @@ from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRET = "modelship-dev-secret-change-me"
@@ -245,6 +246,36 @@ class Settings(BaseSettings):
             return list(self.batch_allowed_prefixes)
         return [str(self.data_dir), self.object_store_url or str(self.data_dir / "objects")]
 
+    # A URL of the wrong kind is a mistake to name at startup: a DSN asyncpg refuses made
+    # every storage request 503 "retry later" for ever; a Redis or object store URL it cannot
+    # use failed inside each replica's constructor. Only the scheme is quoted (credentials).
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_scheme(value.get_secret_value(), {"postgresql", "postgres"})
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_scheme(value.get_secret_value(), {"redis", "rediss", "unix"})
+        return value
+
+    @field_validator("object_store_url")
+    @classmethod
+    def _object_store_url(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value:
+            import fsspec
+
+            protocol = value.split("://", 1)[0]
+            try:
+                fsspec.get_filesystem_class(protocol)
+            except (ValueError, ImportError) as exc:
+                raise ValueError(f"no filesystem for {protocol}:// here ({exc})") from None
+        return value
+
     @model_validator(mode="after")
     def _check_profile(self) -> Settings:
         if self.profile is not Profile.dev and self.secret_key.get_secret_value() == DEFAULT_SECRET:
@@ -260,6 +291,14 @@ class Settings(BaseSettings):
             if self.auth_required is False:
                 raise ValueError("the production profile refuses MODELSHIP_AUTH_REQUIRED=false")
         return self
+
+
+def _check_scheme(url: str, schemes: set[str]) -> None:
+    scheme = urlsplit(url).scheme
+    if scheme not in schemes:
+        wanted = " or ".join(f"{name}://" for name in sorted(schemes))
+        found = f"{scheme}://" if scheme else "one without a scheme"
+        raise ValueError(f"expected a {wanted} URL, not {found}")
 
 
 def _unpickle(values: dict[str, Any], given: list[str]) -> Settings:

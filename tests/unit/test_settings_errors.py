@@ -29,3 +29,34 @@ def test_a_refused_profile_quotes_no_secret(monkeypatch: pytest.MonkeyPatch) -> 
         assert "embedded services" in said and "input_value" not in said
         assert SECRET[:6] not in said and SECRET[-6:] not in said
         assert PASSWORD[:6] not in said and PASSWORD[-6:] not in said
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("database_url", f"mysql://app:{PASSWORD}@db/labels", "postgresql://"),
+        ("database_url", f"host=db user=app password={PASSWORD}", "without a scheme"),
+        ("redis_url", f"http://:{PASSWORD}@cache:6379", "redis://"),
+        ("object_store_url", "s4://bucket/labels", "s4://"),
+    ],
+)
+def test_a_storage_url_of_the_wrong_kind_is_refused_at_startup(
+    field: str, value: str, said: str
+) -> None:
+    """Accepted before: a DSN asyncpg refuses made every storage request answer 503
+    'retry later' for ever; a Redis or object store URL of the wrong kind failed inside
+    every replica's constructor, naming no setting."""
+    with pytest.raises(ValidationError) as refused:
+        Settings(**{field: value})
+    assert f"\n{field}\n" in str(refused.value) and said in str(refused.value)
+    assert PASSWORD not in str(refused.value)
+
+
+def test_storage_urls_of_the_right_kind_pass() -> None:
+    settings = Settings(
+        database_url="postgres://app@db/labels",
+        redis_url="rediss://cache:6380/0",
+        object_store_url="s3://bucket/labels",
+    )
+    assert settings.object_store_url == "s3://bucket/labels"
+    assert Settings(redis_url="unix:///run/redis.sock", object_store_url="/srv/objects")
