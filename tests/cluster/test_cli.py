@@ -251,3 +251,31 @@ def test_scale_changes_group_and_deployment_bounds_in_place(
     assert cluster_command(api, "scale", "--group", "cpu", "--min", "5", "--max", "3") == 2
     assert cluster_command(api, "scale", "--deployment", "Nope", "--min", "1") == 2
     assert api.writes == writes
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (None, "cannot be read as YAML"),  # no such file
+        ("gpu_group: {\n", "cannot be read as YAML"),
+        ("- gpu_group\n", "Input should be a valid dictionary"),
+    ],
+)
+def test_an_options_file_that_is_no_mapping_exits_2_naming_it(
+    tmp_path: Path, text: str | None, said: str
+) -> None:
+    options = tmp_path / "options.yaml"
+    if text is not None:
+        options.write_text(text)
+    run = modelship("cluster", "render", "--options", str(options))
+    assert run.returncode == 2, run.stderr
+    assert f"options {options}: {said}" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and run.stdout == ""
+
+
+def test_render_to_a_folder_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    out = tmp_path / "missing" / "modelship.yaml"
+    run = modelship("cluster", "render", "-o", str(out))
+    assert run.returncode == 1, run.stderr
+    assert f"-o {out}: [Errno 2] No such file or directory" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr

@@ -74,7 +74,11 @@ def run(ns: argparse.Namespace, api: Any = None) -> int:
             else:
                 text = to_yaml(render(ns.config, _options(ns), ns.kind))
             if ns.output:
-                ns.output.write_text(text)
+                try:
+                    ns.output.write_text(text)
+                except OSError as exc:
+                    print(f"modelship cluster render: -o {ns.output}: {exc}", file=sys.stderr)
+                    return 1
             else:
                 sys.stdout.write(text)
             return 0
@@ -131,9 +135,11 @@ def _options(ns: argparse.Namespace) -> Any:
         overrides["job"] = {"args": ns.job_arg}
     try:
         return ClusterOptions.from_file(ns.options, **overrides)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"options {ns.options}", f"cannot be read as YAML: {exc}") from exc
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
+        where = ".".join(str(part) for part in error["loc"]) or str(ns.options)
         raise ConfigError(f"options {where}", error["msg"]) from exc
 
 

@@ -176,6 +176,7 @@ class ClusterOptions(_Options):
     @classmethod
     def from_file(cls, path: Path | None, **overrides: Any) -> ClusterOptions:
         """Options from a YAML file (or the defaults), with command-line overrides on top."""
-        data: dict[str, Any] = (yaml.safe_load(path.read_text()) or {}) if path else {}
-        data.update({key: value for key, value in overrides.items() if value is not None})
+        data: Any = (yaml.safe_load(path.read_text()) or {}) if path else {}
+        if isinstance(data, dict):  # anything else is refused, as not a mapping
+            data.update({key: value for key, value in overrides.items() if value is not None})
         return cls.model_validate(data)
