@@ -185,9 +185,8 @@ class ObjectStore:
             # a missing file (which fails a job's item for good).
             if not await self._container_exists():
                 logger.warning("object storage %s: no folder or bucket", self.url)
-                raise ServiceUnavailable(
-                    f"no folder or bucket at {self.url}", _UNAVAILABLE
-                ) from None
+                # the URL stays in the log: clients see this message
+                raise ServiceUnavailable("object storage unavailable", _UNAVAILABLE) from None
             raise ObjectNotFound(key) from None
         except _OUTAGES as exc:
             logger.warning("object storage %s failed: %r", self.url, exc)
