@@ -279,3 +279,24 @@ def test_render_to_a_folder_that_does_not_exist_says_so(tmp_path: Path) -> None:
     assert run.returncode == 1, run.stderr
     assert f"-o {out}: [Errno 2] No such file or directory" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ({"ray_version": "2.46.0"}, "options ray_version: Value error, KubeRay needs Ray 2.52"),
+        ({"ray_version": "latest"}, "options ray_version: String should match pattern"),
+        ({"image": "registry.example.com/modelship: 0.1.0"}, "options image: String should"),
+        ({"image": ""}, "options image: String should match pattern"),
+    ],
+)
+def test_options_kuberay_would_refuse_or_pods_could_not_pull_exit_2(
+    tmp_path: Path, given: dict[str, str], said: str
+) -> None:
+    """KubeRay v1.7 refuses token auth (authOptions) with Ray before 2.52 or a version it
+    cannot parse (ValidateRayClusterSpec); an image name with a space never pulls."""
+    options = tmp_path / "options.yaml"
+    options.write_text(yaml.safe_dump(given))
+    run = modelship("cluster", "render", "--options", str(options))
+    assert run.returncode == 2, run.stderr
+    assert said in run.stderr and run.stdout == "", run.stderr

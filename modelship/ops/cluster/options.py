@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 # A RayService's or RayJob's name: a DNS-1035 label, short enough for KubeRay's suffixes.
 ResourceName = Annotated[
@@ -123,9 +130,16 @@ class ClusterOptions(_Options):
     name: ResourceName = "modelship"
     namespace: Label = "modelship"
     image: str = Field(
-        f"modelship:{_version('modelship', '0.1.0')}", description="Built from cluster/Dockerfile."
+        f"modelship:{_version('modelship', '0.1.0')}",
+        pattern=r"^\S+$",
+        description="Built from cluster/Dockerfile.",
     )
-    ray_version: str = RAY_VERSION
+    ray_version: str = Field(
+        RAY_VERSION,
+        pattern=r"^[0-9]+\.[0-9]+(\.[0-9]+)?$",
+        description="Ray's version in the image: 2.52 or later, which KubeRay requires for"
+        " the token auth the cluster runs with (authOptions).",
+    )
     config_map: Label = Field(
         "modelship-config",
         description="Optional ConfigMap of non-secret MODELSHIP_ settings (envFrom).",
@@ -155,6 +169,14 @@ class ClusterOptions(_Options):
         "monitoring", description="Namespace of Prometheus (reaches the metrics port)."
     )
     job: JobOptions = Field(default_factory=JobOptions)
+
+    @field_validator("ray_version")
+    @classmethod
+    def _token_auth(cls, value: str) -> str:
+        major, minor = (int(part) for part in value.split(".")[:2])
+        if (major, minor) < (2, 52):
+            raise ValueError("KubeRay needs Ray 2.52 or later for token auth (authOptions)")
+        return value
 
     @model_validator(mode="before")
     @classmethod
