@@ -32,8 +32,8 @@ START_ELSEWHERE = (
 
 
 @pytest.fixture
-def postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path / "services")
+def postgres(server_dir: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(server_dir / "services")
     try:
         yield server
     finally:
@@ -148,14 +148,16 @@ def test_an_outage_keeps_postgres_down_until_it_ends(postgres: EmbeddedPostgres)
     assert reachable()
 
 
-async def test_stop_services_stops_the_servers_a_config_left_running(tmp_path: Path) -> None:
+async def test_stop_services_stops_the_servers_a_config_left_running(
+    tmp_path: Path, server_dir: Path
+) -> None:
     """`modelship serve` and local batch jobs leave the embedded servers running for the
     next start; `modelship stop-services` stops those under the config's data dir."""
-    services = tmp_path / "d" / "services"
+    services = server_dir / "d" / "services"
     dsn = EmbeddedPostgres(services / "postgres").start()
     url = EmbeddedRedis(services / "redis").start()
     config = yaml.safe_load((ROOT / "config" / "serve_config.yaml").read_text())
-    config["applications"][0]["args"]["settings"] = {"data_dir": str(tmp_path / "d")}
+    config["applications"][0]["args"]["settings"] = {"data_dir": str(server_dir / "d")}
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     try:

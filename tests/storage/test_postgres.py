@@ -88,10 +88,10 @@ async def test_a_saturated_pool_is_busy_not_a_database_outage(postgres_dsn: str)
     assert raised.value.code == "service_unavailable"  # an outage is still one
 
 
-async def test_a_server_out_of_connection_slots_is_an_outage(tmp_path: Path) -> None:
+async def test_a_server_out_of_connection_slots_is_an_outage(server_dir: Path) -> None:
     """max_connections reached (replicas x DB_POOL_SIZE past it): a 503, not asyncpg's
     TooManyConnectionsError escaping as a 500."""
-    server = EmbeddedPostgres(tmp_path / "postgres")
+    server = EmbeddedPostgres(server_dir / "postgres")
     dsn = server.start()
     try:
         admin = await asyncpg.connect(dsn)

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -305,7 +307,10 @@ def test_the_password_stays_out_of_command_lines(database: str, tmp_path: Path) 
 
 def test_backup_of_the_embedded_database(tmp_path: Path) -> None:
     """No database URL: the embedded server the application would start is the one saved."""
-    settings = Settings(data_dir=tmp_path / "data")
+    # outside tmp_path: a pytest session starting meanwhile sets /tmp/pytest-of-<user> back
+    # to 0700, which locks the server's own user out (tests/storage/conftest.py)
+    data = Path(tempfile.mkdtemp(prefix="modelship-test-"))
+    settings = Settings(data_dir=data)
     server = EmbeddedPostgres(settings.data_dir / "services" / "postgres")
     try:
         dsn = settings_dsn(settings)
@@ -320,3 +325,4 @@ def test_backup_of_the_embedded_database(tmp_path: Path) -> None:
         assert _sql(dsn, "SELECT * FROM labels") == [(1, "x")]
     finally:
         server.stop()
+        shutil.rmtree(data, ignore_errors=True)
