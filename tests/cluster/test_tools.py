@@ -167,3 +167,42 @@ def test_env_example_documents_every_variable_compose_reads() -> None:
     assert used == documented
     for name in SECRETS:  # secrets ship empty: nobody runs on an example's password
         assert f"\n{name}=\n" in ENV_EXAMPLE.read_text()
+
+
+@pytest.mark.parametrize("ray_starts", [False, True])
+def test_the_ray_service_exits_when_ray_does_not_start(tmp_path: Path, ray_starts: bool) -> None:
+    """The head's command waits for ``ray status`` before it deploys: when ``ray start``
+    has ended instead, the container must end (and compose restart it), not wait forever
+    while its health check fails. Run by bash with stand-ins for ray, modelship, serve."""
+    run = compose("config", env=SECRETS)
+    assert run.returncode == 0, run.stderr
+    command = yaml.safe_load(run.stdout)["services"]["ray"]["command"]
+    assert command[:2] == ["bash", "-c"]
+    script = command[2].replace("$$", "$")  # compose's escape, undone as compose runs it
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    start, status = ("exec sleep 3", "exit 0") if ray_starts else ("exit 1", "exit 1")
+    ray = f'echo "ray $1" >> {calls}\n[ "$1" = start ] && {start}\n[ "$1" = status ] && {status}\n'
+    for name, body in {
+        "ray": ray,
+        "modelship": f'echo "modelship $*" >> {calls}\n',
+        "serve": f'echo "serve $*" >> {calls}\n',
+    }.items():
+        (bin_dir / name).write_text("#!/usr/bin/env bash\n" + body)
+        (bin_dir / name).chmod(0o755)
+    done = subprocess.run(
+        ["bash", "-c", script],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "RAY_NUM_CPUS": "2"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    logged = calls.read_text()
+    if ray_starts:  # deployed, then it stays with Ray until Ray ends
+        assert done.returncode == 0, done.stderr
+        assert "serve deploy /tmp/serve_config.yaml" in logged
+    else:
+        assert done.returncode != 0
+        assert "serve deploy" not in logged
