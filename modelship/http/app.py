@@ -261,6 +261,13 @@ def create_api(
     async def live() -> HealthResponse:
         return HealthResponse(status="ok")
 
+    # Redis only caches and rate-limits: down, a replica still serves, unless the limiter
+    # then refuses every request. Readiness takes replicas out of the load balancer, so a
+    # Redis outage must not take out all of them.
+    optional = (
+        set() if settings.rate_limit_per_minute and not settings.rate_limit_fail_open else {"redis"}
+    )
+
     @app.get(
         "/health/ready",
         response_model=HealthResponse,
@@ -273,7 +280,7 @@ def create_api(
         if workflow is not None:
             for name, up in (await workflow.check_services()).items():
                 checks[name] = "ready" if up else "unavailable"
-        ok = all(check == "ready" for check in checks.values())
+        ok = all(check == "ready" for name, check in checks.items() if name not in optional)
         body = HealthResponse(status="ready" if ok else "not_ready", checks=checks)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 

@@ -81,6 +81,30 @@ async def test_a_service_down_is_unhealthy(local: LocalLabeler, job_settings: Se
     await services.close()
 
 
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_redis_down_keeps_a_replica_ready_unless_the_limiter_then_refuses(
+    local: LocalLabeler, job_settings: Settings, fail_open: bool
+) -> None:
+    """Redis only caches and rate-limits, but /health/ready answered 503 while it was down:
+    a Redis outage took every replica out of the load balancer, though each still served."""
+    down = job_settings.model_copy(
+        update={
+            "redis_url": SecretStr("redis://127.0.0.1:1/0"),
+            "rate_limit_per_minute": 60,
+            "rate_limit_fail_open": fail_open,
+        }
+    )
+    services = Services.from_settings(down)
+    app = create_api(local, local.configs, down, workflow=Workflow(services, PACKAGED_MODELS, down))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as http:
+        ready = await http.get("/health/ready")
+        assert ready.json()["checks"]["redis"] == "unavailable"
+        assert ready.status_code == (200 if fail_open else 503)
+    await services.close()
+
+
 class _BusyAfterOneAnswer(LocalLabeler):
     """The real labeler, whose models answer once and then fail as ``failure`` says."""
 
