@@ -140,7 +140,7 @@ def read_image_header(data: bytes, settings: Settings) -> ImageHeader:
 
     def size(image: Image.Image) -> tuple[int, int, bool]:
         _check_dimensions(image.width, image.height, settings)
-        exif = _png_exif(data) if image.format == "PNG" else image.getexif()
+        exif = _png_exif(image, data) if image.format == "PNG" else image.getexif()
         orientation = exif.get(0x0112)
         # A TIFF's size comes back from Pillow already upright; its stored one is in tags.
         tags = getattr(image, "tag_v2", None)
@@ -154,20 +154,19 @@ def read_image_header(data: bytes, settings: Settings) -> ImageHeader:
     return ImageHeader(media_type, width, height)
 
 
-def _png_exif(data: bytes) -> Image.Exif:
-    """A PNG's EXIF, from its eXIf chunk wherever it is, without decoding a pixel: Pillow's
-    ``getexif`` decodes the whole image to look past IDAT for it."""
-    exif = Image.Exif()
+def _png_exif(image: Image.Image, data: bytes) -> Image.Exif:
+    """A PNG's EXIF without decoding a pixel: Pillow's PNG ``getexif`` decodes the whole
+    image to look past IDAT for an eXIf chunk. The chunk is found here, wherever it is;
+    Pillow's own reading then takes it, or the EXIF or XMP orientation in text chunks."""
     position = 8  # past the signature; each chunk: length, type, data, CRC
-    while position + 8 <= len(data):
+    while "exif" not in image.info and position + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, position)
         if kind == b"eXIf":
-            exif.load(data[position + 8 : position + 8 + length])
-            break
-        if kind == b"IEND":
+            image.info["exif"] = data[position + 8 : position + 8 + length]
+        elif kind == b"IEND":
             break
         position += 12 + length
-    return exif
+    return Image.Image.getexif(image)
 
 
 def _open_guarded(

@@ -7,7 +7,7 @@ import struct
 import zlib
 
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, PngImagePlugin
 from pydantic import ValidationError
 
 from modelship.core.errors import InvalidInput
@@ -45,7 +45,7 @@ def _chunks(png: bytes) -> list[bytes]:
     return chunks
 
 
-@pytest.mark.parametrize("exif", ["none", "before pixels", "after pixels"])
+@pytest.mark.parametrize("exif", ["none", "before pixels", "after pixels", "xmp"])
 def test_a_png_header_is_read_without_decoding_its_pixels(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, exif: str
 ) -> None:
@@ -57,7 +57,12 @@ def test_a_png_header_is_read_without_decoding_its_pixels(
     tags[0x0112] = 6  # stored sideways: seen turned a quarter
     buffer = io.BytesIO()
     image = Image.new("RGB", (200, 100), (10, 20, 30))
-    image.save(buffer, format="PNG", **({} if exif == "none" else {"exif": tags}))
+    if exif == "xmp":  # Pillow reads an XMP orientation too (ImageMagick writes it)
+        xmp = PngImagePlugin.PngInfo()
+        xmp.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta><rdf:Description tiff:Orientation="6"/>')
+        image.save(buffer, format="PNG", pnginfo=xmp)
+    else:
+        image.save(buffer, format="PNG", **({} if exif == "none" else {"exif": tags}))
     png = buffer.getvalue()
     if exif == "after pixels":  # allowed by the PNG spec; Pillow writes it before
         chunks = _chunks(png)
