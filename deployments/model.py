@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from ray import serve
 
 from modelship.core import tracing
-from modelship.core.config import BatchingConfig, ModelConfig
+from modelship.core.config import ModelConfig
 from modelship.core.errors import ModelShipError
 from modelship.core.logs import to_serve_logs
 from modelship.core.messages import ItemOptions, ItemResult, ModelInfo, Output, Prepared
@@ -95,11 +95,7 @@ class ModelReplica:
         make Serve stop this replica, so a ``serve deploy`` with a typo in it would take a
         serving model down."""
         try:
-            if not isinstance(user_config, dict):
-                raise TypeError(f"expected a mapping, got {type(user_config).__name__}")
-            batching = BatchingConfig.model_validate(
-                {**self._config.batching.model_dump(), **user_config}
-            )
+            batching = self._config.batching.overlaid(user_config)
         except (TypeError, ValidationError) as exc:
             logger.error(
                 "%s: user_config %r refused, batching stays %s: %s",

@@ -4,7 +4,7 @@ forbid unknown fields."""
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -58,6 +58,18 @@ class BatchingConfig(Inbound):
 
     max_batch_size: int = Field(8, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=1.0)
+
+    def overlaid(self, user_config: Any) -> BatchingConfig:
+        """A deployment's ``user_config`` fields over this batching (a field left out
+        keeps its value here).
+
+        Raises:
+            TypeError: ``user_config`` is not a mapping.
+            ValidationError: a field is unknown or out of range.
+        """
+        if not isinstance(user_config, dict):
+            raise TypeError(f"expected a mapping, got {type(user_config).__name__}")
+        return BatchingConfig.model_validate({**self.model_dump(), **user_config})
 
 
 class ModelConfig(Inbound):

@@ -18,7 +18,7 @@ import yaml
 from modelship.ops.cluster.options import GPU_GROUP_RESOURCE, ClusterOptions
 from modelship.ops.cluster.pods import AGENT_PORT, NODE_HEALTH_PATH, ray_serve_env
 from modelship.ops.cluster.render import render
-from modelship.ops.cluster.serve_config import CPU_DEPLOYMENTS
+from modelship.ops.cluster.serve_config import CPU_DEPLOYMENTS, ConfigError, validate
 from tests.cluster import crd
 from tests.cluster.conftest import CONFIG
 
@@ -346,3 +346,26 @@ def test_a_driver_starts_each_group_from_the_manifest_alone(manifests: Manifests
         if name == "gpu":
             resources = next(w for w in words if w.startswith("--resources="))
             assert json.loads(resources.removeprefix("--resources=")) == {GPU_GROUP_RESOURCE: 4}
+
+
+@pytest.mark.parametrize(
+    ("user_config", "field"),
+    [
+        ({"max_batch_size": 0}, "user_config.max_batch_size"),
+        ({"max_batch_sise": 4}, "user_config.max_batch_sise"),
+    ],
+)
+def test_a_model_user_config_the_replica_would_refuse_is_refused_at_render(
+    user_config: Any, field: str
+) -> None:
+    """A replica logs a bad user_config and keeps its batching (raising would take the
+    model down), so a typo deployed went unseen: it is refused before anything deploys."""
+    config = yaml.safe_load(CONFIG.read_text())
+    entries = config["applications"][0]["deployments"]
+    index = next(i for i, e in enumerate(entries) if e["name"] == "Model-minilm-zero-shot")
+    entries[index]["user_config"] = user_config
+    with pytest.raises(ConfigError) as raised:
+        validate(config)
+    assert raised.value.field == f"applications[0].deployments[{index}].{field}"
+    entries[index]["user_config"] = {"max_batch_size": 4}  # a field left out keeps its value
+    validate(config)

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from modelship.core.config import LabelingAppArgs
+from modelship.core.config import LabelingAppArgs, ModelConfig
 from modelship.core.settings import Settings
 from modelship.ops.cluster.options import GPU_GROUP_RESOURCE
 
@@ -186,6 +186,7 @@ def _strings(node: Any, path: str) -> Iterator[tuple[str, str]]:
 
 def _check_deployments(entries: list[dict[str, Any]], args: LabelingAppArgs) -> None:
     expected = [*CPU_DEPLOYMENTS, *(model.deployment_name for model in args.models)]
+    models = {model.deployment_name: model for model in args.models}
     names = [entry.get("name") for entry in entries]
     for i, name in enumerate(names):
         if name not in expected:
@@ -193,6 +194,10 @@ def _check_deployments(entries: list[dict[str, Any]], args: LabelingAppArgs) -> 
                 f"applications[0].deployments[{i}].name",
                 f"no deployment {name!r} in the graph (it has {', '.join(expected)})",
             )
+        # a replica refuses a bad user_config only in its log (raising would take the
+        # model down): refuse it here, before anything is deployed
+        if name in models and entries[i].get("user_config") is not None:
+            _check_user_config(models[name], entries[i]["user_config"], i)
         if not entries[i].get("autoscaling_config"):
             raise ConfigError(
                 f"applications[0].deployments[{i}].autoscaling_config",
@@ -204,3 +209,13 @@ def _check_deployments(entries: list[dict[str, Any]], args: LabelingAppArgs) -> 
                 "applications[0].deployments",
                 f"no entry for {name}: every deployment needs an autoscaling_config",
             )
+
+
+def _check_user_config(model: ModelConfig, user_config: Any, index: int) -> None:
+    """(Serve's schema has already checked that it is a mapping.)"""
+    prefix = f"applications[0].deployments[{index}].user_config"
+    try:
+        model.batching.overlaid(user_config)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise ConfigError(_path(prefix, error["loc"]), error["msg"]) from exc
