@@ -260,9 +260,12 @@ class EmbeddedRedis:
 
 def stop_embedded(services_dir: Path) -> None:
     """Stop the embedded PostgreSQL and Redis kept under ``services_dir`` (if running);
-    before deleting their folder, or Redis, unable to save on exit, keeps running."""
-    EmbeddedPostgres(services_dir / "postgres").stop()
-    EmbeddedRedis(services_dir / "redis").stop()
+    before deleting their folder, or Redis, unable to save on exit, keeps running. Redis is
+    stopped even when stopping PostgreSQL fails."""
+    try:
+        EmbeddedPostgres(services_dir / "postgres").stop()
+    finally:
+        EmbeddedRedis(services_dir / "redis").stop()
 
 
 @dataclass(frozen=True)
