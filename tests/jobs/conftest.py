@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from modelship.core.settings import Settings
+from storage.services import Services
 from tests.conftest import DATA
 
 GOOD_IMAGES = ["cat.jpg", "coffee.jpg", "astronaut.jpg", "cat_small.png", "cat_exif_rotated.jpg"]
@@ -90,3 +92,10 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> Datasets:
 def batch_settings(storage_settings: Settings, datasets: Datasets) -> Settings:
     """The session's storage settings, reading datasets from their folder only."""
     return storage_settings.model_copy(update={"batch_allowed_prefixes": [str(datasets.root)]})
+
+
+@pytest.fixture(scope="module")
+async def services(batch_settings: Settings) -> AsyncIterator[Services]:
+    services = Services.from_settings(batch_settings)
+    yield services
+    await services.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,13 +26,6 @@ from tests.jobs.conftest import Datasets
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MODELS = [MINILM, EFFICIENTNET]
-
-
-@pytest.fixture(scope="module")
-async def services(batch_settings: Settings) -> AsyncIterator[Services]:
-    services = Services.from_settings(batch_settings)
-    yield services
-    await services.close()
 
 
 async def _projects_named(services: Services, name: str) -> int:

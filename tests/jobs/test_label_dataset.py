@@ -43,13 +43,6 @@ MODELS = [MINILM, EFFICIENTNET]
 
 
 @pytest.fixture(scope="module")
-async def services(batch_settings: Settings) -> AsyncIterator[Services]:
-    services = Services.from_settings(batch_settings)
-    yield services
-    await services.close()
-
-
-@pytest.fixture(scope="module")
 def local(batch_settings: Settings) -> LocalLabeler:
     """The in-process labeler the online path's tests use: the reference labels."""
     return LocalLabeler(MODELS, batch_settings)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from storage.embedded import EmbeddedRedis
+
 
 @pytest.fixture
 def server_dir() -> Iterator[Path]:
@@ -21,3 +23,12 @@ def server_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path / "services")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -40,15 +40,6 @@ def postgres(server_dir: Path) -> Iterator[EmbeddedPostgres]:
         server.stop()
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "services")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def postmaster_pid(server: EmbeddedPostgres) -> str:
     return (server.data_dir / "pgdata" / "postmaster.pid").read_text().split()[0]
 

@@ -7,8 +7,6 @@ import asyncio
 import itertools
 import time
 import types
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -16,15 +14,6 @@ from modelship.core.errors import RateLimited
 from storage.embedded import EmbeddedRedis
 from storage.ratelimit import RateLimiter
 from storage.redis import Cache
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(tmp_path / "services")
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_the_cache_uses_a_restarted_redis_at_once(redis_server: EmbeddedRedis) -> None:

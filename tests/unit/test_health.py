@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -61,15 +63,27 @@ async def test_request_summary_and_history(client: httpx.AsyncClient) -> None:
     assert [r["checked_at"] for r in reports].count(first["checked_at"]) == 1
 
 
+@asynccontextmanager
+async def _api(local: LocalLabeler, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API with storage, on ``settings`` (a service pointed at nothing, say)."""
+    services = Services.from_settings(settings)
+    app = create_api(
+        local, local.configs, settings, workflow=Workflow(services, PACKAGED_MODELS, settings)
+    )
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test"
+        ) as http:
+            yield http
+    finally:
+        await services.close()
+
+
 async def test_a_service_down_is_unhealthy(local: LocalLabeler, job_settings: Settings) -> None:
     down = job_settings.model_copy(
         update={"database_url": SecretStr("postgresql://postgres@127.0.0.1:1/none")}
     )
-    services = Services.from_settings(down)
-    app = create_api(local, local.configs, down, workflow=Workflow(services, PACKAGED_MODELS, down))
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test"
-    ) as http:
+    async with _api(local, down) as http:
         health = await http.get("/health")
         assert health.status_code == 503
         assert health.json()["status"] == "unhealthy"
@@ -78,7 +92,6 @@ async def test_a_service_down_is_unhealthy(local: LocalLabeler, job_settings: Se
         history = (await http.get("/health/history")).json()["reports"]
         assert history[-1]["status"] == "unhealthy"
         assert (await http.get("/health/live")).status_code == 200
-    await services.close()
 
 
 @pytest.mark.parametrize("fail_open", [True, False])
@@ -94,15 +107,10 @@ async def test_redis_down_keeps_a_replica_ready_unless_the_limiter_then_refuses(
             "rate_limit_fail_open": fail_open,
         }
     )
-    services = Services.from_settings(down)
-    app = create_api(local, local.configs, down, workflow=Workflow(services, PACKAGED_MODELS, down))
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test"
-    ) as http:
+    async with _api(local, down) as http:
         ready = await http.get("/health/ready")
         assert ready.json()["checks"]["redis"] == "unavailable"
         assert ready.status_code == (200 if fail_open else 503)
-    await services.close()
 
 
 class _BusyAfterOneAnswer(LocalLabeler):
