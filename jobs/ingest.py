@@ -4,8 +4,7 @@ stored in object storage (under content keys, so a rerun writes nothing new)."""
 from __future__ import annotations
 
 import asyncio
-import logging
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, fields
 from typing import Any
 from uuid import UUID
 
@@ -15,8 +14,6 @@ from modelship.core.settings import Settings
 from modelship.service.datasets import Entry, read_entry
 from storage.batch import BatchItem
 from storage.objects import ObjectNotFound, ObjectStore
-
-logger = logging.getLogger("modelship.batch")
 
 _PUT_CONCURRENCY = 8
 _TYPES = {"byte_size": pa.int64(), "width": pa.int32(), "height": pa.int32()}
@@ -37,7 +34,7 @@ def read_batch(
     files: dict[str, bytes] = {}
     for uri, text, error in zip(batch["uri"], batch["text"], batch["error"], strict=True):
         entry = Entry(uri=str(uri), text=str(text), error=str(error))
-        for item, data in _read(entry, images, settings, tenant, UUID(project_id)):
+        for item, data in read_entry(entry, images, settings, tenant, UUID(project_id)):
             rows.append(asdict(item))
             if data is not None and item.object_key is not None:
                 files[item.object_key] = data
@@ -45,21 +42,6 @@ def read_batch(
         store = ObjectStore(objects_url, settings.object_store_options)
         asyncio.run(_store(store, files))
     return pa.Table.from_pylist(rows, schema=SCHEMA)
-
-
-def _read(
-    entry: Entry, images: bool, settings: Settings, tenant: str, project_id: UUID
-) -> list[tuple[BatchItem, bytes | None]]:
-    """``read_entry``; an error a backend raises outside ``OSError`` (botocore's
-    ``NoCredentialsError``, a protocol whose fsspec package is missing) fails this entry as
-    unreadable, as ``read_entry`` fails an ``OSError``, instead of failing the Ray task and
-    with it the whole job."""
-    try:
-        return read_entry(entry, images, settings, tenant, project_id)
-    except Exception as exc:
-        logger.warning("could not read %s: %r", entry.uri, exc)
-        reason = f"unreadable_file: could not read {entry.uri} ({type(exc).__name__})"
-        return read_entry(replace(entry, error=reason), images, settings, tenant, project_id)
 
 
 async def _store(store: ObjectStore, files: dict[str, bytes]) -> None:

@@ -18,6 +18,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import mimetypes
 import os
 import posixpath
@@ -35,6 +36,8 @@ from storage.batch import BatchItem, content_key
 
 _MANIFESTS = (".txt", ".jsonl", ".ndjson", ".csv")
 _TEXT = "text/plain"
+
+logger = logging.getLogger("modelship.batch")
 
 
 class SourceRefused(InvalidInput):
@@ -131,7 +134,10 @@ def read_entry(
             reason = f"file_too_large: {size} bytes; the limit is {limit}"
             return [(_unread(entry.uri, reason), None)]
         data: bytes = fs.cat_file(path)
-    except OSError as exc:
+    except Exception as exc:  # OSError, or what a backend raises (botocore's
+        # NoCredentialsError, a protocol whose fsspec package is missing)
+        if not isinstance(exc, OSError):
+            logger.warning("could not read %s: %r", entry.uri, exc)
         reason = f"unreadable_file: could not read {entry.uri} ({type(exc).__name__})"
         return [(_unread(entry.uri, reason), None)]
     if not images:
