@@ -12,14 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
-
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
 from modelship.core.config import IMAGE_TASKS, ModelConfig
 from modelship.core.errors import Conflict, InvalidInput, ModelShipError, NotFound
@@ -39,12 +35,9 @@ from modelship.exports import check
 from modelship.predictors import ModelStore
 from modelship.service.datasets import (
     Entry,
-    SourceRefused,
-    allowed,
     check_source,
     list_entries,
     read_entry,
-    storage_options,
 )
 from modelship.service.exporter import run_export
 from modelship.service.labeling import pick_model
@@ -135,7 +128,7 @@ class BatchRun:
         if request.export is not None:  # refused now, not once every item is labeled
             check(request.export, EXPORT_TASKS[task], False)
         images = task in IMAGE_TASKS
-        entries = await _list(request.source, images, settings)
+        entries = await asyncio.to_thread(list_entries, request.source, images, settings)
         store = ModelStore(settings.models_dir)
         version = (await asyncio.to_thread(store.resolve, config.source)).version
         if project is None:
@@ -223,48 +216,6 @@ class BatchRun:
         export = await exports.create(self.request.tenant, self.project, spec, self.request.actor)
         await run_export(self.services, export.id, self.settings.export_retention)
         return (await exports.get(self.request.tenant, export.id))[0]
-
-
-async def _list(source: str, images: bool, settings: Settings) -> list[Entry]:
-    """The source's entries. A listing fails in whatever a parser or an fsspec backend
-    raises (JSON, UTF-8, parquet, botocore, a missing backend): each refuses the source
-    with its reason, as a missing or empty one is, instead of ending the run in a
-    traceback."""
-    try:
-        return await asyncio.to_thread(_entries, source, images, settings)
-    except ModelShipError:
-        raise
-    except Exception as exc:
-        logger.warning("could not list %s: %r", source, exc)
-        message = f"could not read {source}: {type(exc).__name__}: {exc}"
-        raise SourceRefused(message, "source_unreadable") from None
-
-
-def _entries(source: str, images: bool, settings: Settings) -> list[Entry]:
-    """``list_entries``; a source that does not exist but holds glob characters is a
-    pattern (``s3://bucket/photos/*.jpg``): every file it matches, as a folder's files
-    (one not allowed fails alone), and every folder it matches."""
-    try:
-        return list_entries(source, images, settings)
-    except SourceRefused as exc:
-        if exc.code != "source_missing" or not any(c in source for c in "*?["):
-            raise
-    fs, pattern = fsspec.core.url_to_fs(source, **storage_options(source, settings))
-    entries: list[Entry] = []
-    for path in sorted(fs.glob(pattern)):
-        uri = path if isinstance(fs, LocalFileSystem) else str(fs.unstrip_protocol(path))
-        if posixpath.basename(path.rstrip("/")).startswith("."):
-            continue  # hidden, as in a folder
-        if fs.isdir(path):
-            entries += list_entries(uri, images, settings)
-        elif allowed(uri, settings.batch_prefixes):
-            entries.append(Entry(uri=uri))
-        else:
-            error = f"source_not_allowed: {uri} is outside the allowed prefixes"
-            entries.append(Entry(uri=uri, error=error))
-    if not entries:
-        raise SourceRefused(f"nothing matches {source}", "source_missing")
-    return entries
 
 
 async def _find_project(workflow: Workflow, tenant: str, ref: str) -> Project | None:

@@ -87,13 +87,18 @@ def check_source(uri: str, settings: Settings) -> None:
 
 
 def list_entries(uri: str, images: bool, settings: Settings) -> list[Entry]:
-    """What ``uri`` holds, in a stable order; refuses a source that is missing or empty."""
+    """What ``uri`` holds, in a stable order; refuses a source that is missing or empty,
+    or that cannot be listed (whatever a parser or an fsspec backend raises: JSON, UTF-8,
+    parquet, botocore, a missing backend). A ``uri`` that does not exist but holds glob
+    characters (``s3://bucket/photos/*.jpg``) is a pattern: what it matches."""
     check_source(uri, settings)
-    fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri, settings))
     try:
+        fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri, settings))
         if fs.isdir(path):
             files = [f for f in sorted(fs.find(path)) if not _hidden(f, path)]
             entries = [_listed(_uri(fs, f), settings) for f in files]  # links out refused
+        elif not fs.exists(path) and any(c in path for c in "*?["):
+            entries = _matching(fs, path, uri, images, settings)
         elif not fs.exists(path):
             raise SourceRefused(f"nothing at {uri}", "source_missing")
         elif path.lower().endswith(".parquet"):
@@ -107,12 +112,34 @@ def list_entries(uri: str, images: bool, settings: Settings) -> list[Entry]:
                 limit = settings.max_upload_bytes
                 raise SourceRefused(f"{size} bytes; the limit is {limit}", "file_too_large")
             entries = [Entry(text=text) for text in parse_text_file(path, fs.cat_file(path))]
+    except SourceRefused:
+        raise
     except ModelShipError as exc:
         raise SourceRefused(f"{uri}: {exc.message}", exc.code) from None
-    except OSError as exc:
-        raise SourceRefused(f"could not read {uri}: {exc!r}", "source_unreadable") from None
+    except Exception as exc:
+        logger.warning("could not list %s: %r", uri, exc)
+        message = f"could not read {uri}: {type(exc).__name__}: {exc}"
+        raise SourceRefused(message, "source_unreadable") from None
     if not entries:
         raise SourceRefused(f"{uri} holds no items", "source_empty")
+    return entries
+
+
+def _matching(
+    fs: fsspec.AbstractFileSystem, pattern: str, uri: str, images: bool, settings: Settings
+) -> list[Entry]:
+    """A pattern's files, as a folder's (one not allowed fails alone), and the files of
+    the folders it matches."""
+    entries: list[Entry] = []
+    for path in sorted(fs.glob(pattern)):
+        if posixpath.basename(path.rstrip("/")).startswith("."):
+            continue  # hidden, as in a folder
+        if fs.isdir(path):
+            entries += list_entries(_uri(fs, path), images, settings)
+        else:
+            entries.append(_listed(_uri(fs, path), settings))
+    if not entries:
+        raise SourceRefused(f"nothing matches {uri}", "source_missing")
     return entries
 
 
