@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from modelship.core.errors import (
@@ -27,6 +28,7 @@ from modelship.core.settings import Settings
 logger = logging.getLogger("modelship.storage")
 
 _CHUNK = 64 * 1024
+_MAX_REPLY = 64 * 1024
 
 
 class Scanner(Protocol):
@@ -119,39 +121,57 @@ class Clamd:
             raise ScannerUnavailable(f"clamd at {self.url} answered {reply!r} to PING")
 
     async def _command(self, command: bytes, data: bytes | None = None) -> str:
+        # Plain sockets, not streams: a stream whose write hit clamd's hang-up raises that
+        # error on every later read, and clamd's reply (why it hung up) would be lost.
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._timeout_s):
-                if self._path is not None:
-                    reader, writer = await asyncio.open_unix_connection(self._path)
-                else:
-                    reader, writer = await asyncio.open_connection(self._host, self._port)
-                try:
-                    writer.write(b"z" + command + b"\0")
+                with await self._connect(loop) as sock:
+                    await loop.sock_sendall(sock, b"z" + command + b"\0")
                     if data is not None:
-                        await _send(writer, data)
-                    reply = await reader.readuntil(b"\0")
-                finally:
-                    writer.close()
-        except (
-            OSError,
-            TimeoutError,
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-        ) as exc:
+                        await _send(loop, sock, data)
+                    reply = await _reply(loop, sock)
+        except (OSError, TimeoutError) as exc:
             logger.warning("clamd at %s: %r", self.url, exc)
             raise ScannerUnavailable("the virus scanner is unavailable; retry later") from exc
-        return reply.rstrip(b"\0").decode(errors="replace").strip()
+        return reply.decode(errors="replace").strip()
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
+        address: Any
+        if self._path is not None:
+            family, address = socket.AF_UNIX, self._path
+        else:
+            found = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+            family, _, _, _, address = found[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
 
-async def _send(writer: asyncio.StreamWriter, data: bytes) -> None:
+async def _send(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes) -> None:
     view = memoryview(data)
     try:
         for start in range(0, len(view), _CHUNK):
             chunk = view[start : start + _CHUNK]
-            writer.write(len(chunk).to_bytes(4, "big"))
-            writer.write(chunk)
-            await writer.drain()
-        writer.write(b"\0\0\0\0")
-        await writer.drain()
-    except ConnectionError:
+            await loop.sock_sendall(sock, len(chunk).to_bytes(4, "big") + chunk)
+        await loop.sock_sendall(sock, b"\0\0\0\0")
+    except (BrokenPipeError, ConnectionResetError):
         pass  # clamd hung up past its StreamMaxLength; its reply, already sent, says so
+
+
+async def _reply(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    """clamd's reply, up to its NUL."""
+    reply = b""
+    while b"\0" not in reply:
+        if len(reply) > _MAX_REPLY:
+            raise ConnectionError(f"clamd's reply is longer than {_MAX_REPLY} bytes")
+        part = await loop.sock_recv(sock, 4096)
+        if not part:
+            raise ConnectionError("clamd closed the connection without a reply")
+        reply += part
+    return reply.split(b"\0", 1)[0]

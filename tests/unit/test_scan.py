@@ -20,7 +20,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from modelship.core.config import LabelingAppArgs
-from modelship.core.errors import ScannerUnavailable
+from modelship.core.errors import PayloadTooLarge, ScannerUnavailable
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
 from modelship.ops.preflight import run_checks
@@ -148,6 +148,18 @@ async def test_clamd_finds_eicar_and_passes_clean_bytes(clamd: _Clamd) -> None:
         assert await scanner.scan(EICAR) == f"{SIGNATURE}.UNOFFICIAL"
         assert await scanner.scan(b"") is None
         assert await scanner.scan(png(1) * 100) is None  # several chunks
+
+
+async def test_clamd_refuses_a_stream_past_its_limit_however_far_past(clamd: _Clamd) -> None:
+    # clamd replies and hangs up at StreamMaxLength; the client, still sending, must read
+    # that reply, not report the hang-up as an outage
+    for url in (clamd.url, f"tcp://127.0.0.1:{clamd.port}"):
+        scanner = Clamd(url, timeout_s=10)
+        for size in (STREAM_MAX + 1, 300_000, 4_000_000):
+            for _ in range(3):
+                with pytest.raises(PayloadTooLarge) as refused:
+                    await scanner.scan(b"\1" * size)
+                assert refused.value.code == "too_large_to_scan"
 
 
 async def test_a_missing_clamd_is_unavailable(tmp_path: Path) -> None:
