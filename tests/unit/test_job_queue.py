@@ -86,20 +86,24 @@ async def test_items_with_no_attempt_left_under_a_lowered_limit_are_failed(
 
 
 @pytest.fixture
-def slow_annotations(monkeypatch: pytest.MonkeyPatch) -> None:
+def slow_annotations(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
     """Each completion pauses after its first annotation, holding its locks, so two
-    completions (or a completion and a cancel) interleave."""
+    completions (or a completion and a cancel) interleave. The event is set once one
+    has paused there."""
     real = storage.jobs._annotate
     paused: set[int] = set()
+    holding = asyncio.Event()
 
     async def slow(conn: Any, *args: Any) -> str:
         decision: str = await real(conn, *args)
         if id(conn) not in paused:
             paused.add(id(conn))
+            holding.set()
             await asyncio.sleep(0.3)
         return decision
 
     monkeypatch.setattr(storage.jobs, "_annotate", slow)
+    return holding
 
 
 @pytest.mark.usefixtures("slow_annotations")
@@ -128,9 +132,11 @@ async def test_completions_of_the_same_items_in_other_orders_both_commit(
     assert [await _status(client, job) for job in (first, second)] == ["succeeded"] * 2
 
 
-@pytest.mark.usefixtures("slow_annotations")
 async def test_a_cancel_racing_the_last_completion_is_one_or_the_other(
-    client: httpx.AsyncClient, services: Services, runner: JobRunner
+    client: httpx.AsyncClient,
+    services: Services,
+    runner: JobRunner,
+    slow_annotations: asyncio.Event,
 ) -> None:
     """The cancel read the job as running before the last batch finished it, then
     answered 200 with the job succeeded and audited a cancel that never happened."""
@@ -139,7 +145,10 @@ async def test_a_cancel_racing_the_last_completion_is_one_or_the_other(
     claim = await _claim(jobs, "runner-w", job_id)
     successes, failures = await runner._label(claim)
     completing = asyncio.create_task(jobs.complete(claim, successes, failures, 3))
-    await asyncio.sleep(0.1)  # the completion holds the items' locks
+    # once the completion holds the items' locks (a fixed 0.1 s assumed it got there in
+    # time: on a busy machine the cancel could go first, and the completion then found
+    # its items cancelled)
+    await asyncio.wait_for(slow_annotations.wait(), 30)
     with pytest.raises(Conflict) as refused:
         await jobs.cancel("default", uuid.UUID(job_id), "anonymous")
     assert refused.value.code == "job_finished"
