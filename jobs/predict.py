@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from modelship.core.config import ModelConfig
-from modelship.core.errors import ConfigurationError, ModelShipError
+from modelship.core.errors import ConfigurationError, ModelShipError, ServiceUnavailable
 from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, build_predictor
 from modelship.predictors.prepare import label_items
@@ -93,3 +93,8 @@ class LabelActor:
             return await self._objects.get(key)
         except ObjectNotFound:
             return ModelShipError("the stored file is missing", "object_missing")
+        except ServiceUnavailable as exc:
+            # The item's own failure, with the true reason (a rerun labels it again); raised,
+            # it would fail its batch on every try, and then the item would be failed as
+            # one that kills the model
+            return exc

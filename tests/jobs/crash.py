@@ -1,5 +1,6 @@
 """Label actors for tests: one that dies once mid-run, as a killed or preempted worker
-would; one that counts the batches it labels."""
+would; one that counts the batches it labels; one that dies on a poison item; one whose
+object store is down."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from jobs.predict import LabelActor
+from storage.objects import ObjectStore
 
 
 class CrashOnce(LabelActor):
@@ -59,3 +61,15 @@ class KilledByPoison(LabelActor):
         if any(POISON in str(text) for text in batch["text"]):
             os._exit(1)
         return super().__call__(batch)
+
+
+class StoreOutage(LabelActor):
+    """The real ``LabelActor``, reading items' files from a folder that went away after
+    the store opened it: the object store is down (a volume unmounted, a bucket gone)
+    while the job labels."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        gone = Path(kwargs["settings"].data_dir) / f"unmounted-{os.getpid()}"
+        self._objects = ObjectStore(str(gone))  # creates the folder
+        gone.rmdir()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import sys
 import uuid
@@ -205,6 +206,31 @@ async def test_an_item_that_kills_the_model_fails_alone(
     assert job.status == "succeeded" and job.total_items == 60
     assert job.counts[ItemState.succeeded] == 59 and job.counts[ItemState.failed] == 1
     assert [(e.error, e.count) for e in job.errors] == [(ISOLATED_FAILURE, 1)]
+
+
+async def test_an_object_store_outage_fails_items_with_its_reason(
+    serve_cluster: int, batch_settings: Settings, datasets: Datasets
+) -> None:
+    """Label actors that cannot read the items' files (the store is down) fail those items
+    with ``object_store_unavailable``, which a rerun labels again. The outage used to fail
+    each batch three times, then each item alone, and the items were failed as ones that
+    kill the model: a user would drop good images."""
+    from tests.jobs.crash import StoreOutage
+
+    source = datasets.images.with_name("outage.jsonl")
+    source.write_text("".join(json.dumps({"path": name}) + "\n" for name in GOOD_IMAGES))
+    project = f"outage-{uuid.uuid4().hex[:6]}"
+    labeling = run(batch_settings, project, source, EFFICIENTNET, actor_cls=StoreOutage)
+    job = await asyncio.wait_for(labeling, timeout=240)
+    assert job.total_items == len(GOOD_IMAGES)
+    assert job.counts[ItemState.failed] == len(GOOD_IMAGES)
+    assert [(e.error.split(":")[0], e.count) for e in job.errors] == [
+        ("object_store_unavailable", len(GOOD_IMAGES))
+    ]
+
+    again = await run(batch_settings, str(job.project_id), source, EFFICIENTNET)
+    assert again.status == "succeeded"
+    assert again.counts[ItemState.succeeded] == len(GOOD_IMAGES)
 
 
 async def test_a_cancelled_batch_job_stops_labeling(
