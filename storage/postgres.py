@@ -10,6 +10,7 @@ model of the schema for nothing; twenty lines below do the same job.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -20,7 +21,7 @@ from importlib import resources
 import asyncpg
 
 from modelship.core import tracing
-from modelship.core.errors import InvalidInput, ServiceUnavailable
+from modelship.core.errors import ConfigurationError, InvalidInput, ServiceUnavailable
 
 logger = logging.getLogger("modelship.storage")
 
@@ -217,24 +218,47 @@ def _trace_query(record: asyncpg.connection.LoggedQuery) -> None:
 
 
 async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Apply pending migrations; safe to run from many processes at once."""
+    """Apply pending migrations; safe to run from many processes at once.
+
+    Each applied migration's checksum is kept; a migration file changed since the database
+    applied it is refused (a released migration never changes: add a new one), as the
+    database would otherwise lack what the change added while claiming it has it.
+
+    Raises:
+        ConfigurationError: an applied migration's file has changed.
+    """
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
-            " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(), checksum text)"
         )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        await conn.execute("ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum text")
+        rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        done = {r["version"]: r["checksum"] for r in rows}
         for version, name, sql in migrations():
+            checksum = hashlib.sha256(sql.encode()).hexdigest()
             if version in done:
+                if done[version] is None:  # applied before checksums were kept
+                    await conn.execute(
+                        "UPDATE schema_migrations SET checksum = $2 WHERE version = $1",
+                        version,
+                        checksum,
+                    )
+                elif done[version] != checksum:
+                    raise ConfigurationError(
+                        f"migration {name} has changed since this database applied it; a"
+                        " released migration must not change (add a new one)"
+                    )
                 continue
             async with conn.transaction():
                 await conn.execute(sql)
                 await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
                     version,
                     name,
+                    checksum,
                 )
             applied.append(name)
             logger.info("applied migration %s", name)

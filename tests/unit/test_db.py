@@ -23,6 +23,7 @@ from urllib.parse import quote
 import asyncpg
 import pytest
 
+from modelship.core.errors import ConfigurationError
 from modelship.core.settings import Settings
 from modelship.ops.db import (
     BackupError,
@@ -233,8 +234,9 @@ def new_database() -> Iterator[Callable[[], str]]:
             _sql(POSTGRES_ADMIN_DSN, f"DROP DATABASE {name} WITH (FORCE)")
 
 
-def _migrate(dsn: str, up_to: int | None = None) -> list[str]:
-    everything = postgres.migrations()
+def _migrate(dsn: str, up_to: int | None = None, files: dict[int, str] | None = None) -> list[str]:
+    """Apply the migrations up to ``up_to``, with ``files``' SQL instead of some files'."""
+    everything = [(v, n, (files or {}).get(v, sql)) for v, n, sql in postgres.migrations()]
 
     async def run() -> list[str]:
         conn = await asyncpg.connect(dsn)
@@ -246,6 +248,48 @@ def _migrate(dsn: str, up_to: int | None = None) -> list[str]:
             await conn.close()
 
     return asyncio.run(run())
+
+
+def _columns(dsn: str, table: str) -> set[str]:
+    query = f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}'"
+    return {name for (name,) in _sql(dsn, query)}
+
+
+def test_a_migration_changed_since_it_was_applied_stops_the_start(
+    new_database: Callable[[], str],
+) -> None:
+    """The database would otherwise claim a schema it lacks (0002 was once extended after
+    it had landed): the start is refused, naming the migration, and nothing is applied."""
+    dsn = new_database()
+    _migrate(dsn)
+    edited = {3: postgres.migrations()[2][2] + "ALTER TABLE jobs ADD COLUMN extra text;\n"}
+    with pytest.raises(ConfigurationError, match=r"0003_job_request_id\.sql has changed"):
+        _migrate(dsn, files=edited)
+    assert "extra" not in _columns(dsn, "jobs")
+    assert _migrate(dsn) == []  # the files as released: fine
+
+
+def test_a_database_that_applied_the_first_0002_is_repaired(
+    new_database: Callable[[], str],
+) -> None:
+    """0002 gained four columns and an index within the hour it landed (f61dd96, then
+    e5c788e and bf0cd39). A database that applied the first 0002 lacked them for good, as
+    its ``schema_migrations`` said 0002 was done; 0007 adds them, and the checksums of what
+    such a database applied before checksums were kept are filled in."""
+    dsn = new_database()
+    current = postgres.migrations()[1][2]
+    first = current[: current.index("\nALTER TABLE exports ADD COLUMN byte_size")]
+    _migrate(dsn, up_to=2, files={2: first})
+    _sql(dsn, "ALTER TABLE schema_migrations DROP COLUMN checksum")  # kept no checksums then
+    assert {"byte_size", "media_type"}.isdisjoint(_columns(dsn, "exports"))
+
+    later = [name for version, name, _ in postgres.migrations() if version > 2]
+    assert _migrate(dsn) == later
+    assert {"byte_size", "media_type"} <= _columns(dsn, "exports")
+    assert {"name", "prefix"} <= _columns(dsn, "api_keys")
+    assert _sql(dsn, "SELECT to_regclass('exports_unfinished') IS NOT NULL") == [(True,)]
+    assert _sql(dsn, "SELECT count(*) FROM schema_migrations WHERE checksum IS NULL") == [(0,)]
+    assert _migrate(dsn) == []
 
 
 PROJECT = (
