@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -649,15 +650,22 @@ async def test_concurrent_runner_loops_wake_up_and_finish_jobs(
     runner = JobRunner(jobs, services.objects, services.cache, labeler, settings, "runner-loops")
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run_forever(stop))
+    cache = services.cache
     try:
-        await asyncio.sleep(0.5)  # every loop idle, waiting for a wake-up
+        # Every loop idle, its listener subscribed: Redis keeps no message for a channel
+        # nobody listens on, and a wake-up sent before the subscription (a fixed 0.5 s
+        # here assumed it was done by then) is lost: the loops sleep job_poll_s.
+        while not (await cache._client.pubsub_numsub(cache._jobs_channel))[0][1]:
+            assert not task.done(), task
+            await asyncio.sleep(0.05)
         for round_ in range(2):
             project = await text_project(client)
             await upload_texts(client, project, [f"round {round_} text {i}" for i in range(40)])
             job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
-            for _ in range(100):  # far less than job_poll_s: only a wake-up explains it
+            deadline = time.monotonic() + 20  # less than job_poll_s: only a wake-up explains it
+            while True:
                 status = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
-                if status["status"] == "succeeded":
+                if status["status"] == "succeeded" or time.monotonic() > deadline:
                     break
                 assert not task.done(), task
                 await asyncio.sleep(0.1)
