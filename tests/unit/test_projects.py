@@ -688,6 +688,18 @@ class SlowLabeler(LocalLabeler):
         return await super().label(model, payloads, options)
 
 
+async def _leased_to(services: Services, job_id: str, owner: str) -> bool:
+    """Whether every item of the job is leased to a claim of runner ``owner``."""
+    async with services.db.connection() as conn:
+        held = await conn.fetch(
+            "SELECT state = 'leased' AND starts_with(lease_owner, $2 || '/') AS held"
+            " FROM job_items WHERE job_id = $1",
+            uuid.UUID(job_id),
+            owner,
+        )
+    return bool(held) and all(row["held"] for row in held)
+
+
 async def test_a_working_runner_keeps_its_leases(
     client: httpx.AsyncClient,
     services: Services,
@@ -705,7 +717,12 @@ async def test_a_working_runner_keeps_its_leases(
     busy = JobRunner(jobs, services.objects, services.cache, slow, job_settings, "runner-slow")
     other = JobRunner(jobs, services.objects, services.cache, labeler, job_settings, "runner-c")
     working = asyncio.create_task(busy.run_once())
-    await asyncio.sleep(1.0)
+    # once the slow runner holds the items (a fixed 1 s assumed its claim came first: on a
+    # busy machine the other runner could claim them), then two lease periods later
+    while not await _leased_to(services, job["id"], "runner-slow"):
+        assert not working.done(), working
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(2 * job_settings.job_lease_s)
     await drain(other)  # whatever else is queued; the slow runner's items stay its own
     assert await working == 2
     results = await job_results(client, job["id"])
