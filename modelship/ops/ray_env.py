@@ -17,6 +17,7 @@ with the figures: docs/benchmark.md.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import random
 import socket
@@ -110,9 +111,25 @@ def _free_range(count: int) -> int:
     raise RuntimeError("no free range of replica ports between 20000 and 29000")
 
 
+# Below the kernel's ephemeral ports (Linux 32768+, macOS 49152+) and above the replicas'
+# ranges (_free_range). A port from bind(("127.0.0.1", 0)) is an ephemeral one: until its
+# server binds it, any process binding port 0 (Ray's start dozens) could be handed it too.
+_PORTS = range(29_000, 32_768)
+_handed: collections.deque[int] = collections.deque(maxlen=256)
+
+
 def free_port() -> int:
-    """A TCP port free on loopback now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A TCP port nothing is bound to now, for a server started later to bind: not one the
+    kernel hands a process binding port 0 or connecting out meanwhile, nor one this process
+    handed out lately."""
+    for port in random.SystemRandom().sample(_PORTS, 64):
+        if port in _handed:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))  # every address: a server on any of them holds it
+            except OSError:
+                continue
+        _handed.append(port)
         return port
+    raise RuntimeError(f"no free port between {_PORTS.start} and {_PORTS.stop - 1}")

@@ -14,7 +14,7 @@ from ray.serve.exceptions import (
 )
 
 from modelship.core.errors import Overloaded
-from modelship.ops.ray_env import private_haproxy, ray_environment
+from modelship.ops.ray_env import free_port, private_haproxy, ray_environment
 from modelship.service.serving import call_error
 
 
@@ -54,6 +54,23 @@ def test_private_haproxy_files_and_ports(tmp_path: Path) -> None:
         assert 20_000 <= low < high <= 29_000 and high - low == 20
     ranges = {env[k] for k in env if "DIRECT_INGRESS_MIN" in k}
     assert len(ranges | {other[k] for k in other if "DIRECT_INGRESS_MIN" in k}) >= 3
+
+
+def test_a_free_port_is_not_one_the_kernel_hands_out_meanwhile() -> None:
+    """free_port() was a port from a bind to port 0: one of the kernel's ephemeral ports,
+    which it hands to any process binding port 0 (and, on Linux, connecting out). Between
+    the pick and its server's bind (ray.init, serve.start: seconds), Ray's processes bind
+    dozens that way: one could take it, and HAProxy, the Serve proxy or the metrics agent
+    could not listen. Two picks could also be the same port. Neither can happen now."""
+    kernel = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    if not kernel.exists():
+        pytest.skip("no Linux ephemeral port range to check against")
+    low, high = (int(port) for port in kernel.read_text().split())
+    if low <= 32_767:
+        pytest.skip(f"this kernel hands out ports from {low}, below the usual 32768")
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert [port for port in ports if low <= port <= high] == []
 
 
 def test_a_haproxy_folder_too_long_for_its_sockets_is_refused() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import uvicorn
 
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
+from modelship.ops.ray_env import free_port
 from modelship.service.labeling import LocalLabeler
 from storage.ratelimit import RateLimiter
 from tests.conftest import MINILM, REDIS_URL
@@ -36,14 +36,13 @@ def server(settings: Settings) -> Iterator[str]:
         prefix=f"modelship-test-{uuid.uuid4().hex[:8]}",
     )
     app = create_api(LocalLabeler([MINILM], settings), [MINILM], settings, limiter=limiter)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     serving = uvicorn.Server(config)
     thread = threading.Thread(target=serving.run, daemon=True)
     thread.start()
     while not serving.started:
+        assert thread.is_alive(), "uvicorn did not start"
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}"
     serving.should_exit = True
