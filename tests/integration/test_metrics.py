@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,18 @@ def _scrape(url: str) -> dict[str, list[Any]]:
     return {family.name: family.samples for family in text_string_to_metric_families(text)}
 
 
-def _until(url: str, ready: Any, timeout_s: float = 30) -> dict[str, list[Any]]:
+def _until(url: str, check: Callable[[dict[str, list[Any]]], None], timeout_s: float = 30) -> None:
+    """Scrape until ``check`` passes (it asserts), up to ``timeout_s``. Each process (the
+    ingress, each model replica, the runner, the exporter) reports its metrics to the
+    agent on its own tick: one process's numbers there say nothing of another's."""
     deadline = time.monotonic() + timeout_s
     while True:
-        families = _scrape(url)
-        if ready(families) or time.monotonic() > deadline:
-            return families
+        try:
+            check(_scrape(url))
+            return
+        except (AssertionError, KeyError):
+            if time.monotonic() > deadline:
+                raise
         time.sleep(0.5)
 
 
@@ -45,15 +52,10 @@ def test_requests_items_and_batches_are_exported(http: httpx.Client, metrics_url
         assert response.status_code == 200
     assert http.get("/api/v1/jobs/00000000-0000-0000-0000-000000000000").status_code == 404
 
-    def ready(families: dict[str, list[Any]]) -> bool:
-        requests = families.get("ray_modelship_http_requests", [])
-        return (
-            _total(requests, "ray_modelship_http_requests_total", status="404") >= 1
-            and "ray_modelship_inference_batch_size" in families
-            and "ray_modelship_model_load_seconds" in families
-        )
+    _until(metrics_url, _requests_items_and_batches)
 
-    families = _until(metrics_url, ready)
+
+def _requests_items_and_batches(families: dict[str, list[Any]]) -> None:
     requests = families["ray_modelship_http_requests"]
     route = "/api/v1/classify/image"
     assert _total(requests, "ray_modelship_http_requests_total", route=route, status="200") >= 3
@@ -108,11 +110,10 @@ def test_job_decisions_queue_depth_and_exports_are_exported(
     else:
         raise AssertionError("the job or the export did not finish")
 
-    def ready(families: dict[str, list[Any]]) -> bool:
-        exports = families.get("ray_modelship_exports", [])
-        return _total(exports, "ray_modelship_exports_total", format="csv", status="succeeded") >= 1
+    _until(metrics_url, _decisions_queue_depth_and_exports)
 
-    families = _until(metrics_url, ready)
+
+def _decisions_queue_depth_and_exports(families: dict[str, list[Any]]) -> None:
     decisions = families["ray_modelship_predictions"]
     task = "zero-shot-text-classification"
     decided = sum(
