@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 import pytest
 import ray
 from ray import serve
@@ -97,11 +98,27 @@ def _kill_runner_holding_leases(dsn: str, tries: int = 5) -> set[Any]:
         while not asyncio.run(_rows(dsn, sql, owner)) and time.monotonic() < deadline:
             time.sleep(0.005)
         ray.kill(_replica_actor("JobRunner", replica), no_restart=True)
-        time.sleep(1.0)  # the process is gone: whatever it still leases, it never finishes
+        # ray.kill returns before the process is dead: on a busy machine it could live past
+        # a fixed 1 s and finish a batch counted here as orphaned (done on attempt 1)
+        _wait_until_gone(stats["pid"])
+        time.sleep(1.0)  # what it sent before dying is done: what it leases, it never finishes
         orphaned = {row["item_id"] for row in asyncio.run(_rows(dsn, sql, owner))}
         if orphaned:
             return orphaned
     raise AssertionError(f"no kill in {tries} left a lease behind")
+
+
+def _wait_until_gone(pid: int, timeout_s: float = 60) -> None:
+    """Until process ``pid`` (on this machine) has exited."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        assert time.monotonic() < deadline, f"process {pid} still runs after ray.kill"
+        time.sleep(0.05)
 
 
 def _item_states(dsn: str, job_id: str) -> list[asyncpg.Record]:
