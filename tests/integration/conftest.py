@@ -40,7 +40,9 @@ def serve_log_records(deployment: str) -> list[dict[str, Any]]:
     logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
     records = []
     for path in logs.glob(f"replica_{APP}_{deployment}_*.log"):
-        for line in path.read_text(errors="replace").splitlines():
+        # complete lines only: the replica may be writing the last one as it is read
+        written, _, _ = path.read_text(errors="replace").rpartition("\n")
+        for line in written.splitlines():
             if line.startswith("{"):
                 records.append(json.loads(line))
     return records
