@@ -161,6 +161,9 @@ def serve_cluster(otlp_receiver: OtlpReceiver) -> Iterator[int]:
     cluster_env = {
         **ray_environment(None, os.environ),
         **private_haproxy(Path(temp_dir) / "hap"),
+        # An ingress replica behind HAProxy stays reachable 30 s once told to stop, for load
+        # balancers to deregister it; each app a test deletes would wait that out
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
     }
     with mock.patch.dict(os.environ, cluster_env):
         ray.init(

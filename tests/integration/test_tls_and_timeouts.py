@@ -80,6 +80,14 @@ def _edge_config(port: int, certfile: Path, keyfile: Path, data_dir: Path) -> di
     return config
 
 
+# Proxies and ingress replicas stay reachable 30 s once told to stop, for load balancers
+# to deregister them: this module's teardown would wait that out.
+_QUICK_STOP = {
+    "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+}
+
+
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ssl.SSLContext]]:
     directory = tmp_path_factory.mktemp("edge")
@@ -99,7 +107,14 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ssl.SS
     process = subprocess.Popen(
         [str(serve_bin), "run", "--address", "local", str(config)],
         cwd=Path(__file__).resolve().parents[2],
-        env={**os.environ, **mode, **own, "HF_HUB_OFFLINE": "1", "RAY_TMPDIR": ray_tmp},
+        env={
+            **os.environ,
+            **mode,
+            **own,
+            **_QUICK_STOP,
+            "HF_HUB_OFFLINE": "1",
+            "RAY_TMPDIR": ray_tmp,
+        },
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
