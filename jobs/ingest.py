@@ -1,5 +1,6 @@
 """The first pass of a batch job, as Ray Data tasks: entries read into items, images
-stored in object storage (under content keys, so a rerun writes nothing new)."""
+stored in object storage (under content keys, so a rerun writes nothing new). An image
+the store cannot take (an outage) is an item that fails at once with that reason."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from uuid import UUID
 
 import pyarrow as pa
 
+from modelship.core.errors import ServiceUnavailable
 from modelship.core.settings import Settings
 from modelship.service.datasets import Entry, read_entry
 from storage.batch import BatchItem
@@ -40,21 +42,30 @@ def read_batch(
                 files[item.object_key] = data
     if files:
         store = ObjectStore(objects_url, settings.object_store_options)
-        asyncio.run(_store(store, files))
+        unstored = asyncio.run(_store(store, files))
+        for row in rows:  # fails at once, keeping its key: a rerun stores it there
+            if (error := unstored.get(row["object_key"])) is not None:
+                row["error"] = error
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-async def _store(store: ObjectStore, files: dict[str, bytes]) -> None:
-    """Write each file unless its key holds it already (a key is its content's hash)."""
+async def _store(store: ObjectStore, files: dict[str, bytes]) -> dict[str, str]:
+    """Write each file unless its key holds it already (a key is its content's hash);
+    returns the keys the store could not take (an outage), with the reason."""
     limit = asyncio.Semaphore(_PUT_CONCURRENCY)
+    unstored: dict[str, str] = {}
 
     async def put(key: str, data: bytes) -> None:
         async with limit:
             try:
-                if await store.size(key) == len(data):
-                    return
-            except ObjectNotFound:
-                pass
-            await store.put(key, data)
+                try:
+                    if await store.size(key) == len(data):
+                        return
+                except ObjectNotFound:
+                    pass
+                await store.put(key, data)
+            except ServiceUnavailable as exc:
+                unstored[key] = f"{exc.code}: {exc.message}"
 
     await asyncio.gather(*(put(key, data) for key, data in files.items()))
+    return unstored

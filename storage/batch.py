@@ -188,7 +188,8 @@ class BatchStore:
             unused = await conn.fetch(
                 "SELECT DISTINCT b.object_key FROM batch_in b JOIN items i"
                 " ON i.project_id = $1 AND i.content_hash = b.content_hash"
-                " WHERE b.object_key IS NOT NULL AND i.object_key IS DISTINCT FROM b.object_key",
+                " WHERE b.object_key IS NOT NULL AND b.error IS NULL"
+                " AND i.object_key IS DISTINCT FROM b.object_key",
                 project_id,
             )
             await conn.execute(

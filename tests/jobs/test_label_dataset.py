@@ -325,6 +325,28 @@ async def test_a_source_outside_the_allowed_prefixes_is_refused(
         assert await conn.fetchval("SELECT count(*) FROM projects WHERE name = $1", project) == 0
 
 
+async def test_images_the_object_store_cannot_take_fail_with_its_reason(
+    serve_cluster: int, batch_settings: Settings, datasets: Datasets, s3_options: dict[str, Any]
+) -> None:
+    """An image read while the object store is down (an S3 endpoint that refuses
+    connections) fails at once with ``object_store_unavailable``; the other entries go on.
+    The Ray task storing it used to raise, and the run died with a Ray traceback."""
+    down = batch_settings.model_copy(
+        update={
+            "object_store_url": "s3://labels/objects",
+            "object_store_options": {**s3_options, "endpoint_url": "http://127.0.0.1:1"},
+        }
+    )
+    project = f"store-down-{uuid.uuid4().hex[:6]}"
+    job = await asyncio.wait_for(run(down, project, datasets.images, EFFICIENTNET), 240)
+    unstored = len(GOOD_IMAGES) + 1  # truncated.jpg's header reads: it is stored too
+    assert job.total_items == len(GOOD_IMAGES) + len(BAD_IMAGES)
+    assert job.counts[ItemState.failed] == job.total_items
+    reasons = {e.error.split(":")[0]: e.count for e in job.errors}
+    assert reasons.pop("object_store_unavailable") == unstored
+    assert sorted(reasons) == sorted(set(BAD_IMAGES.values()) - {"corrupt_image"})
+
+
 async def test_an_s3_dataset_labeled_and_exported(
     serve_cluster: int, batch_settings: Settings, s3_options: dict[str, Any]
 ) -> None:
