@@ -11,7 +11,7 @@ from ray import serve
 from modelship.core.logs import to_serve_logs
 from modelship.core.metrics import ServeMetrics
 from modelship.core.settings import Settings
-from modelship.service.exporter import delete_expired, run_export
+from modelship.service.exporter import LEASE_S, delete_expired, run_export
 from storage.exports import ExportStore
 from storage.services import Services
 
@@ -23,7 +23,8 @@ SWEEP_S = 600.0
 class Exporter:
     """Streams a project's rows from PostgreSQL through a format writer to object storage.
 
-    Exports a previous replica left unfinished (it died) are resumed when a replica starts.
+    Exports left unfinished (a replica died writing them) are written again once their
+    lease lapses; a replica starting looks at once, then every ``LEASE_S``.
 
     Args:
         settings: storage URLs.
@@ -41,12 +42,16 @@ class Exporter:
         await run_export(self._services, export_id, self._retention, metrics=self._metrics)
 
     async def _resume(self) -> None:
-        try:
-            for export_id in await ExportStore(self._services.db).unfinished():
-                logger.info("resuming export %s", export_id)
-                await self.run(export_id)
-        except Exception:
-            logger.exception("could not resume unfinished exports")
+        """Write the exports no process is writing (their writer died, or the Ingress's call
+        never came), now and each time a lease could have lapsed."""
+        while True:
+            try:
+                for export_id in await ExportStore(self._services.db).unfinished():
+                    logger.info("writing unfinished export %s", export_id)
+                    await self.run(export_id)
+            except Exception:
+                logger.exception("could not resume unfinished exports")
+            await asyncio.sleep(LEASE_S)
 
     async def _sweep(self) -> None:
         """Delete the files of expired exports, now and then (every replica: each claims

@@ -102,20 +102,27 @@ class ExportStore:
         return _export(row), row["object_key"]
 
     async def unfinished(self) -> list[UUID]:
+        """Exports no process is writing: queued, or running with a lapsed lease."""
         async with self._db.connection() as conn:
             rows = await conn.fetch(
-                "SELECT id FROM exports WHERE status IN ('queued', 'running') ORDER BY created_at"
+                "SELECT id FROM exports WHERE status IN ('queued', 'running')"
+                " AND (lease_expires_at IS NULL OR lease_expires_at < now()) ORDER BY created_at"
             )
         return [row["id"] for row in rows]
 
-    async def start(self, export_id: UUID) -> ExportJob | None:
-        """Mark the export running; None if it is gone or already finished."""
+    async def start(self, export_id: UUID, owner: str, lease_s: float) -> ExportJob | None:
+        """Mark the export running, leased to ``owner`` for ``lease_s``; None if it is gone,
+        finished, or leased to another writer."""
         async with self._db.connection() as conn:
             row = await conn.fetchrow(
-                "UPDATE exports e SET status = 'running' FROM projects p"
+                "UPDATE exports e SET status = 'running', lease_owner = $2,"
+                " lease_expires_at = now() + make_interval(secs => $3) FROM projects p"
                 " WHERE e.id = $1 AND p.id = e.project_id AND e.status IN ('queued', 'running')"
+                " AND (e.lease_expires_at IS NULL OR e.lease_expires_at < now())"
                 " RETURNING e.format, e.selection, p.tenant, p.id AS project_id",
                 export_id,
+                owner,
+                lease_s,
             )
         if row is None:
             return None
@@ -123,27 +130,45 @@ class ExportStore:
         request = ExportCreate.model_validate({"format": row["format"], **row["selection"]})
         return ExportJob(export_id, row["tenant"], project, request)
 
+    async def renew(self, export_id: UUID, owner: str, lease_s: float) -> bool:
+        """Extend ``owner``'s lease; False when it no longer holds it."""
+        async with self._db.connection() as conn:
+            status = await conn.execute(
+                "UPDATE exports SET lease_expires_at = now() + make_interval(secs => $3)"
+                " WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                export_id,
+                owner,
+                lease_s,
+            )
+        return status == "UPDATE 1"
+
     async def finish(
         self,
         export_id: UUID,
+        owner: str,
         object_key: str,
         rows: int,
         size: int,
         media_type: str,
         retention: timedelta,
-    ) -> None:
+    ) -> bool:
+        """Record the written file; False when ``owner`` lost the export to another writer
+        (its lease lapsed), whose file counts instead."""
         async with self._db.connection() as conn:
-            await conn.execute(
-                "UPDATE exports SET status = 'succeeded', object_key = $2, row_count = $3,"
-                " byte_size = $4, media_type = $5, finished_at = now(),"
-                " expires_at = now() + $6 WHERE id = $1",
+            status = await conn.execute(
+                "UPDATE exports SET status = 'succeeded', object_key = $3, row_count = $4,"
+                " byte_size = $5, media_type = $6, finished_at = now(),"
+                " expires_at = now() + $7, lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
                 export_id,
+                owner,
                 object_key,
                 rows,
                 size,
                 media_type,
                 retention,
             )
+        return status == "UPDATE 1"
 
     async def expire(self, limit: int) -> list[str]:
         """Mark up to ``limit`` succeeded exports past their time expired; their object keys
@@ -159,12 +184,15 @@ class ExportStore:
             )
         return [row[0] for row in rows if row[0]]
 
-    async def fail(self, export_id: UUID, error: str) -> None:
+    async def fail(self, export_id: UUID, owner: str, error: str) -> None:
+        """End the export failed, unless ``owner`` lost it to another writer."""
         async with self._db.connection() as conn:
             await conn.execute(
-                "UPDATE exports SET status = 'failed', error = $2, finished_at = now()"
-                " WHERE id = $1",
+                "UPDATE exports SET status = 'failed', error = $3, finished_at = now(),"
+                " lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
                 export_id,
+                owner,
                 error,
             )
 

@@ -6,23 +6,25 @@ The Serve ``Exporter`` deployment runs this; tests run it in-process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from modelship.core.errors import ModelShipError
 from modelship.core.metrics import NO_METRICS, Metrics
-from modelship.exports import ExportSpec, open_writer
-from storage.exports import EXPORT_TASKS, ExportStore
+from modelship.exports import ExportSpec, Writer, open_writer
+from storage.exports import EXPORT_TASKS, ExportJob, ExportStore
 from storage.services import Services
 
 logger = logging.getLogger("modelship.exports")
 
 PAGE_ROWS = 500
+LEASE_S = 60.0  # an export whose writer died is resumed this long after
 
 
 async def run_export(
@@ -33,50 +35,78 @@ async def run_export(
     metrics: Metrics = NO_METRICS,
 ) -> None:
     """Write export ``export_id``; it ends ``succeeded`` (its file kept for ``retention``)
-    or ``failed`` with a reason."""
+    or ``failed`` with a reason. Only one process writes an export at a time: the one whose
+    lease (``LEASE_S``, renewed while it writes) is current; a call for an export another
+    writer holds returns at once."""
     store = ExportStore(services.db)
-    job = await store.start(export_id)
+    owner = uuid4().hex
+    job = await store.start(export_id, owner, LEASE_S)
     if job is None:
         return
+    renewing = asyncio.create_task(_renew(store, export_id, owner))
     started = time.perf_counter()
     status = "failed"
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="export-") as folder:
         path = Path(folder) / "export"
         try:  # from here on, whatever fails ends the export failed, never left running
-            spec = ExportSpec(
-                format=job.request.format,
-                task=EXPORT_TASKS[job.project.task],
-                categories=await store.categories(job.project),
-                include_images=job.request.include_images,
-                name=job.project.name,
-            )
-            writer = open_writer(spec, path)
-            with contextlib.closing(writer):
-                after = None
-                while page := await store.rows(job, after, PAGE_ROWS):
-                    for row, key in page:
-                        image = None
-                        if spec.include_images and key is not None:
-                            image = await services.objects.get(key)
-                        writer.add(row, image)
-                    after = UUID(page[-1][0].item_id)
-            # A label first met while writing (one set after the order was read) was
-            # appended to this file's categories: keep it at that id for the next exports.
-            if len(writer.categories.names) > len(spec.categories):
-                await store.extend_categories(job.project.id, writer.categories.names)
+            writer = await _write(services, store, job, path)
             key = services.objects.new_key(job.tenant, str(job.project.id), writer.extension)
             await services.objects.put_file(key, path)
             size = path.stat().st_size
-            await store.finish(export_id, key, writer.rows, size, writer.media_type, retention)
-            logger.info("export %s: %d rows, %d bytes", export_id, writer.rows, size)
-            status = "succeeded"
+            if await store.finish(
+                export_id, owner, key, writer.rows, size, writer.media_type, retention
+            ):
+                logger.info("export %s: %d rows, %d bytes", export_id, writer.rows, size)
+                status = "succeeded"
+            else:  # stalled past the lease: another writer took it over
+                logger.warning("export %s was taken over; its file is not kept", export_id)
+                await services.objects.delete(key)
+                status = "taken_over"
         except ModelShipError as exc:
-            await store.fail(export_id, f"{exc.code}: {exc.message}")
+            await store.fail(export_id, owner, f"{exc.code}: {exc.message}")
         except Exception:
             logger.exception("export %s failed", export_id)
-            await store.fail(export_id, "internal error")
+            await store.fail(export_id, owner, "internal error")
         finally:
-            metrics.export(job.request.format, status, time.perf_counter() - started)
+            renewing.cancel()
+            if status != "taken_over":
+                metrics.export(job.request.format, status, time.perf_counter() - started)
+
+
+async def _write(services: Services, store: ExportStore, job: ExportJob, path: Path) -> Writer:
+    """The export's rows, page by page, written to ``path``; returns the closed writer."""
+    spec = ExportSpec(
+        format=job.request.format,
+        task=EXPORT_TASKS[job.project.task],
+        categories=await store.categories(job.project),
+        include_images=job.request.include_images,
+        name=job.project.name,
+    )
+    writer = open_writer(spec, path)
+    with contextlib.closing(writer):
+        after = None
+        while page := await store.rows(job, after, PAGE_ROWS):
+            for row, key in page:
+                image = None
+                if spec.include_images and key is not None:
+                    image = await services.objects.get(key)
+                writer.add(row, image)
+            after = UUID(page[-1][0].item_id)
+    # A label first met while writing (one set after the order was read) was appended to
+    # this file's categories: keep it at that id for the next exports.
+    if len(writer.categories.names) > len(spec.categories):
+        await store.extend_categories(job.project.id, writer.categories.names)
+    return writer
+
+
+async def _renew(store: ExportStore, export_id: UUID, owner: str) -> None:
+    while True:
+        await asyncio.sleep(LEASE_S / 3)
+        try:
+            if not await store.renew(export_id, owner, LEASE_S):
+                return  # taken over: finish() will say so
+        except Exception as exc:  # a blip: the next renewal may pass
+            logger.warning("could not renew the lease of export %s: %r", export_id, exc)
 
 
 async def delete_expired(services: Services, limit: int = 100) -> int:

@@ -17,7 +17,8 @@ import pytest
 import yaml
 from pycocotools.coco import COCO
 
-from modelship.service.exporter import delete_expired
+from modelship.core.records import ExportCreate, ExportFormat, ExportSelection
+from modelship.service.exporter import delete_expired, run_export
 from modelship.service.runner import JobRunner
 from storage.catalog import Catalog, NewItem
 from storage.exports import ExportStore
@@ -374,3 +375,64 @@ async def test_an_export_that_fails_before_writing_ends_failed_not_running(
             break
         await asyncio.sleep(0.05)
     assert export["status"] == "failed", export
+
+
+async def _queued_export(client: httpx.AsyncClient, services: Services) -> tuple[Any, Path]:
+    """An export recorded but not started (as the Ingress commits it before calling the
+    Exporter), and the folder its files go to."""
+    project = await make_project(
+        client, task="zero-shot-text-classification", model="minilm", labels=LABELS
+    )
+    await upload_texts(client, project, ["a late goal", "bake the bread"])
+    found = await Catalog(services.db).project("default", uuid.UUID(project["id"]))
+    spec = ExportCreate(format=ExportFormat.jsonl, selection=ExportSelection.all)
+    export = await ExportStore(services.db).create("default", found, spec, "test")
+    return export, Path(services.objects.url) / "default" / project["id"]
+
+
+async def test_an_export_two_writers_start_together_is_written_once(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """The Ingress's call and a starting Exporter replica's resume (a rolling update, a
+    second replica) both wrote the export; the file of the writer that finished first was
+    orphaned for good (the expiry sweep deletes only the recorded one)."""
+    export, folder = await _queued_export(client, services)
+    retention = timedelta(hours=1)
+    await asyncio.gather(*(run_export(services, export.id, retention) for _ in range(3)))
+    done, key = await ExportStore(services.db).get("default", export.id)
+    assert done.status == "succeeded" and key is not None
+    assert [p.name for p in folder.iterdir()] == [Path(key).name]
+
+
+async def test_an_export_whose_writer_died_is_written_once_its_lease_lapses(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    export, folder = await _queued_export(client, services)
+    store = ExportStore(services.db)
+    assert await store.start(export.id, "a-writer-that-dies", 0.3) is not None
+    assert export.id not in await store.unfinished()
+    await run_export(services, export.id, timedelta(hours=1))  # held: it leaves it be
+    assert (await store.get("default", export.id))[0].status == "running"
+    assert not folder.exists() or not any(folder.iterdir())
+
+    await asyncio.sleep(0.4)
+    assert export.id in await store.unfinished()
+    await run_export(services, export.id, timedelta(hours=1))
+    assert (await store.get("default", export.id))[0].status == "succeeded"
+
+
+async def test_a_writer_that_lost_its_lease_cannot_finish_or_fail_the_export(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    export, _ = await _queued_export(client, services)
+    store = ExportStore(services.db)
+    assert await store.start(export.id, "stalled", 0.1) is not None
+    await asyncio.sleep(0.2)
+    assert await store.start(export.id, "successor", 60) is not None
+    assert not await store.renew(export.id, "stalled", 60)
+    ended = ("k", 1, 10, "application/jsonl", timedelta(hours=1))
+    assert not await store.finish(export.id, "stalled", *ended)
+    await store.fail(export.id, "stalled", "internal error")
+    assert (await store.get("default", export.id))[0].status == "running"
+    assert await store.finish(export.id, "successor", *ended)
+    assert (await store.get("default", export.id))[0].status == "succeeded"
