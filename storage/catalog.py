@@ -137,6 +137,7 @@ class Catalog:
         fields = change.model_dump(exclude_unset=True, exclude={"labels"})
         try:
             async with self._db.transaction() as conn:
+                await lock_active_project(conn, project_id, share=False)
                 version = current.label_schema_version
                 if change.labels is not None:
                     version = await conn.fetchval(
@@ -201,6 +202,7 @@ class Catalog:
         """Insert items; returns (created, hash → id of those another upload got first)."""
         rows: list[asyncpg.Record] = []
         async with self._db.transaction() as conn:
+            await lock_active_project(conn, project_id, share=True)
             for item in new:
                 row = await conn.fetchrow(
                     "INSERT INTO items (id, project_id, content_hash, media_type, byte_size,"
@@ -268,6 +270,21 @@ async def audit(
         details or {},
         current_request_id.get(),
     )
+
+
+async def lock_active_project(conn: asyncpg.Connection, project_id: UUID, share: bool) -> None:
+    """409 when the project is archived, read under a lock on its row held to commit: an
+    archive (which updates the row) waits for this transaction, or this one sees it. A check
+    before the transaction let a job, an upload or a change land on a project archived
+    meanwhile. ``share``: a share lock (uploads, which may run side by side); else an
+    update lock (a submission, which ``check_open`` takes anyway)."""
+    archived = await conn.fetchval(
+        "SELECT archived_at IS NOT NULL FROM projects WHERE id = $1"
+        + (" FOR SHARE" if share else " FOR UPDATE"),
+        project_id,
+    )
+    if archived:
+        raise Conflict(f"project {project_id} is archived", "project_archived")
 
 
 async def check_open(conn: asyncpg.Connection, table: str, project_id: UUID, limit: int) -> None:

@@ -30,7 +30,7 @@ from modelship.core.context import current_request_id
 from modelship.core.errors import Conflict, InvalidInput, NotFound
 from modelship.core.records import ErrorCount, ItemState, Job, JobResult, Project
 from modelship.core.review import Assessment
-from storage.catalog import audit, check_open
+from storage.catalog import audit, check_open, lock_active_project
 from storage.postgres import Database
 
 _OPEN = "(ji.state = 'queued' OR (ji.state = 'leased' AND ji.lease_expires_at < now()))"
@@ -132,6 +132,8 @@ class JobStore:
                 found = await _by_key(conn, project.id, idempotency_key, request_hash)
                 if found is not None:
                     return found, False
+            # An archive cannot land before the job commits.
+            await lock_active_project(conn, project.id, share=False)
             if max_open is not None:
                 await check_open(conn, "jobs", project.id, max_open)
             if item_ids is not None:

@@ -1,0 +1,108 @@
+"""A project changed by one replica while another acts on it, on the real PostgreSQL: an
+archive landing between a submission's (an upload's, a change's) check and its write.
+Each case was found wrong by forcing its interleaving."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from modelship.core.errors import Conflict
+from modelship.core.records import JobCreate, Project, ProjectCreate, ProjectUpdate
+from modelship.core.settings import Settings
+from modelship.service.workflow import Upload, Workflow
+from storage.services import Services
+from tests.conftest import PACKAGED_MODELS
+from tests.unit.flow import LABELS
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def _workflow(services: Services, settings: Settings) -> Workflow:
+    return Workflow(services, PACKAGED_MODELS, settings, launch_export=lambda _: None)
+
+
+async def _project(workflow: Workflow, tenant: str) -> Project:
+    spec = ProjectCreate.model_validate(
+        {
+            "name": f"race-{uuid.uuid4().hex[:8]}",
+            "task": "zero-shot-text-classification",
+            "model": "minilm",
+            "labels": LABELS,
+        }
+    )
+    project = await workflow.create_project(tenant, spec, "test")
+    texts = [Upload(f"a text {uuid.uuid4().hex}", None)]
+    await workflow.upload(tenant, project.id, texts, "test")
+    return project
+
+
+def _archived_after_read(
+    workflow: Workflow, other: Workflow, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``workflow``'s first read of a project returns it active, then ``other`` (another
+    replica) archives it before ``workflow`` goes on."""
+    read = workflow.catalog.project
+    archived: set[UUID] = set()
+
+    async def read_then_archived(tenant_: str, project_id: UUID) -> Project:
+        project = await read(tenant_, project_id)
+        if project_id not in archived:
+            archived.add(project_id)
+            await other.archive_project(tenant, project_id, "other-replica")
+        return project
+
+    monkeypatch.setattr(workflow.catalog, "project", read_then_archived)
+
+
+async def _refused_as_archived(call: Awaitable[Any]) -> None:
+    with pytest.raises(Conflict) as refused:
+        await call
+    assert refused.value.code == "project_archived"
+
+
+async def test_a_project_archived_while_a_job_is_submitted_gets_no_job(
+    services: Services, job_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The submission checked the project was active, then committed its job: a project
+    archived in between held a queued job, labeled and counted against it after the 200
+    of the archive."""
+    tenant = job_settings.tenant
+    workflow, other = _workflow(services, job_settings), _workflow(services, job_settings)
+    project = await _project(workflow, tenant)
+    _archived_after_read(workflow, other, tenant, monkeypatch)
+    await _refused_as_archived(workflow.submit_job(tenant, project.id, JobCreate(), None, "test"))
+    async with services.db.connection() as conn:
+        jobs = await conn.fetchval("SELECT count(*) FROM jobs WHERE project_id = $1", project.id)
+    assert jobs == 0
+
+
+async def test_a_project_archived_during_an_upload_gets_no_item(
+    services: Services, job_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = job_settings.tenant
+    workflow, other = _workflow(services, job_settings), _workflow(services, job_settings)
+    project = await _project(workflow, tenant)
+    _archived_after_read(workflow, other, tenant, monkeypatch)
+    late = [Upload(f"a late text {uuid.uuid4().hex}", None)]
+    await _refused_as_archived(workflow.upload(tenant, project.id, late, "test"))
+    async with services.db.connection() as conn:
+        items = await conn.fetchval("SELECT count(*) FROM items WHERE project_id = $1", project.id)
+    assert items == 1  # the one uploaded before the archive
+
+
+async def test_a_project_archived_while_it_is_changed_keeps_its_labels(
+    services: Services, job_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = job_settings.tenant
+    workflow, other = _workflow(services, job_settings), _workflow(services, job_settings)
+    project = await _project(workflow, tenant)
+    _archived_after_read(workflow, other, tenant, monkeypatch)
+    change = ProjectUpdate.model_validate({"labels": [*LABELS, {"name": "travel"}]})
+    await _refused_as_archived(workflow.update_project(tenant, project.id, change, "test"))
+    after = await other.project(tenant, project.id)
+    assert after.archived and after.label_schema_version == project.label_schema_version
