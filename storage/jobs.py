@@ -128,12 +128,14 @@ class JobStore:
         max_open: int | None,
     ) -> tuple[UUID, bool]:
         async with self._db.transaction() as conn:
+            # The project's row first: an archive cannot land before the job commits, and a
+            # retry with the same key waits for the first try to commit and replays its job
+            # (looked up before the lock, it counted that job against ``max_open``: 429).
+            await lock_active_project(conn, project.id, share=False)
             if idempotency_key is not None:
                 found = await _by_key(conn, project.id, idempotency_key, request_hash)
                 if found is not None:
                     return found, False
-            # An archive cannot land before the job commits.
-            await lock_active_project(conn, project.id, share=False)
             if max_open is not None:
                 await check_open(conn, "jobs", project.id, max_open)
             if item_ids is not None:

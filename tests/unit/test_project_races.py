@@ -1,16 +1,19 @@
 """A project changed by one replica while another acts on it, on the real PostgreSQL: an
-archive landing between a submission's (an upload's, a change's) check and its write.
-Each case was found wrong by forcing its interleaving."""
+archive landing between a submission's (an upload's, a change's) check and its write, and
+two tries of one idempotent submission under the open-jobs quota. Each case was found
+wrong by forcing its interleaving."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
 import pytest
 
+import storage.jobs
 from modelship.core.errors import Conflict
 from modelship.core.records import JobCreate, Project, ProjectCreate, ProjectUpdate
 from modelship.core.settings import Settings
@@ -106,3 +109,33 @@ async def test_a_project_archived_while_it_is_changed_keeps_its_labels(
     await _refused_as_archived(workflow.update_project(tenant, project.id, change, "test"))
     after = await other.project(tenant, project.id)
     assert after.archived and after.label_schema_version == project.label_schema_version
+
+
+async def test_two_tries_of_one_idempotent_submission_under_the_quota_get_one_job(
+    services: Services, job_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's retry (its first try timed out) racing the first try, on a project with
+    room for one more job: both looked the key up before either committed, the first
+    created the job, and the retry counted it against the quota and got 429, for a job
+    that exists and that the key was meant to return."""
+    tenant = job_settings.tenant
+    quota = job_settings.model_copy(update={"max_open_jobs": 1})
+    workflow = _workflow(services, quota)
+    project = await _project(workflow, tenant)
+    real: Callable[..., Awaitable[UUID | None]] = storage.jobs._by_key
+
+    async def slow_lookup(*args: Any) -> UUID | None:
+        found = await real(*args)
+        await asyncio.sleep(0.3)  # both tries have looked before either goes on
+        return found
+
+    monkeypatch.setattr(storage.jobs, "_by_key", slow_lookup)
+    key = f"retry-{uuid.uuid4().hex}"
+    submit = (_workflow(services, quota).submit_job for _ in range(2))
+    answers = await asyncio.gather(
+        *(call(tenant, project.id, JobCreate(), key, "test") for call in submit),
+        return_exceptions=True,
+    )
+    assert not [a for a in answers if isinstance(a, BaseException)], answers
+    (first, created), (second, replayed) = answers  # type: ignore[misc]
+    assert first.id == second.id and {created, replayed} == {True, False}
