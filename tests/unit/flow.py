@@ -7,11 +7,15 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
+import pytest_asyncio
 from PIL import Image
+from pydantic import SecretStr
 
 from modelship.core.errors import ModelShipError
 from modelship.core.messages import ItemOptions, ItemResult
@@ -22,7 +26,7 @@ from modelship.service.runner import JobRunner
 from modelship.service.workflow import Workflow
 from storage.jobs import JobStore
 from storage.services import Services
-from tests.conftest import PACKAGED_MODELS
+from tests.conftest import PACKAGED_MODELS, POSTGRES_ADMIN_DSN
 
 LABELS = [
     {"name": "sport", "examples": ["the team won the match", "a great goal in the final"]},
@@ -88,6 +92,48 @@ async def client(
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         yield http
+
+
+@dataclass(frozen=True)
+class OwnQueue:
+    """The workflow on a database of one test's own: its job queue holds that test's jobs
+    and nothing else."""
+
+    client: httpx.AsyncClient
+    services: Services
+    jobs: JobStore
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def own_queue(local: LocalLabeler, job_settings: Settings) -> AsyncIterator[OwnQueue]:
+    """For a test that claims from the job queue itself: a claim takes the oldest job with
+    open items in the whole database, and on the session's database that is whatever an
+    earlier test (of this module or another) left queued. This one is empty, migrated on
+    first use and dropped after the test."""
+    name = f"modelship_test_{uuid.uuid4().hex[:12]}"
+    await _admin(f"CREATE DATABASE {name}")
+    try:
+        dsn = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
+        settings = job_settings.model_copy(update={"database_url": SecretStr(dsn)})
+        services = Services.from_settings(settings)
+        try:
+            workflow = Workflow(services, PACKAGED_MODELS, settings)
+            app = create_api(local, local.configs, settings, workflow=workflow)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+                yield OwnQueue(http, services, JobStore(services.db))
+        finally:
+            await services.close()
+    finally:
+        await _admin(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:

@@ -32,6 +32,7 @@ from tests.conftest import PACKAGED_MODELS, payload
 from tests.unit.flow import (
     LABELS,
     CountingLabeler,
+    OwnQueue,
     assert_error,
     assert_same_labels,
     drain,
@@ -540,12 +541,12 @@ async def test_cancel_and_cache(
 
 
 async def test_a_dead_runners_leases_expire_and_its_late_results_are_dropped(
-    client: httpx.AsyncClient, services: Services, labeler: CountingLabeler, job_settings: Settings
+    own_queue: OwnQueue, labeler: CountingLabeler, job_settings: Settings
 ) -> None:
+    client, services, jobs = own_queue.client, own_queue.services, own_queue.jobs
     project = await text_project(client)
     await upload_texts(client, project, ["the referee", "the oven", "the striker"])
     job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
-    jobs = JobStore(services.db)
     dead = JobRunner(jobs, services.objects, services.cache, labeler, job_settings, "runner-dead")
     claim = await jobs.claim(dead.owner, 10, lease_s=0.3, max_attempts=3)
     assert claim is not None and len(claim.items) == 3
@@ -701,16 +702,12 @@ async def _leased_to(services: Services, job_id: str, owner: str) -> bool:
 
 
 async def test_a_working_runner_keeps_its_leases(
-    client: httpx.AsyncClient,
-    services: Services,
-    local: LocalLabeler,
-    labeler: CountingLabeler,
-    job_settings: Settings,
+    own_queue: OwnQueue, local: LocalLabeler, labeler: CountingLabeler, job_settings: Settings
 ) -> None:
+    client, services, jobs = own_queue.client, own_queue.services, own_queue.jobs
     project = await text_project(client)
     await upload_texts(client, project, ["a slow one", "another slow one"])
     job = (await client.post(f"/api/v1/projects/{project['id']}/jobs")).json()
-    jobs = JobStore(services.db)
     slow = SlowLabeler(
         PACKAGED_MODELS, job_settings, local.predictors
     )  # 1.5 s of work against a 0.5 s lease
@@ -723,16 +720,16 @@ async def test_a_working_runner_keeps_its_leases(
         assert not working.done(), working
         await asyncio.sleep(0.02)
     await asyncio.sleep(2 * job_settings.job_lease_s)
-    await drain(other)  # whatever else is queued; the slow runner's items stay its own
+    await drain(other)  # it finds nothing to take: the slow runner's items stay its own
     assert await working == 2
     results = await job_results(client, job["id"])
     assert [(r["state"], r["attempts"]) for r in results] == [("succeeded", 1)] * 2
 
 
 async def test_runners_finishing_the_last_batches_at_once_close_the_job(
-    client: httpx.AsyncClient, services: Services, local: LocalLabeler, job_settings: Settings
+    own_queue: OwnQueue, local: LocalLabeler, job_settings: Settings
 ) -> None:
-    jobs = JobStore(services.db)
+    client, services, jobs = own_queue.client, own_queue.services, own_queue.jobs
     for _ in range(5):  # the race needs the two completions to interleave; repeat it
         project = await text_project(client)
         await upload_texts(client, project, ["first half", "second half"])
