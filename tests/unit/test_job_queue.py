@@ -18,7 +18,7 @@ from modelship.service.runner import JobRunner
 from storage.batch import BatchStore
 from storage.jobs import Claim, Failure, JobStore
 from storage.services import Services
-from tests.unit.flow import job_results, text_project, upload_texts
+from tests.unit.flow import OwnQueue, job_results, text_project, upload_texts
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -31,14 +31,12 @@ async def _job(client: httpx.AsyncClient, texts: list[str]) -> tuple[str, list[s
 
 
 async def _claim(jobs: JobStore, owner: str, job_id: str, **lease: Any) -> Claim:
-    """The claim of ``job_id``'s items (jobs of other tests may be queued: the oldest
-    job is claimed first, so those are given back)."""
+    """The claim of ``job_id``'s items, the oldest job with open items in the test's own
+    queue."""
     lease = {"lease_s": 60, "max_attempts": 3} | lease
-    while (claim := await jobs.claim(owner, 10, **lease)) is not None:
-        if claim.job_id == uuid.UUID(job_id):
-            return claim
-        await jobs.release(claim.owner)
-    raise AssertionError(f"job {job_id} had nothing to claim")
+    claim = await jobs.claim(owner, 10, **lease)
+    assert claim is not None and claim.job_id == uuid.UUID(job_id), claim
+    return claim
 
 
 async def _status(client: httpx.AsyncClient, job_id: str) -> str:
@@ -47,12 +45,12 @@ async def _status(client: httpx.AsyncClient, job_id: str) -> str:
 
 
 async def test_a_claim_that_outlived_its_lease_cannot_touch_a_newer_one_of_its_runner(
-    client: httpx.AsyncClient, services: Services
+    own_queue: OwnQueue,
 ) -> None:
     """A runner's loops shared one lease owner, and a failure was re-queued by the attempt
     count its (stale) claim saw: the item ended queued with every attempt spent, which no
     claim and no reaper took, and its job ran forever."""
-    jobs = JobStore(services.db)
+    client, jobs = own_queue.client, own_queue.jobs
     job_id, (item,) = await _job(client, [f"a lone text {uuid.uuid4().hex}"])
     stale = await _claim(jobs, "runner-x", job_id, lease_s=0.2)
     await asyncio.sleep(0.4)  # the lease lapses (renewing failed, say, in an outage)
@@ -70,16 +68,16 @@ async def test_a_claim_that_outlived_its_lease_cannot_touch_a_newer_one_of_its_r
 
 
 async def test_items_with_no_attempt_left_under_a_lowered_limit_are_failed(
-    client: httpx.AsyncClient, services: Services
+    own_queue: OwnQueue,
 ) -> None:
     """Queued with 1 of 5 attempts spent, then every runner restarted with a limit of 1:
     no claim takes the item (attempts < 1), and the reaper took only expired leases."""
-    jobs = JobStore(services.db)
+    client, jobs = own_queue.client, own_queue.jobs
     job_id, (item,) = await _job(client, [f"another text {uuid.uuid4().hex}"])
     claim = await _claim(jobs, "runner-y", job_id, max_attempts=5)
     failure = Failure(uuid.UUID(item), "unprocessable_item: boom")
     assert await jobs.complete(claim, [], [failure], 5) == (1, 0)  # queued again
-    assert await jobs.reap(1) >= 1
+    assert await jobs.reap(1) == 1
     (result,) = await job_results(client, job_id)
     assert (result["state"], result["error"]) == ("failed", "unprocessable_item: boom")
     assert await _status(client, job_id) == "failed"
@@ -108,12 +106,12 @@ def slow_annotations(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
 
 @pytest.mark.usefixtures("slow_annotations")
 async def test_completions_of_the_same_items_in_other_orders_both_commit(
-    client: httpx.AsyncClient, services: Services, runner: JobRunner
+    own_queue: OwnQueue, runner: JobRunner
 ) -> None:
     """Two jobs over the same items, completed at once with their successes in opposite
     orders (a runner lists cache hits first): one completion died of a deadlock, and its
     items waited out their lease and spent an attempt."""
-    jobs = JobStore(services.db)
+    client, jobs = own_queue.client, own_queue.jobs
     tag = uuid.uuid4().hex
     project = await text_project(client)
     await upload_texts(client, project, [f"the match {tag}", f"the oven {tag}"])
@@ -133,14 +131,13 @@ async def test_completions_of_the_same_items_in_other_orders_both_commit(
 
 
 async def test_a_cancel_racing_the_last_completion_is_one_or_the_other(
-    client: httpx.AsyncClient,
-    services: Services,
+    own_queue: OwnQueue,
     runner: JobRunner,
     slow_annotations: asyncio.Event,
 ) -> None:
     """The cancel read the job as running before the last batch finished it, then
     answered 200 with the job succeeded and audited a cancel that never happened."""
-    jobs = JobStore(services.db)
+    client, jobs = own_queue.client, own_queue.jobs
     job_id, _ = await _job(client, [f"one {uuid.uuid4().hex}", f"two {uuid.uuid4().hex}"])
     claim = await _claim(jobs, "runner-w", job_id)
     successes, failures = await runner._label(claim)
