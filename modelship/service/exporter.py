@@ -15,7 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from uuid import UUID, uuid4
 
-from modelship.core.errors import ModelShipError
+from modelship.core.errors import Conflict, ModelShipError
 from modelship.core.metrics import NO_METRICS, Metrics
 from modelship.exports import ExportSpec, Writer, open_writer
 from storage.exports import EXPORT_TASKS, ExportJob, ExportStore
@@ -25,6 +25,7 @@ logger = logging.getLogger("modelship.exports")
 
 PAGE_ROWS = 500
 LEASE_S = 60.0  # an export whose writer died is resumed this long after
+_WRITES = 3  # tries at a file whose category ids agree with the project's order
 
 
 async def run_export(
@@ -75,10 +76,33 @@ async def run_export(
 
 async def _write(services: Services, store: ExportStore, job: ExportJob, path: Path) -> Writer:
     """The export's rows, page by page, written to ``path``; returns the closed writer."""
+    categories = await store.categories(job.project)
+    for _ in range(_WRITES):
+        writer = await _write_once(services, store, job, path, categories)
+        if len(writer.categories.names) == len(categories):
+            return writer
+        # A label first met while writing (one set after the order was read) was appended
+        # to this file's categories: keep it at that id for the next exports. Another
+        # export may have appended a different new label first (both met labels new to
+        # them at once): the project's order is what later exports use, so this file is
+        # written again in it rather than kept with ids that mean other labels there.
+        order = await store.extend_categories(job.project.id, writer.categories.names)
+        if order[: len(writer.categories.names)] == writer.categories.names:
+            return writer
+        categories = order
+    raise Conflict(
+        "the project's labels kept changing while it was exported; export again",
+        "categories_changed",
+    )
+
+
+async def _write_once(
+    services: Services, store: ExportStore, job: ExportJob, path: Path, categories: list[str]
+) -> Writer:
     spec = ExportSpec(
         format=job.request.format,
         task=EXPORT_TASKS[job.project.task],
-        categories=await store.categories(job.project),
+        categories=categories,
         include_images=job.request.include_images,
         name=job.project.name,
     )
@@ -92,10 +116,6 @@ async def _write(services: Services, store: ExportStore, job: ExportJob, path: P
                     image = await services.objects.get(key)
                 writer.add(row, image)
             after = UUID(page[-1][0].item_id)
-    # A label first met while writing (one set after the order was read) was appended to
-    # this file's categories: keep it at that id for the next exports.
-    if len(writer.categories.names) > len(spec.categories):
-        await store.extend_categories(job.project.id, writer.categories.names)
     return writer
 
 

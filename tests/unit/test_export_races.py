@@ -1,0 +1,119 @@
+"""Exports written at once by two writers (two Exporter replicas, or one replica's two
+tasks), on the real PostgreSQL: each case forces the interleaving it was found wrong in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from modelship.core.records import ExportCreate, Project
+from modelship.service.exporter import run_export
+from storage.catalog import Catalog, NewItem
+from storage.exports import ExportStore
+from storage.services import Services
+from tests.unit.flow import make_project
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def _label(services: Services, project: Project, item_id: uuid.UUID, status: str) -> None:
+    """The item's annotation, as a job (a detection of ``FACE``) and a person left it."""
+    value = [{"label": "FACE", "score": 0.9, "box": [1, 1, 4, 4]}]
+    async with services.db.connection() as conn:
+        prediction = await conn.fetchval(
+            "INSERT INTO predictions (item_id, model, model_version, params_hash, output)"
+            " VALUES ($1, 'nudenet', 'v1', 'p', $2) RETURNING id",
+            item_id,
+            value,
+        )
+        await conn.execute(
+            "INSERT INTO annotations (item_id, project_id, prediction_id, status, value,"
+            " top_label, score, uncertainty, updated_by) VALUES ($1, $2, $3, $4, $5, 'FACE',"
+            " 0.9, 0.1, 'model')",
+            item_id,
+            project.id,
+            prediction,
+            status,
+            value,
+        )
+
+
+async def _relabel(services: Services, item_id: uuid.UUID, label: str) -> None:
+    async with services.db.connection() as conn:
+        await conn.execute(
+            "UPDATE annotations SET value = $2, top_label = $3 WHERE item_id = $1",
+            item_id,
+            [{"label": label, "score": 0.9, "box": [1, 1, 4, 4]}],
+            label,
+        )
+
+
+async def test_exports_meeting_new_labels_at_once_keep_the_projects_ids(
+    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two exports read the category order, then labels new to it were set (a person's
+    corrections): the approved-only export met "travel", the other met "music" then
+    "travel". Each appended what it met to the project's order when done: the first made
+    travel id 2, and the second's file, written with music 2 and travel 3, was kept,
+    its ids meaning other labels than in every later export."""
+    body = {"task": "object-detection", "model": "nudenet", "labels": [{"name": "FACE"}]}
+    project = await Catalog(services.db).project(
+        "default", uuid.UUID((await make_project(client, **body))["id"])
+    )
+    new = [  # no file: the exports leave images out
+        NewItem(uuid.uuid4().hex, "image/png", 10, 8, 8, f"default/{project.id}/{n}.png")
+        for n in range(2)
+    ]
+    created, _ = await Catalog(services.db).add_items("default", project.id, new, "test")
+    low, high = sorted(item.id for item in created)  # rows are written in item id order
+    await _label(services, project, low, "pending")
+    await _label(services, project, high, "corrected")
+
+    real_categories, real_extend = ExportStore.categories, ExportStore.extend_categories
+    read: list[str] = []
+    relabeled, first_done = asyncio.Event(), asyncio.Event()
+
+    async def categories(self: ExportStore, project_: Project) -> list[str]:
+        order = await real_categories(self, project_)
+        read.append("read")
+        if len(read) == 2:  # both writers hold the order: the labels change now
+            await _relabel(services, low, "music")
+            await _relabel(services, high, "travel")
+            relabeled.set()
+        await relabeled.wait()
+        return order
+
+    async def extend(self: ExportStore, project_id: uuid.UUID, names: list[str]) -> list[str]:
+        if "music" in names:  # the second writer's: after the first one's
+            await first_done.wait()
+        order = await real_extend(self, project_id, names)
+        if "travel" in names and "music" not in names:
+            first_done.set()
+        return order
+
+    monkeypatch.setattr(ExportStore, "categories", categories)
+    monkeypatch.setattr(ExportStore, "extend_categories", extend)
+    store = ExportStore(services.db)
+    exports = [
+        await store.create("default", project, ExportCreate(format="coco", selection=s), "t")
+        for s in ("approved", "all")
+    ]
+    await asyncio.wait_for(
+        asyncio.gather(*(run_export(services, e.id, timedelta(hours=1)) for e in exports)), 60
+    )
+
+    order = await real_extend(store, project.id, [])
+    assert order == ["FACE", "travel", "music"]
+    for export in exports:
+        done, key = await store.get("default", export.id)
+        assert done.status == "succeeded" and key is not None, done
+        coco: dict[str, Any] = json.loads(await services.objects.get(key))
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        for annotation in coco["annotations"]:  # id n means the order's n-th label
+            assert names[annotation["category_id"]] == order[annotation["category_id"] - 1]
