@@ -18,7 +18,7 @@ from uuid import UUID, uuid4
 
 from modelship.core.context import current_request_id
 from modelship.core.records import Project
-from storage.catalog import NewItem, audit, check_open
+from storage.catalog import NewItem, audit, check_open, lock_active_project
 from storage.jobs import Failure, Success, finish_if_done
 from storage.objects import ObjectStore
 from storage.postgres import Database
@@ -89,9 +89,11 @@ class BatchStore:
     ) -> UUID:
         """Commit a running job with no items yet, held open for ``lease_s`` (``renew``);
         the request id names the batch run. A project already holding ``max_open``
-        unfinished jobs gets 429, as over the API."""
+        unfinished jobs gets 429, an archived one 409, as over the API."""
         job_id = uuid4()
         async with self._db.transaction() as conn:
+            # the run read the project long before (it listed its dataset since)
+            await lock_active_project(conn, project.id, share=False)
             await check_open(conn, "jobs", project.id, max_open)
             await conn.execute(
                 "INSERT INTO jobs (id, project_id, status, model, label_schema_version, options,"

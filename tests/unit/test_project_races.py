@@ -18,6 +18,7 @@ from modelship.core.errors import Conflict
 from modelship.core.records import JobCreate, Project, ProjectCreate, ProjectUpdate
 from modelship.core.settings import Settings
 from modelship.service.workflow import Upload, Workflow
+from storage.batch import BatchStore
 from storage.services import Services
 from tests.conftest import PACKAGED_MODELS
 from tests.unit.flow import LABELS
@@ -139,3 +140,20 @@ async def test_two_tries_of_one_idempotent_submission_under_the_quota_get_one_jo
     assert not [a for a in answers if isinstance(a, BaseException)], answers
     (first, created), (second, replayed) = answers  # type: ignore[misc]
     assert first.id == second.id and {created, replayed} == {True, False}
+
+
+async def test_a_batch_run_on_a_project_archived_after_it_read_it_gets_no_job(
+    services: Services, job_settings: Settings
+) -> None:
+    """A batch run (python -m jobs.label_dataset) checks the project it read, lists its
+    dataset (minutes, for a bucket), then starts its job: an archive over the API in
+    between went unseen, and the run labeled a whole dataset into the archived project."""
+    tenant = job_settings.tenant
+    workflow = _workflow(services, job_settings)
+    project = await _project(workflow, tenant)  # as the run read it: active
+    await _workflow(services, job_settings).archive_project(tenant, project.id, "api")
+    start = BatchStore(services.db).start(tenant, project, "minilm", {}, "batch", 10, 60)
+    await _refused_as_archived(start)
+    async with services.db.connection() as conn:
+        jobs = await conn.fetchval("SELECT count(*) FROM jobs WHERE project_id = $1", project.id)
+    assert jobs == 0
