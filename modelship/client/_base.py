@@ -65,13 +65,21 @@ class Base:
         poll_s: how often ``wait_job`` and ``wait_export`` ask (> 0).
         batch_files: most files in one upload request.
         batch_bytes: most bytes in one upload request.
+        clock: the monotonic clock, in seconds, that waits read their deadline on. The
+            clients keep ``time.monotonic``, which they cut request timeouts by; a test
+            runs operations on a fake one that moves only when they sleep.
 
     Raises:
         ValueError: ``poll_s`` is not > 0 (0 would ask without pause).
     """
 
     def __init__(
-        self, retry: RetryPolicy, poll_s: float, batch_files: int, batch_bytes: int
+        self,
+        retry: RetryPolicy,
+        poll_s: float,
+        batch_files: int,
+        batch_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not poll_s > 0:
             raise ValueError(f"poll_s must be > 0, not {poll_s}")
@@ -79,6 +87,7 @@ class Base:
         self.poll_s = poll_s
         self.batch_files = batch_files
         self.batch_bytes = batch_bytes
+        self.clock = clock
 
     def _get(self, path: str, model: type[R], **params: object) -> Operation[R]:
         query = {k: str(v) for k, v in params.items() if v is not None}
@@ -118,14 +127,14 @@ class Base:
         """
         if timeout_s is not None and not timeout_s >= 0:
             raise ValueError(f"timeout_s must be >= 0, not {timeout_s}")
-        deadline = time.monotonic() + timeout_s if timeout_s is not None else math.inf
+        deadline = self.clock() + timeout_s if timeout_s is not None else math.inf
         late = f"{what} did not finish within {timeout_s}s"
         while True:
-            current = yield from within(fetch(), deadline, late)
+            current = yield from within(fetch(), deadline, late, self.clock)
             seen(current)
             if done(current):
                 return current
-            left = deadline - time.monotonic()
+            left = deadline - self.clock()
             if left <= 0:
                 raise TimeoutError(late)
             yield Sleep(min(self.poll_s, left))

@@ -12,7 +12,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -210,14 +210,19 @@ def send(request: Request, policy: RetryPolicy) -> Operation[Reply]:
         yield Sleep(wait)
 
 
-def within(operation: Operation[T], deadline: float, what: str) -> Operation[T]:
-    """``operation`` until the ``time.monotonic()`` ``deadline``: a retry whose wait would
-    end past it is not waited for, TimeoutError (``what``, and the last error) is raised."""
+def within(
+    operation: Operation[T],
+    deadline: float,
+    what: str,
+    clock: Callable[[], float] = time.monotonic,
+) -> Operation[T]:
+    """``operation`` until ``deadline`` on ``clock``: a retry whose wait would end past it
+    is not waited for, TimeoutError (``what``, and the last error) is raised."""
     last: Reply | None = None
     try:
         step = next(operation)
         while True:
-            if isinstance(step, Sleep) and time.monotonic() + step.seconds > deadline:
+            if isinstance(step, Sleep) and clock() + step.seconds > deadline:
                 raise _timed_out(what, last)
             if isinstance(step, Request):
                 step = replace(step, deadline=deadline)
