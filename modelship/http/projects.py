@@ -181,9 +181,8 @@ def project_routes(workflow: Workflow | None, settings: Settings) -> APIRouter:
         tags=["exports"],
     )
     async def download_export(tenant: Tenant, export_id: UUID) -> StreamingResponse:
-        export, key = await flow().export_file(tenant, export_id)
-        chunks = flow().read_chunks(key)
-        first = await anext(chunks, b"")  # a missing object fails here, before the headers
+        # a missing object fails here, before the headers
+        export, key, first, chunks = await flow().open_export_file(tenant, export_id)
 
         async def body() -> AsyncIterator[bytes]:
             yield first

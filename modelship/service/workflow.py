@@ -47,6 +47,7 @@ from modelship.service.runner import job_options
 from storage.catalog import Catalog, NewItem
 from storage.exports import EXPORT_TASKS, ExportStore
 from storage.jobs import JobStore
+from storage.objects import ObjectNotFound
 from storage.reviews import ReviewStore
 from storage.scan import Clamd, Scanner, scan_all
 from storage.services import Services
@@ -375,6 +376,21 @@ class Workflow:
 
     def read_chunks(self, key: str) -> AsyncIterator[bytes]:
         return self.services.objects.read_chunks(key)
+
+    async def open_export_file(
+        self, tenant: str, export_id: UUID
+    ) -> tuple[Export, str, bytes, AsyncIterator[bytes]]:
+        """The export, its object key, its file's first chunk and the rest (409 until it
+        is written, 410 once expired). The expiry sweep (an Exporter replica) may expire
+        the export and delete its file between the read and the open: that too is 410."""
+        export, key = await self.export_file(tenant, export_id)
+        chunks = self.read_chunks(key)
+        try:
+            first = await anext(chunks, b"")
+        except ObjectNotFound:
+            await self.export_file(tenant, export_id)  # Gone, when the sweep took it
+            raise
+        return export, key, first, chunks
 
     async def check_services(self) -> dict[str, bool]:
         """Whether PostgreSQL, Redis and object storage answer, by name."""

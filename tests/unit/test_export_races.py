@@ -13,11 +13,16 @@ import httpx
 import pytest
 
 from modelship.core.records import ExportCreate, Project
-from modelship.service.exporter import run_export
+from modelship.core.settings import Settings
+from modelship.http.app import create_api
+from modelship.service.exporter import delete_expired, run_export
+from modelship.service.labeling import LocalLabeler
+from modelship.service.workflow import Workflow
 from storage.catalog import Catalog, NewItem
 from storage.exports import ExportStore
 from storage.services import Services
-from tests.unit.flow import make_project
+from tests.conftest import PACKAGED_MODELS
+from tests.unit.flow import LABELS, assert_error, make_project, upload_texts
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -117,3 +122,35 @@ async def test_exports_meeting_new_labels_at_once_keep_the_projects_ids(
         names = {c["id"]: c["name"] for c in coco["categories"]}
         for annotation in coco["annotations"]:  # id n means the order's n-th label
             assert names[annotation["category_id"]] == order[annotation["category_id"] - 1]
+
+
+async def test_a_download_the_expiry_sweep_overtakes_is_gone_not_an_error(
+    services: Services, job_settings: Settings, local: LocalLabeler
+) -> None:
+    """The Ingress read the export (succeeded, not yet expired), then an Exporter replica's
+    sweep expired it and deleted its file before the Ingress opened it: the download
+    answered 500 internal_error (the store's ObjectNotFound), not 410 export_expired."""
+    workflow = Workflow(services, PACKAGED_MODELS, job_settings)
+    app = create_api(local, local.configs, job_settings, workflow=workflow)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        project = await make_project(
+            client, task="zero-shot-text-classification", model="minilm", labels=LABELS
+        )
+        await upload_texts(client, project, ["a late goal"])
+        stored = await Catalog(services.db).project("default", uuid.UUID(project["id"]))
+        spec = ExportCreate(format="jsonl", selection="all")
+        export = await ExportStore(services.db).create("default", stored, spec, "test")
+        await run_export(services, export.id, timedelta(hours=1))
+        read = workflow.export_file
+
+        async def read_then_swept(tenant: str, export_id: uuid.UUID) -> tuple[Any, str]:
+            found = await read(tenant, export_id)
+            async with services.db.connection() as conn:  # its time comes: the sweep runs
+                await conn.execute("UPDATE exports SET expires_at = now() WHERE id = $1", export_id)
+            assert await delete_expired(services) >= 1
+            return found
+
+        workflow.export_file = read_then_swept  # type: ignore[method-assign]
+        response = await client.get(f"/api/v1/exports/{export.id}/download")
+    assert_error(response, 410, "export_expired")
