@@ -132,8 +132,7 @@ class BatchRun:
         store = ModelStore(settings.models_dir)
         version = (await asyncio.to_thread(store.resolve, config.source)).version
         if project is None:
-            spec = ProjectCreate(name=request.project, task=config.task, model=config.name)
-            project = await workflow.create_project(request.tenant, spec, request.actor)
+            project = await _create_project(workflow, request, config)
         run = cls(services, settings, request, project, config, version, entries)
         if closed := await run._store.close_dead(project.id):
             logger.info("closed %d batch jobs of project %s whose run died", closed, project.id)
@@ -216,6 +215,23 @@ class BatchRun:
         export = await exports.create(self.request.tenant, self.project, spec, self.request.actor)
         await run_export(self.services, export.id, self.settings.export_retention)
         return (await exports.get(self.request.tenant, export.id))[0]
+
+
+async def _create_project(
+    workflow: Workflow, request: BatchRequest, config: ModelConfig
+) -> Project:
+    """The project the request names, created for ``config``'s task; or the one another
+    run (started at once with the same name) created meanwhile, if it has that task."""
+    spec = ProjectCreate(name=request.project, task=config.task, model=config.name)
+    try:
+        return await workflow.create_project(request.tenant, spec, request.actor)
+    except Conflict as exc:
+        if exc.code != "duplicate_name":
+            raise
+        found = await _find_project(workflow, request.tenant, request.project)
+        if found is None or found.task != config.task:
+            raise
+        return found
 
 
 async def _find_project(workflow: Workflow, tenant: str, ref: str) -> Project | None:

@@ -4,6 +4,7 @@ entrypoint's refusals. Each case was found wrong by running it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -212,3 +213,28 @@ async def test_a_glob_source_lists_what_it_matches(
     with pytest.raises(ModelShipError) as refused:
         await BatchRun.start(services, MODELS, batch_settings, nothing)
     assert refused.value.code == "source_missing" and "nothing matches" in refused.value.message
+
+
+async def test_two_runs_that_create_one_project_at_once_both_run(
+    batch_settings: Settings, datasets: Datasets, services: Services
+) -> None:
+    """Two runs started at once (two RayJobs, a retried submission) naming a project
+    that did not exist yet: both found none, both created it, and the second failed with
+    409 duplicate_name although the project it asked for was there."""
+    request = BatchRequest(
+        project=f"twice-{uuid.uuid4().hex[:6]}", source=str(datasets.texts), model=MINILM.name
+    )
+    runs = await asyncio.gather(
+        *(BatchRun.start(services, MODELS, batch_settings, request) for _ in range(2)),
+        return_exceptions=True,
+    )
+    try:
+        assert not [r for r in runs if isinstance(r, BaseException)], runs
+        assert await _projects_named(services, request.project) == 1
+        first, second = runs
+        assert isinstance(first, BatchRun) and isinstance(second, BatchRun)
+        assert first.project.id == second.project.id and first.job_id != second.job_id
+    finally:
+        for run in runs:
+            if isinstance(run, BatchRun):
+                await run.finish()
