@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import email.utils
 import io
+import math
 import os
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -37,7 +38,9 @@ from modelship.client import (
     RetryPolicy,
     Unauthorized,
 )
+from modelship.client._operations import Api
 from modelship.client._protocol import Reply
+from modelship.client._protocol import Request as ClientRequest
 from modelship.core import errors
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
@@ -47,9 +50,10 @@ from modelship.service.workflow import Workflow
 from storage.keys import KeyStore
 from storage.ratelimit import RateLimiter
 from storage.services import Services
+from tests.client.fakes import FakeClock, drive, error, fake_api
 from tests.client.servers import RecordingASGI
 from tests.conftest import PACKAGED_MODELS, REDIS_URL
-from tests.unit.flow import png
+from tests.unit.flow import OwnQueue, png
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -76,7 +80,31 @@ async def test_429_is_retried_after_retry_after(local: LocalLabeler, limiter: Ra
         waited = time.monotonic() - started
     assert [r.status_code for r in transport.responses] == [200, 429, 200]
     assert transport.responses[1].headers["retry-after"] == "1"
-    assert 0.95 <= waited < 3
+    assert waited >= 0.95  # how long exactly: below, on a fake clock
+
+
+def _answering(
+    clock: FakeClock, *responses: httpx.Response
+) -> tuple[Callable[[ClientRequest], Reply], list[float]]:
+    """A server for ``drive``: ``responses`` in turn; and the times it was asked, on
+    ``clock``."""
+    asked: list[float] = []
+    answers = iter(responses)
+
+    def server(request: ClientRequest) -> Reply:
+        asked.append(clock.now)
+        response = next(answers)
+        return Reply(response.status_code, response.headers, response.content)
+
+    return server, asked
+
+
+def test_a_retry_waits_what_retry_after_says() -> None:
+    clock = FakeClock()
+    limited = error(429, "rate_limited", {"retry-after": "1"})
+    server, asked = _answering(clock, limited, httpx.Response(200, json={"models": []}))
+    assert drive(fake_api(clock).models(), clock, server) == []
+    assert asked == [0.0, 1.0]
 
 
 @pytest.mark.parametrize(
@@ -90,23 +118,30 @@ async def test_429_raises_when_not_retried(
     transport = _limited(local, limiter)
     async with AsyncClient("http://test", transport=transport, retry=policy) as ms:
         await ms.models()
-        started = time.monotonic()
         with pytest.raises(RateLimited) as limited:
             await ms.models()
-        assert time.monotonic() - started < 0.5
+    assert [r.status_code for r in transport.responses] == [200, 429]  # not sent again
     assert isinstance(limited.value, errors.RateLimited)
     assert (limited.value.status, limited.value.retry_after_s) == (429, 1)
     assert limited.value.request_id == transport.responses[-1].headers["x-request-id"]
+    # and raised at once, without a wait
+    clock = FakeClock()
+    server, asked = _answering(clock, error(429, "rate_limited", {"retry-after": "1"}))
+    api = Api(policy, 1.0, 500, 64 * 1024 * 1024, clock=clock)
+    with pytest.raises(RateLimited):
+        drive(api.models(), clock, server)
+    assert asked == [0.0] and clock.now == 0.0
 
 
 async def test_a_quota_is_not_retried(
-    local: LocalLabeler, services: Services, job_settings: Settings
+    local: LocalLabeler, own_queue: OwnQueue, job_settings: Settings
 ) -> None:
     """A second open job over ``max_open_jobs``: 429 with ``Retry-After: 30``, raised at
     once (a job must end first; retrying 5 x 30 s would block for minutes), not as
-    ``RateLimited``. No runner here, so the first job stays queued."""
+    ``RateLimited``. On a database of the test's own, which no runner serves (this module's
+    runs once ``ms`` is used), so the first job stays queued, and is dropped with it."""
     settings = job_settings.model_copy(update={"max_open_jobs": 1})
-    workflow = Workflow(services, PACKAGED_MODELS, settings)
+    workflow = Workflow(own_queue.services, PACKAGED_MODELS, settings)
     transport = RecordingASGI(create_api(local, local.configs, settings, workflow=workflow))
     async with AsyncClient("http://test", transport=transport) as ms:
         project = await ms.create_project(
@@ -114,14 +149,18 @@ async def test_a_quota_is_not_retried(
         )
         await ms.upload_texts(project, ["one text"])
         await ms.create_job(project)
-        started = time.monotonic()
         with pytest.raises(QuotaExceeded) as full:
             await ms.create_job(project)
-        assert time.monotonic() - started < 1
     assert [r.status_code for r in transport.responses[-2:]] == [202, 429]  # sent once
     assert isinstance(full.value, errors.QuotaExceeded)
     assert not isinstance(full.value, RateLimited)
     assert (full.value.code, full.value.retry_after_s) == ("quota_exceeded", 30)
+    # and raised at once, without a wait
+    clock = FakeClock()
+    server, asked = _answering(clock, error(429, "quota_exceeded", {"retry-after": "30"}))
+    with pytest.raises(QuotaExceeded):
+        drive(fake_api(clock).create_job(uuid.uuid4()), clock, server)
+    assert asked == [0.0] and clock.now == 0.0
 
 
 def _flaky_app(failures: int) -> Starlette:
@@ -218,9 +257,13 @@ def test_retry_after_is_seconds_or_a_date() -> None:
         headers = httpx.Headers({"retry-after": retry_after} if retry_after else {})
         return policy.delay(attempt, Reply(status, headers, shed))
 
-    in_30_s = email.utils.formatdate(time.time() + 30, usegmt=True)
+    before = time.time()
+    in_30_s = email.utils.formatdate(before + 30, usegmt=True)  # whole seconds
+    waited = wait(0, 503, in_30_s)
+    after = time.time()
+    assert waited is not None
+    assert math.floor(before + 30) - after <= waited <= math.floor(before + 30) - before
     assert wait(0, 429, "7") == 7
-    assert 28 <= (wait(0, 503, in_30_s) or 0) <= 30
     assert wait(0, 503, "Wed, 21 Oct 2015 07:28:00 GMT") == 0  # already past
     assert (wait(0, 503), wait(1, 503), wait(2, 503)) == (0.25, 0.5, None)  # then give up
     assert wait(0, 429, "61") is None  # longer than max_wait_s: raised to the caller

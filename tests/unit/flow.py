@@ -108,8 +108,9 @@ class OwnQueue:
 async def own_queue(local: LocalLabeler, job_settings: Settings) -> AsyncIterator[OwnQueue]:
     """For a test that claims from the job queue itself: a claim takes the oldest job with
     open items in the whole database, and on the session's database that is whatever an
-    earlier test (of this module or another) left queued. This one is empty, migrated on
-    first use and dropped after the test."""
+    earlier test (of this module or another) left queued. Also for one that leaves a job
+    queued on purpose. This one is empty, no runner serves it, it is migrated on first use
+    and dropped after the test."""
     name = f"modelship_test_{uuid.uuid4().hex[:12]}"
     await _admin(f"CREATE DATABASE {name}")
     try:
