@@ -69,22 +69,23 @@ REDIS_URL = os.environ.get("MODELSHIP_TEST_REDIS", "redis://127.0.0.1:6379/0")
 @pytest.fixture(scope="session")
 def postgres_dsn() -> Iterator[str]:
     """A fresh database on the machine's PostgreSQL, dropped after the session."""
-    import asyncpg
-
     name = f"modelship_test_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f"CREATE DATABASE {name}"))
+    asyncio.run(admin_sql(f"CREATE DATABASE {name}"))
     try:
         yield POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
     finally:
-        asyncio.run(admin(f"DROP DATABASE {name} WITH (FORCE)"))
+        asyncio.run(admin_sql(f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+async def admin_sql(sql: str) -> None:
+    """Run ``sql`` as the machine's PostgreSQL superuser (CREATE or DROP DATABASE)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 import pytest_asyncio
@@ -26,7 +26,7 @@ from modelship.service.runner import JobRunner
 from modelship.service.workflow import Workflow
 from storage.jobs import JobStore
 from storage.services import Services
-from tests.conftest import PACKAGED_MODELS, POSTGRES_ADMIN_DSN
+from tests.conftest import PACKAGED_MODELS, POSTGRES_ADMIN_DSN, admin_sql
 
 LABELS = [
     {"name": "sport", "examples": ["the team won the match", "a great goal in the final"]},
@@ -83,14 +83,23 @@ def runner(services: Services, labeler: CountingLabeler, job_settings: Settings)
     return JobRunner(jobs, services.objects, services.cache, labeler, job_settings, "runner-a")
 
 
+@asynccontextmanager
+async def api_client(
+    local: LocalLabeler, services: Services, settings: Settings
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP API with storage (``services``) on ``settings``, over ASGI."""
+    workflow = Workflow(services, PACKAGED_MODELS, settings)
+    app = create_api(local, local.configs, settings, workflow=workflow)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
 @pytest.fixture(scope="module")
 async def client(
     local: LocalLabeler, services: Services, job_settings: Settings
 ) -> AsyncIterator[httpx.AsyncClient]:
-    workflow = Workflow(services, PACKAGED_MODELS, job_settings)
-    app = create_api(local, local.configs, job_settings, workflow=workflow)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with api_client(local, services, job_settings) as http:
         yield http
 
 
@@ -112,29 +121,18 @@ async def own_queue(local: LocalLabeler, job_settings: Settings) -> AsyncIterato
     queued on purpose. This one is empty, no runner serves it, it is migrated on first use
     and dropped after the test."""
     name = f"modelship_test_{uuid.uuid4().hex[:12]}"
-    await _admin(f"CREATE DATABASE {name}")
+    await admin_sql(f"CREATE DATABASE {name}")
     try:
         dsn = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0] + f"/{name}"
         settings = job_settings.model_copy(update={"database_url": SecretStr(dsn)})
         services = Services.from_settings(settings)
         try:
-            workflow = Workflow(services, PACKAGED_MODELS, settings)
-            app = create_api(local, local.configs, settings, workflow=workflow)
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            async with api_client(local, services, settings) as http:
                 yield OwnQueue(http, services, JobStore(services.db))
         finally:
             await services.close()
     finally:
-        await _admin(f"DROP DATABASE {name} WITH (FORCE)")
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(POSTGRES_ADMIN_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+        await admin_sql(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:

@@ -13,11 +13,10 @@ from pydantic import SecretStr
 from modelship.core.errors import ModelNotReady, Overloaded
 from modelship.core.messages import ModelInfo
 from modelship.core.settings import Settings
-from modelship.http.app import create_api
 from modelship.service.labeling import LocalLabeler, ModelInfos
-from modelship.service.workflow import Workflow
 from storage.services import Services
 from tests.conftest import PACKAGED_MODELS
+from tests.unit.flow import api_client
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 SERVICES = {"database", "redis", "object_storage"}
@@ -67,13 +66,8 @@ async def test_request_summary_and_history(client: httpx.AsyncClient) -> None:
 async def _api(local: LocalLabeler, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The API with storage, on ``settings`` (a service pointed at nothing, say)."""
     services = Services.from_settings(settings)
-    app = create_api(
-        local, local.configs, settings, workflow=Workflow(services, PACKAGED_MODELS, settings)
-    )
     try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test"
-        ) as http:
+        async with api_client(local, services, settings) as http:
             yield http
     finally:
         await services.close()

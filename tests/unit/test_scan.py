@@ -22,15 +22,13 @@ from pydantic import ValidationError
 from modelship.core.config import LabelingAppArgs
 from modelship.core.errors import PayloadTooLarge, ScannerUnavailable
 from modelship.core.settings import Settings
-from modelship.http.app import create_api
 from modelship.ops.preflight import run_checks
 from modelship.ops.ray_env import free_port
 from modelship.service.labeling import LocalLabeler
-from modelship.service.workflow import Workflow
 from storage.scan import Clamd
 from storage.services import Services
-from tests.conftest import EFFICIENTNET, PACKAGED_MODELS
-from tests.unit.flow import assert_error, image_project, png, text_project
+from tests.conftest import EFFICIENTNET
+from tests.unit.flow import api_client, assert_error, image_project, png, text_project
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -106,14 +104,7 @@ async def scanning(
     local: LocalLabeler, scan_settings: Settings
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Services]]:
     services = Services.from_settings(scan_settings)
-    app = create_api(
-        local,
-        local.configs,
-        scan_settings,
-        workflow=Workflow(services, PACKAGED_MODELS, scan_settings),
-    )
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with api_client(local, services, scan_settings) as http:
         yield http, services
     await services.close()
 
@@ -255,13 +246,8 @@ async def test_uploads_fail_closed_while_clamd_is_down(
     daemon.start()
     settings = job_settings.model_copy(update={"clamd_url": daemon.url})
     services = Services.from_settings(settings)
-    app = create_api(
-        local, local.configs, settings, workflow=Workflow(services, PACKAGED_MODELS, settings)
-    )
     try:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://test"
-        ) as client:
+        async with api_client(local, services, settings) as client:
             project = await image_project(client)
             url = f"/api/v1/projects/{project['id']}/items"
             ok = await client.post(url, files=[("file", ("a.png", png(11), "image/png"))])
