@@ -8,6 +8,7 @@ from uuid import UUID
 
 from ray import serve
 
+from modelship.core.errortracking import start_error_tracking
 from modelship.core.logs import to_serve_logs
 from modelship.core.metrics import ServeMetrics
 from modelship.core.settings import Settings
@@ -32,6 +33,7 @@ class Exporter:
 
     async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]  # Serve awaits it
         to_serve_logs()
+        start_error_tracking(settings, "Exporter")
         self._services = Services.from_settings(settings)
         self._retention = settings.export_retention
         self._metrics = ServeMetrics()

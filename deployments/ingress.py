@@ -15,6 +15,7 @@ from modelship.core import ray_compat, tracing
 from modelship.core.config import ModelConfig
 from modelship.core.context import request_scope
 from modelship.core.errors import ModelShipError
+from modelship.core.errortracking import start_error_tracking
 from modelship.core.logs import to_serve_logs
 from modelship.core.messages import ItemOptions, ItemResult, ModelInfo
 from modelship.core.metrics import ServeMetrics
@@ -71,6 +72,7 @@ class Ingress:
         exporter: DeploymentHandle | None = None,
     ) -> None:
         to_serve_logs()
+        start_error_tracking(settings, "Ingress")
         self._configs = configs
         self._labeler = ServeLabeler(preprocessor, models, configs, settings.model_call_timeout_s)
         self._settings = settings

@@ -13,6 +13,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from modelship.core.config import ModelConfig
+from modelship.core.errortracking import start_error_tracking
 from modelship.core.logs import to_serve_logs
 from modelship.core.metrics import ServeMetrics
 from modelship.core.settings import Settings
@@ -56,6 +57,7 @@ class JobRunnerDeployment:
         settings: Settings,
     ) -> None:
         to_serve_logs()
+        start_error_tracking(settings, "JobRunner")
         self._services = Services.from_settings(settings)
         labeler = ServeLabeler(preprocessor, models, configs, settings.model_call_timeout_s * 2)
         owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -19,6 +19,7 @@ from ray import serve
 from modelship.core import tracing
 from modelship.core.config import ModelConfig
 from modelship.core.errors import ModelShipError
+from modelship.core.errortracking import start_error_tracking
 from modelship.core.logs import to_serve_logs
 from modelship.core.messages import ItemOptions, ItemResult, ModelInfo, Output, Prepared
 from modelship.core.metrics import ServeMetrics
@@ -50,6 +51,7 @@ class ModelReplica:
 
     def __init__(self, config: ModelConfig, settings: Settings) -> None:
         to_serve_logs()
+        start_error_tracking(settings, config.deployment_name)
         self._config = config
         self._settings = settings
         self._batching = config.batching

@@ -9,6 +9,7 @@ from ray import serve
 from modelship.core import tracing
 from modelship.core.config import IMAGE_TASKS, ModelConfig
 from modelship.core.errors import ModelShipError
+from modelship.core.errortracking import start_error_tracking
 from modelship.core.logs import to_serve_logs
 from modelship.core.messages import ItemOptions, Prepared
 from modelship.core.settings import Settings
@@ -38,6 +39,7 @@ class Preprocessor:
 
     def __init__(self, models: list[ModelConfig], settings: Settings) -> None:
         to_serve_logs()
+        start_error_tracking(settings, "Preprocessor")
         self._settings = settings
         store = ModelStore(settings.models_dir)
         self._predictors: dict[str, Predictor[Any, Any]] = {}

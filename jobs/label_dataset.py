@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from modelship.core.config import LabelingAppArgs, ModelConfig
 from modelship.core.context import current_request_id
 from modelship.core.errors import ConfigurationError, ModelShipError
+from modelship.core.errortracking import start_error_tracking
 from modelship.core.records import ExportFormat, ItemState, Job, JobStatus
 from modelship.core.settings import Settings
 from modelship.service.batch import LEASE_S, BatchRequest, BatchRun, Labeled
@@ -346,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         args = load_args(ns.config)
+        start_error_tracking(args.settings, "batch")
         check_source(ns.source, args.settings)
     except (OSError, KeyError, ValidationError, ModelShipError) as exc:
         print(f"refused: {exc}", file=sys.stderr)

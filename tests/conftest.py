@@ -22,10 +22,16 @@ from modelship.core.config import LabelSpec, ModelConfig, Task
 from modelship.core.settings import Settings
 from modelship.ops.ray_env import free_port
 from tests.otlp_receiver import OtlpReceiver
+from tests.sentry_receiver import SentryReceiver
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-pytest_plugins = ["tests.tiny_models", "tests.unit.flow", "tests.otlp_receiver"]
+pytest_plugins = [
+    "tests.tiny_models",
+    "tests.unit.flow",
+    "tests.otlp_receiver",
+    "tests.sentry_receiver",
+]
 
 DATA = Path(__file__).parent / "data"
 
@@ -140,12 +146,12 @@ def s3_options() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def serve_cluster(otlp_receiver: OtlpReceiver) -> Iterator[int]:
+def serve_cluster(otlp_receiver: OtlpReceiver, sentry_receiver: SentryReceiver) -> Iterator[int]:
     """A real local Ray cluster with Serve's HTTP proxy on a free loopback port.
 
     Started once per session for the composition and integration tiers; only what this
     fixture started is stopped. Its processes export spans to ``otlp_receiver`` when an
-    application's serve config turns tracing on.
+    application's serve config turns tracing on, and report errors to ``sentry_receiver``.
     """
     import ray
     from ray import serve
@@ -165,6 +171,8 @@ def serve_cluster(otlp_receiver: OtlpReceiver) -> Iterator[int]:
         # An ingress replica behind HAProxy stays reachable 30 s once told to stop, for load
         # balancers to deregister it; each app a test deletes would wait that out
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        # a secret: each replica's Settings read it from the environment
+        "MODELSHIP_SENTRY_DSN": sentry_receiver.dsn,
     }
     with mock.patch.dict(os.environ, cluster_env):
         ray.init(

@@ -25,7 +25,9 @@ DEFAULT_SECRET = "modelship-dev-secret-change-me"
 # whatever max_image_pixels says. Written out: the client imports these settings without
 # Pillow.
 PILLOW_MAX_PIXELS = 2 * 89_478_485
-SECRETS = frozenset({"secret_key", "database_url", "redis_url"})
+SECRETS = frozenset({"secret_key", "database_url", "redis_url", "sentry_dsn"})
+# Secrets the production profile runs without: their key in a cluster's Secret is optional.
+OPTIONAL_SECRETS = frozenset({"sentry_dsn"})
 
 logger = logging.getLogger("modelship.settings")
 
@@ -124,6 +126,11 @@ class Settings(BaseSettings):
     )
     slow_request_s: float = Field(
         2.0, ge=0, description="Requests slower than this are logged as slow (a warning)."
+    )
+    sentry_dsn: SecretStr | None = Field(
+        None,
+        description="Report errors (log records at ERROR, uncaught exceptions) to this Sentry"
+        " or Sentry-compatible DSN (modelship/core/errortracking.py); unset: off.",
     )
     rate_limit_per_minute: int = Field(
         60, ge=0, description="Requests per minute per client and route under /api; 0: off."
@@ -261,6 +268,14 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             _check_scheme(value.get_secret_value(), {"redis", "rediss", "unix"})
+        return value
+
+    @field_validator("sentry_dsn")
+    @classmethod
+    def _sentry_dsn(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():  # empty (compose's default): off
+            return None
+        _check_scheme(value.get_secret_value(), {"http", "https"})
         return value
 
     @field_validator("object_store_url")

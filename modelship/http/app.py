@@ -42,6 +42,7 @@ from modelship.http.errors import error_response
 from modelship.http.health import HealthMonitor, RequestWindow, system_resources
 from modelship.http.middleware import (
     BodyLimitMiddleware,
+    ErrorResponseMiddleware,
     MetricsMiddleware,
     RequestIdMiddleware,
     SecurityHeadersMiddleware,
@@ -192,6 +193,7 @@ def create_api(
         upload_timeout_s=settings.upload_body_timeout_s,
     )
     app.add_middleware(AuthMiddleware, authenticate=authenticate, limiter=limiter)
+    app.add_middleware(ErrorResponseMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

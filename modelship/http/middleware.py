@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelship.core.context import request_scope
 from modelship.core.metrics import Metrics
+from modelship.http.errors import error_response
 from modelship.http.health import RequestWindow
 
 logger = logging.getLogger("modelship.http")
@@ -115,6 +116,36 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class ErrorResponseMiddleware:
+    """Answers an exception that no route handled (a bug: our code or a model raised) with
+    our error body, inside the middleware that adds the request id header, the security
+    and CORS headers and counts the status. Starlette's own handler for ``Exception`` runs
+    outside all middleware: its 500 had none of those, was logged outside the request's
+    context, and the exception went on up to the server, which logged it again."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception as exc:
+            if started:  # a response already on its way: the server ends the connection
+                raise
+            response = error_response(exc, request_id(Request(scope)))
+            await response(scope, receive, send)
 
 
 def request_id(request: Request) -> str:

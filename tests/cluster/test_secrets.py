@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from modelship.ops.cluster import serve_config
+from modelship.ops.cluster.emulate import PodConfigError, container_env
 from modelship.ops.cluster.serve_config import ConfigError, secret_settings
 from tests.cluster.conftest import CONFIG, ROOT
 
@@ -106,3 +107,23 @@ def test_credentials_in_storage_options_or_in_any_url_are_refused() -> None:
     with pytest.raises(ConfigError, match="password") as raised:
         serve_config.validate(_config_with(model_from_s3))
     assert raised.value.field == "applications[0].args.models[1].source"
+
+
+def test_pods_start_without_the_optional_sentry_dsn_and_not_without_a_credential(
+    manifests: dict[str, dict[str, Any]],
+) -> None:
+    """Error tracking is optional: a Secret without ``sentry-dsn`` still starts every pod
+    (the kubelet skips an optional key), one with it gives the DSN to every pod, and one
+    missing a credential the production profile needs starts none."""
+    app = {"secret-key": "k" * 32, "database-url": "postgresql://db/app", "redis-url": "redis://r"}
+    others = {"modelship-ray-auth": {"auth_token": "t"}, "modelship-gcs-redis": {"password": "p"}}
+    for kind in ("RayService", "RayJob"):
+        for container in containers(manifests[kind]):
+            env = container_env(container, {"modelship-app": app, **others}, {})
+            assert "MODELSHIP_SENTRY_DSN" not in env and env["MODELSHIP_DATABASE_URL"]
+            dsn = {"sentry-dsn": "https://key@sentry.example/1"}
+            env = container_env(container, {"modelship-app": app | dsn, **others}, {})
+            assert env["MODELSHIP_SENTRY_DSN"] == dsn["sentry-dsn"]
+            without = {k: v for k, v in app.items() if k != "database-url"}
+            with pytest.raises(PodConfigError, match="MODELSHIP_DATABASE_URL"):
+                container_env(container, {"modelship-app": without, **others}, {})

@@ -23,6 +23,7 @@ from modelship.core.messages import ItemOptions, ItemResult, PreparedText
 from modelship.core.settings import Settings
 from modelship.predictors import ModelStore, build_predictor
 from tests.conftest import MINILM
+from tests.sentry_receiver import SentryReceiver, message
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 APP = "reconfigure-under-test"
@@ -79,17 +80,27 @@ def replica(serve_cluster: int, settings: Settings) -> Iterator[DeploymentHandle
 
 
 async def test_a_bad_user_config_is_refused_and_the_replica_keeps_serving(
-    replica: DeploymentHandle, settings: Settings
+    replica: DeploymentHandle, settings: Settings, sentry_receiver: SentryReceiver
 ) -> None:
     """reconfigure raised on {max_batch_size: 0}; Serve then stopped the running replica,
     its replacements failed the same way, and the deploy ended DEPLOY_FAILED with the
-    model down."""
+    model down. The refusal reaches error tracking from the replica's own process."""
     pid = (await replica.stats.remote())["pid"]
     await asyncio.to_thread(_deploy, settings, {"max_batch_size": 0})
     assert (await replica.stats.remote())["pid"] == pid
     assert (await replica.info.remote()).batching == MINILM.batching
     [result] = await replica.predict.remote(_items(settings, 1))
     assert isinstance(result, ItemResult)
+
+    event = await asyncio.to_thread(
+        sentry_receiver.wait_for,
+        lambda e: (
+            "user_config {'max_batch_size': 0} refused" in message(e)
+            and e["tags"].get("component") == MINILM.deployment_name
+        ),
+    )
+    assert event["level"] == "error" and event["logger"] == "modelship.model"
+    assert event["environment"] == "dev" and event["release"].startswith("modelship@")
 
 
 async def test_a_live_batching_change_drops_no_request(

@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from modelship.core.settings import OPTIONAL_SECRETS
 from modelship.ops.cluster.options import (
     GPU_GROUP_RESOURCE,
     ClusterOptions,
@@ -78,7 +79,8 @@ def env(
     entries: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
     entries.append(_from_secret("RAY_AUTH_TOKEN", options.secrets.ray_auth, "auth_token"))
     entries += [
-        _from_secret(name, options.secrets.app, key) for name, key in secret_settings().items()
+        _from_secret(name, options.secrets.app, key, optional=_optional(name))
+        for name, key in secret_settings().items()
     ]
     return entries
 
@@ -259,5 +261,13 @@ def _cores(quantity: str) -> float:
     return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
 
 
-def _from_secret(name: str, secret: str, key: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+def _from_secret(name: str, secret: str, key: str, optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def _optional(env_name: str) -> bool:
+    """Whether a pod starts without this setting's key in the app Secret (``sentry-dsn``)."""
+    return env_name.removeprefix("MODELSHIP_").lower() in OPTIONAL_SECRETS
