@@ -1,4 +1,4 @@
-"""Object storage for uploaded files: a local folder, S3 or any fsspec URL.
+"""Object storage for uploaded files: a local folder, S3, GCS or any fsspec URL.
 
 Keys are generated here (``tenant/project/<uuid4 hex><ext>``), never taken from user file
 names, and every key is checked before it reaches a file system: no path traversal.
@@ -31,7 +31,8 @@ _KEY = re.compile(rf"{_SEGMENT}/{_SEGMENT}/[0-9a-f]{{32}}\.[a-z0-9]{{1,8}}")
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
 _UNAVAILABLE = "object_store_unavailable"
 # What an unreachable store looks like: s3fs maps S3 replies to OSError, but connection
-# failures come through as botocore's own errors (botocore is a dependency of s3fs).
+# failures come through as botocore's own errors (botocore is a dependency of s3fs);
+# gcsfs raises aiohttp's errors (OSError) and, for a 5xx or a refusal, its HttpError.
 _OUTAGES: tuple[type[Exception], ...] = (OSError, TimeoutError, BotoCoreError)
 # s3fs tries a timed-out request 5 times and botocore each of those 5 times: an S3 endpoint
 # that accepts connections but never answers held one call ~400 s. One try each in botocore
@@ -44,6 +45,10 @@ _S3_CONFIG: dict[str, Any] = {
     "retries": {"total_max_attempts": 1},
 }
 _S3_TRIES = 2
+# gcsfs tries each request 6 times (fixed), 31 s of backoff between them; a connection and
+# each read get these bounds, so an endpoint that never answers holds a call ~2 min, not
+# 6 x aiohttp's 5 min. OBJECT_STORE_OPTIONS' requests_timeout wins.
+_GCS_CONNECT_S, _GCS_READ_S = 5, 15
 
 
 class ObjectNotFound(KeyError):
@@ -54,17 +59,29 @@ class ObjectStore:
     """Bytes under generated keys, in a folder or a bucket; blocking calls run in threads.
 
     Args:
-        url: a folder path, ``file://...``, ``s3://bucket/prefix``, ``memory://...``; a
-            local folder is created if missing.
-        storage_options: fsspec options, e.g. ``endpoint_url``, ``key`` and ``secret`` for S3.
+        url: a folder path, ``file://...``, ``s3://bucket/prefix``, ``gs://bucket/prefix``,
+            ``memory://...``; a local folder is created if missing.
+        storage_options: fsspec options, e.g. ``endpoint_url``, ``key`` and ``secret`` for
+            S3, ``project`` or ``token`` for GCS (default: the environment's credentials).
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url
         options = dict(storage_options or {})
-        s3 = fsspec.core.split_protocol(url)[0] in ("s3", "s3a")
+        protocol = fsspec.core.split_protocol(url)[0]
+        s3 = protocol in ("s3", "s3a")
         if s3:
             options["config_kwargs"] = {**_S3_CONFIG, **options.get("config_kwargs", {})}
+        self._outages = _OUTAGES
+        if protocol in ("gs", "gcs"):
+            import aiohttp
+            from gcsfs.retry import HttpError
+
+            self._outages += (HttpError,)
+            options.setdefault(
+                "requests_timeout",
+                aiohttp.ClientTimeout(sock_connect=_GCS_CONNECT_S, sock_read=_GCS_READ_S),
+            )
         self._fs, root = fsspec.core.url_to_fs(url, **options)
         if s3:
             self._fs.retries = _S3_TRIES  # an attribute of s3fs, not an option
@@ -149,7 +166,7 @@ class ObjectStore:
             info = await asyncio.to_thread(self._fs.info, target, refresh=True)
         except FileNotFoundError:
             return False
-        except _OUTAGES as exc:
+        except self._outages as exc:
             logger.warning("object storage %s failed: %r", self.url, exc)
             raise ServiceUnavailable("object storage unavailable", _UNAVAILABLE) from exc
         return bool(info.get("type") == "directory")
@@ -188,7 +205,7 @@ class ObjectStore:
                 # the URL stays in the log: clients see this message
                 raise ServiceUnavailable("object storage unavailable", _UNAVAILABLE) from None
             raise ObjectNotFound(key) from None
-        except _OUTAGES as exc:
+        except self._outages as exc:
             logger.warning("object storage %s failed: %r", self.url, exc)
             raise ServiceUnavailable("object storage unavailable", _UNAVAILABLE) from exc
 

@@ -146,6 +146,36 @@ def s3_options() -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
+def gcs_options() -> Iterator[dict[str, Any]]:
+    """A real GCS JSON API server (gcp-storage-emulator) in its own process, with the
+    bucket ``labels``: the options gcsfs needs to reach it."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1"),
+            *("--port", str(port), "--in-memory", "--default-bucket", "labels", "--quiet"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/storage/v1/b/labels", timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield {"endpoint_url": endpoint, "token": "anon", "project": "modelship-test"}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
 def serve_cluster(otlp_receiver: OtlpReceiver, sentry_receiver: SentryReceiver) -> Iterator[int]:
     """A real local Ray cluster with Serve's HTTP proxy on a free loopback port.
 

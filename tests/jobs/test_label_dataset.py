@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import httpx
 import pytest
 import yaml
@@ -347,35 +348,37 @@ async def test_images_the_object_store_cannot_take_fail_with_its_reason(
     assert sorted(reasons) == sorted(set(BAD_IMAGES.values()) - {"corrupt_image"})
 
 
-async def test_an_s3_dataset_labeled_and_exported(
-    serve_cluster: int, batch_settings: Settings, s3_options: dict[str, Any]
+@pytest.mark.parametrize("protocol", ["s3", "gs"])
+async def test_a_bucket_dataset_labeled_and_exported(
+    serve_cluster: int, batch_settings: Settings, protocol: str, request: pytest.FixtureRequest
 ) -> None:
-    """Images read from S3 and stored in an S3 object store (moto), under content keys;
-    the export written at the end, as ``--export`` asks."""
-    import s3fs
-
-    s3 = s3fs.S3FileSystem(**s3_options)
+    """Images read from a bucket and stored in an object store on the same service (S3:
+    moto; GCS: gcp-storage-emulator), under content keys; the export written at the end,
+    as ``--export`` asks."""
+    options = request.getfixturevalue("s3_options" if protocol == "s3" else "gcs_options")
+    fs = fsspec.filesystem(protocol, **options)
+    folder = f"labels/datasets/{uuid.uuid4().hex[:8]}"
     for name in ["cat.jpg", "coffee.jpg"]:
-        s3.pipe_file(f"labels/datasets/images/{name}", (DATA / name).read_bytes())
-    s3.pipe_file("labels/datasets/images/again.jpg", (DATA / "cat.jpg").read_bytes())
+        fs.pipe_file(f"{folder}/{name}", (DATA / name).read_bytes())
+    fs.pipe_file(f"{folder}/again.jpg", (DATA / "cat.jpg").read_bytes())
     settings = batch_settings.model_copy(
         update={
-            "object_store_url": "s3://labels/objects",
-            "object_store_options": s3_options,
-            "batch_allowed_prefixes": ["s3://labels/datasets"],
+            "object_store_url": f"{protocol}://labels/objects",
+            "object_store_options": options,
+            "batch_allowed_prefixes": [f"{protocol}://labels/datasets"],
         }
     )
-    request = BatchRequest(
-        project=f"s3-{uuid.uuid4().hex[:6]}",
-        source="s3://labels/datasets/images/",
+    batch = BatchRequest(
+        project=f"{protocol}-{uuid.uuid4().hex[:6]}",
+        source=f"{protocol}://{folder}/",
         model=EFFICIENTNET.name,
         export=ExportFormat.csv,
         export_all=True,
     )
-    job = await label_dataset(request, MODELS, settings)
+    job = await label_dataset(batch, MODELS, settings)
     assert job.status == "succeeded" and job.total_items == 2
     assert job.counts[ItemState.succeeded] == 2
-    stored = sorted(s3.glob(f"labels/objects/default/{job.project_id}/*.jpg"))
+    stored = sorted(fs.glob(f"labels/objects/default/{job.project_id}/*.jpg"))
     digests = sorted(
         hashlib.sha256((DATA / n).read_bytes()).hexdigest()[:32] for n in ["cat.jpg", "coffee.jpg"]
     )

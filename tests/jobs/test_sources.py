@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -116,6 +118,30 @@ def test_sources_refused(root: Path, settings: Settings, source: str, code: str)
     with pytest.raises(SourceRefused) as refused:
         list_entries(uri, False, settings)
     assert refused.value.code == code
+
+
+def test_a_gcs_folder_and_manifest_are_listed_and_read(gcs_options: dict[str, Any]) -> None:
+    """gs:// sources with the object store's options (same protocol): listed, allowed by
+    prefix, and read into items."""
+    settings = Settings(
+        object_store_url="gs://labels/objects",
+        object_store_options=gcs_options,
+        batch_allowed_prefixes=["gs://labels/datasets"],
+    )
+    fs = fsspec.filesystem("gs", **gcs_options)
+    folder = f"labels/datasets/{uuid.uuid4().hex}"
+    fs.pipe(f"{folder}/images/cat.jpg", (DATA / "cat.jpg").read_bytes())
+    fs.pipe(f"{folder}/manifest.jsonl", b'{"path": "images/cat.jpg"}\n"gs://labels/secret.jpg"\n')
+    cat = f"gs://{folder}/images/cat.jpg"
+    assert list_entries(f"gs://{folder}/images/", True, settings) == [Entry(uri=cat)]
+    listed = list_entries(f"gs://{folder}/manifest.jsonl", True, settings)
+    assert listed[0] == Entry(uri=cat)
+    assert listed[1].error is not None and listed[1].error.startswith("source_not_allowed")
+    [(image, data)] = read_entry(Entry(uri=cat), True, settings, "t", PROJECT)
+    assert data == (DATA / "cat.jpg").read_bytes() and image.error is None
+    with pytest.raises(SourceRefused) as refused:
+        list_entries(f"gs://{folder}/nothing/", True, settings)
+    assert refused.value.code == "source_missing"
 
 
 def test_entries_read_into_items(root: Path, settings: Settings) -> None:

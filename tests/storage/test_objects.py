@@ -162,6 +162,35 @@ async def test_s3_missing_bucket_is_an_outage_not_a_missing_file(
         await ObjectStore("s3://labels/x", s3_options).get(key)
 
 
+async def test_gcs_round_trip_and_a_missing_bucket(
+    gcs_options: dict[str, Any], tmp_path: Path
+) -> None:
+    """gs:// through gcsfs, against a GCS JSON API server: small objects whole, large ones
+    streamed both ways; a bucket that is not there is an outage, an object a miss."""
+    store = ObjectStore("gs://labels/uploads", gcs_options)
+    await store.ping()
+    key = ObjectStore.new_key("acme", "42", ".jpg")
+    await store.put(key, b"\xff\xd8 jpeg bytes")
+    assert await store.get(key) == b"\xff\xd8 jpeg bytes"
+
+    big = os.urandom(3 << 20)
+    source = tmp_path / "big.bin"
+    source.write_bytes(big)
+    big_key = ObjectStore.new_key("acme", "42", ".bin")
+    await store.put_file(big_key, source)
+    assert await store.size(big_key) == len(big)
+    assert b"".join([c async for c in store.read_chunks(big_key, chunk_bytes=1 << 20)]) == big
+
+    await store.delete(key)
+    with pytest.raises(ObjectNotFound):
+        await store.get(key)
+    missing = ObjectStore("gs://no-such-bucket/x", gcs_options)
+    with pytest.raises(ServiceUnavailable):
+        await missing.ping()
+    with pytest.raises(ServiceUnavailable):
+        await missing.get(key)
+
+
 async def test_s3_that_never_answers_is_an_outage_within_seconds() -> None:
     """An endpoint that takes connections and never answers: two tries of one read timeout
     (2 s here), not s3fs's 5 tries of botocore's 5 (~50 s here, ~400 s by default)."""

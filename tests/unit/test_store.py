@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import pytest
@@ -60,3 +61,17 @@ def test_a_remote_single_file_resolves_to_that_file(tmp_path: Path) -> None:
     resolved = ModelStore(tmp_path).resolve("memory://models/net.onnx")
     assert resolved.path.name == "net.onnx"
     assert resolved.path.read_bytes() == b"onnx-bytes"
+
+
+def test_a_model_folder_on_gcs_is_fetched(
+    tmp_path: Path, gcs_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gs:// as a model source, with the environment's credentials and endpoint, as a
+    replica on GKE would fetch it (here: the emulator, anonymously)."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_options["endpoint_url"])
+    fs = fsspec.filesystem("gs", **gcs_options)
+    fs.pipe("labels/models/m2/config.json", b"{}")
+    fs.pipe("labels/models/m2/model.safetensors", b"weights-on-gcs")
+    fetched = ModelStore(tmp_path).resolve("gs://labels/models/m2/")
+    assert (fetched.path / "model.safetensors").read_bytes() == b"weights-on-gcs"
+    assert fetched.version == content_version(fetched.path)
