@@ -168,6 +168,14 @@ class ClusterOptions(_Options):
     monitoring_namespace: Label = Field(
         "monitoring", description="Namespace of Prometheus (reaches the metrics port)."
     )
+    service_account: Label | None = Field(
+        None,
+        description="Kubernetes ServiceAccount of every Ray pod, created beforehand by the"
+        " platform team: the cloud identity that reaches buckets without keys (GKE Workload"
+        " Identity for gs://, EKS IRSA for s3://). KubeRay binds it the autoscaler's Role"
+        " itself; None: KubeRay's own account for the head, the namespace's default for"
+        " workers.",
+    )
     job: JobOptions = Field(default_factory=JobOptions)
 
     @field_validator("ray_version")

@@ -242,7 +242,12 @@ def _pod(
         },
         "containers": [container],
     }
+    if options.service_account is not None:
+        spec["serviceAccountName"] = options.service_account
     if component != "ray-head":  # the head's autoscaler sidecar calls the Kubernetes API
+        # Not even with a service account: a cloud identity needs no API token (Workload
+        # Identity answers from the node's metadata server; IRSA's webhook mounts a projected
+        # token of its own).
         spec["automountServiceAccountToken"] = False
     if gpu is not None:
         spec["nodeSelector"] = dict(gpu.node_selector)
