@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -42,13 +42,19 @@ class ExportJob:
 
 
 def _export(row: asyncpg.Record) -> Export:
-    done = row["status"] == "succeeded"
+    # Expired from expires_at on, as downloads are refused, though the sweep marks the row
+    # (and deletes the file) only DOWNLOAD_GRACE later.
+    status = row["status"]
+    expires_at = row["expires_at"]
+    if status == "succeeded" and expires_at is not None and expires_at <= datetime.now(UTC):
+        status = "expired"
+    done = status == "succeeded"
     return Export(
         id=row["id"],
         project_id=row["project_id"],
         format=row["format"],
         selection=row["selection"],
-        status=row["status"],
+        status=status,
         rows=row["row_count"],
         bytes=row["byte_size"],
         media_type=row["media_type"],
@@ -170,17 +176,19 @@ class ExportStore:
             )
         return status == "UPDATE 1"
 
-    async def expire(self, limit: int) -> list[str]:
-        """Mark up to ``limit`` succeeded exports past their time expired; their object keys
+    async def expire(self, limit: int, grace: timedelta) -> list[str]:
+        """Mark up to ``limit`` succeeded exports expired ``grace`` ago; their object keys
         (to delete: a key whose deletion fails is only an orphaned file, never a download
         that points nowhere)."""
         async with self._db.connection() as conn:
             rows = await conn.fetch(
                 "WITH due AS (SELECT id, object_key FROM exports WHERE status = 'succeeded'"
-                " AND expires_at <= now() ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                " AND expires_at <= now() - $2::interval ORDER BY expires_at LIMIT $1"
+                " FOR UPDATE SKIP LOCKED)"
                 " UPDATE exports e SET status = 'expired', object_key = NULL FROM due"
                 " WHERE e.id = due.id RETURNING due.object_key",
                 limit,
+                grace,
             )
         return [row[0] for row in rows if row[0]]
 

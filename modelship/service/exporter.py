@@ -25,6 +25,9 @@ logger = logging.getLogger("modelship.exports")
 
 PAGE_ROWS = 500
 LEASE_S = 60.0  # an export whose writer died is resumed this long after
+# Downloads are refused from expires_at on; the file stays this long after it, so that one
+# begun before (a large file from S3 or GCS, read range by range) is not cut off.
+DOWNLOAD_GRACE = timedelta(hours=1)
 _WRITES = 3  # tries at a file whose category ids agree with the project's order
 
 
@@ -129,9 +132,12 @@ async def _renew(store: ExportStore, export_id: UUID, owner: str) -> None:
             logger.warning("could not renew the lease of export %s: %r", export_id, exc)
 
 
-async def delete_expired(services: Services, limit: int = 100) -> int:
-    """Delete the files of exports past their retention (at most ``limit``); how many."""
-    keys = await ExportStore(services.db).expire(limit)
+async def delete_expired(
+    services: Services, limit: int = 100, grace: timedelta = DOWNLOAD_GRACE
+) -> int:
+    """Delete the files of exports past their retention by ``grace`` (at most ``limit``);
+    how many."""
+    keys = await ExportStore(services.db).expire(limit, grace)
     for key in keys:
         try:
             await services.objects.delete(key)

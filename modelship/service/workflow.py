@@ -15,7 +15,6 @@ import logging
 import mimetypes
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from uuid import UUID
 
 from modelship.core.config import IMAGE_TASKS, ModelConfig, Task
@@ -367,8 +366,7 @@ class Workflow:
     async def export_file(self, tenant: str, export_id: UUID) -> tuple[Export, str]:
         """The export and the object key of its file (409 until it is written)."""
         export, key = await self.exports.get(tenant, export_id)
-        expired = export.expires_at is not None and export.expires_at <= datetime.now(UTC)
-        if export.status == "expired" or expired:
+        if export.status == "expired":  # from expires_at on (storage/exports.py)
             raise Gone(f"export {export_id} expired; export again", "export_expired")
         if key is None:
             raise Conflict(f"export {export_id} is {export.status}", "export_not_ready")

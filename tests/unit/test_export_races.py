@@ -15,7 +15,7 @@ import pytest
 from modelship.core.records import ExportCreate, Project
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
-from modelship.service.exporter import delete_expired, run_export
+from modelship.service.exporter import DOWNLOAD_GRACE, delete_expired, run_export
 from modelship.service.labeling import LocalLabeler
 from modelship.service.workflow import Workflow
 from storage.catalog import Catalog, NewItem
@@ -129,7 +129,8 @@ async def test_a_download_the_expiry_sweep_overtakes_is_gone_not_an_error(
 ) -> None:
     """The Ingress read the export (succeeded, not yet expired), then an Exporter replica's
     sweep expired it and deleted its file before the Ingress opened it: the download
-    answered 500 internal_error (the store's ObjectNotFound), not 410 export_expired."""
+    answered 500 internal_error (the store's ObjectNotFound), not 410 export_expired. (The
+    sweep now waits DOWNLOAD_GRACE past expiry: the Ingress would have to stall that long.)"""
     workflow = Workflow(services, PACKAGED_MODELS, job_settings)
     app = create_api(local, local.configs, job_settings, workflow=workflow)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
@@ -146,8 +147,12 @@ async def test_a_download_the_expiry_sweep_overtakes_is_gone_not_an_error(
 
         async def read_then_swept(tenant: str, export_id: uuid.UUID) -> tuple[Any, str]:
             found = await read(tenant, export_id)
-            async with services.db.connection() as conn:  # its time comes: the sweep runs
-                await conn.execute("UPDATE exports SET expires_at = now() WHERE id = $1", export_id)
+            async with services.db.connection() as conn:  # the sweep's time comes
+                await conn.execute(
+                    "UPDATE exports SET expires_at = now() - $2::interval WHERE id = $1",
+                    export_id,
+                    DOWNLOAD_GRACE,
+                )
             assert await delete_expired(services) >= 1
             return found
 

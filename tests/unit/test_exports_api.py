@@ -18,7 +18,7 @@ import yaml
 from pycocotools.coco import COCO
 
 from modelship.core.records import ExportCreate, ExportFormat, ExportSelection
-from modelship.service.exporter import delete_expired, run_export
+from modelship.service.exporter import DOWNLOAD_GRACE, delete_expired, run_export
 from modelship.service.runner import JobRunner
 from storage.catalog import Catalog, NewItem
 from storage.exports import ExportStore
@@ -341,8 +341,21 @@ async def test_an_export_file_is_deleted_after_its_retention(
             "UPDATE exports SET expires_at = now() - interval '1 second' WHERE id = $1",
             export["id"],
         )
+    # from expires_at on: downloads refused, and the export says so
     assert_error(await client.get(export["download_url"]), 410, "export_expired")
+    gone = (await client.get(f"/api/v1/exports/{export['id']}")).json()
+    assert gone["status"] == "expired" and gone["download_url"] is None
+    # the file stays DOWNLOAD_GRACE longer: a download begun before expiry is not cut off
+    await delete_expired(services)
+    assert await services.objects.get(key)
 
+    async with services.db.connection() as conn:
+        await conn.execute(
+            "UPDATE exports SET expires_at = now() - $2::interval - interval '1 second'"
+            " WHERE id = $1",
+            export["id"],
+            DOWNLOAD_GRACE,
+        )
     assert await delete_expired(services) >= 1
     with pytest.raises(ObjectNotFound):
         await services.objects.get(key)
