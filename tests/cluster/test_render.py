@@ -369,3 +369,21 @@ def test_a_model_user_config_the_replica_would_refuse_is_refused_at_render(
     assert raised.value.field == f"applications[0].deployments[{index}].{field}"
     entries[index]["user_config"] = {"max_batch_size": 4}  # a field left out keeps its value
     validate(config)
+
+
+def test_a_model_s_gpus_set_in_a_deployment_override_are_refused() -> None:
+    """ray_actor_options.num_gpus: 1 on a model whose args say 0 gave its replica a GPU
+    that it never used: the replica picks cuda from the model's num_gpus, and the graph
+    decodes its images inline as for a CPU model. One place says it: the model's args."""
+    config = yaml.safe_load(CONFIG.read_text())
+    entries = config["applications"][0]["deployments"]
+    models = config["applications"][0]["args"]["models"]
+    k = next(i for i, m in enumerate(models) if m["name"] == "minilm-zero-shot")
+    index = next(i for i, e in enumerate(entries) if e["name"] == "Model-minilm-zero-shot")
+    entries[index]["ray_actor_options"] = {"num_gpus": 1}
+    with pytest.raises(ConfigError) as raised:
+        validate(copy.deepcopy(config))
+    assert raised.value.field == f"applications[0].deployments[{index}].ray_actor_options.num_gpus"
+    assert f"applications[0].args.models[{k}].num_gpus" in raised.value.message
+    models[k]["num_gpus"] = 1  # said in the model's args, the same override is consistent
+    validate(config)

@@ -198,6 +198,8 @@ def _check_deployments(entries: list[dict[str, Any]], args: LabelingAppArgs) -> 
         # model down): refuse it here, before anything is deployed
         if name in models and entries[i].get("user_config") is not None:
             _check_user_config(models[name], entries[i]["user_config"], i)
+        if name in models:
+            _check_model_gpus(models[name], entries[i], i, args)
         if not entries[i].get("autoscaling_config"):
             raise ConfigError(
                 f"applications[0].deployments[{i}].autoscaling_config",
@@ -209,6 +211,23 @@ def _check_deployments(entries: list[dict[str, Any]], args: LabelingAppArgs) -> 
                 "applications[0].deployments",
                 f"no entry for {name}: every deployment needs an autoscaling_config",
             )
+
+
+def _check_model_gpus(
+    model: ModelConfig, entry: dict[str, Any], index: int, args: LabelingAppArgs
+) -> None:
+    """A model's GPUs are set once, in ``args.models``: the replica picks its device, the
+    graph where images are decoded, and a batch job its actors from there. A deployment's
+    ``ray_actor_options.num_gpus`` asking otherwise gave a replica a GPU it never used (it
+    ran on the CPU)."""
+    options = entry.get("ray_actor_options") or {}
+    if "num_gpus" in options and options["num_gpus"] != model.num_gpus:
+        raise ConfigError(
+            f"applications[0].deployments[{index}].ray_actor_options.num_gpus",
+            f"set it in applications[0].args.models[{args.models.index(model)}].num_gpus"
+            f" ({model.num_gpus} there): the replica, the preprocessing choice and batch"
+            " jobs read it there",
+        )
 
 
 def _check_user_config(model: ModelConfig, user_config: Any, index: int) -> None:
