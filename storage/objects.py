@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -51,6 +51,24 @@ _S3_TRIES = 2
 _GCS_CONNECT_S, _GCS_READ_S = 5, 15
 
 
+def bounded_options(url: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """fsspec ``options`` for ``url`` with our time bounds where they set none: on S3
+    (botocore's timeouts, one try each) and GCS (aiohttp's connect and read timeouts), a
+    call that gets no answer ends in seconds to minutes, not many minutes."""
+    bounded = dict(options or {})
+    protocol = fsspec.core.split_protocol(url)[0]
+    if protocol in ("s3", "s3a"):
+        bounded["config_kwargs"] = {**_S3_CONFIG, **bounded.get("config_kwargs", {})}
+    elif protocol in ("gs", "gcs"):
+        import aiohttp
+
+        bounded.setdefault(
+            "requests_timeout",
+            aiohttp.ClientTimeout(sock_connect=_GCS_CONNECT_S, sock_read=_GCS_READ_S),
+        )
+    return bounded
+
+
 class ObjectNotFound(KeyError):
     """No object under this key."""
 
@@ -67,22 +85,14 @@ class ObjectStore:
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url
-        options = dict(storage_options or {})
         protocol = fsspec.core.split_protocol(url)[0]
         s3 = protocol in ("s3", "s3a")
-        if s3:
-            options["config_kwargs"] = {**_S3_CONFIG, **options.get("config_kwargs", {})}
         self._outages = _OUTAGES
         if protocol in ("gs", "gcs"):
-            import aiohttp
             from gcsfs.retry import HttpError
 
             self._outages += (HttpError,)
-            options.setdefault(
-                "requests_timeout",
-                aiohttp.ClientTimeout(sock_connect=_GCS_CONNECT_S, sock_read=_GCS_READ_S),
-            )
-        self._fs, root = fsspec.core.url_to_fs(url, **options)
+        self._fs, root = fsspec.core.url_to_fs(url, **bounded_options(url, storage_options))
         if s3:
             self._fs.retries = _S3_TRIES  # an attribute of s3fs, not an option
         self._local = isinstance(self._fs, LocalFileSystem)

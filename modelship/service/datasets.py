@@ -33,6 +33,7 @@ from modelship.core.errors import InvalidInput, ModelShipError
 from modelship.core.inputs import parse_text_file, read_image_header
 from modelship.core.settings import Settings
 from storage.batch import BatchItem, content_key
+from storage.objects import bounded_options
 
 _MANIFESTS = (".txt", ".jsonl", ".ndjson", ".csv")
 _TEXT = "text/plain"
@@ -59,10 +60,11 @@ class Entry:
 
 def storage_options(uri: str, settings: Settings) -> dict[str, Any]:
     """fsspec options for ``uri``: the object store's (endpoint, credentials) when it uses
-    the same protocol, else none (fsspec's defaults, e.g. credentials from the environment)."""
+    the same protocol, else fsspec's defaults (e.g. credentials from the environment);
+    with the object store's time bounds either way."""
     store = settings.object_store_url or ""
     same = _protocol(uri) == _protocol(store) and _protocol(uri) != "file"
-    return dict(settings.object_store_options) if same else {}
+    return bounded_options(uri, settings.object_store_options if same else None)
 
 
 def allowed(uri: str, prefixes: list[str]) -> bool:

@@ -4,6 +4,8 @@ files)."""
 from __future__ import annotations
 
 import json
+import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -142,6 +144,32 @@ def test_a_gcs_folder_and_manifest_are_listed_and_read(gcs_options: dict[str, An
     with pytest.raises(SourceRefused) as refused:
         list_entries(f"gs://{folder}/nothing/", True, settings)
     assert refused.value.code == "source_missing"
+
+
+def test_a_bucket_that_never_answers_refuses_the_source_within_seconds(tmp_path: Path) -> None:
+    """A batch source gets the object store's time bounds (one botocore try per s3fs try):
+    an S3 endpoint that takes connections and never answers held a listing for s3fs's 5
+    tries of botocore's 5 (~50 s with a 2 s read timeout, ~25 min by default)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # connections complete in the backlog; nothing ever answers
+        options = {
+            "endpoint_url": f"http://127.0.0.1:{silent.getsockname()[1]}",
+            "key": "testing",
+            "secret": "testing",
+            "config_kwargs": {"read_timeout": 1},
+        }
+        settings = Settings(
+            data_dir=tmp_path,
+            object_store_url="s3://labels/objects",
+            object_store_options=options,
+            batch_allowed_prefixes=["s3://labels/datasets"],
+        )
+        started = time.monotonic()
+        with pytest.raises(SourceRefused) as refused:
+            list_entries("s3://labels/datasets/images/", True, settings)
+        assert refused.value.code == "source_unreadable"
+        assert time.monotonic() - started < 15
 
 
 def test_entries_read_into_items(root: Path, settings: Settings) -> None:
