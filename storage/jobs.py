@@ -34,6 +34,9 @@ from storage.catalog import audit, check_open, lock_active_project
 from storage.postgres import Database
 
 _OPEN = "(ji.state = 'queued' OR (ji.state = 'leased' AND ji.lease_expires_at < now()))"
+# A claim whose oldest job's open items are all being claimed by others tries the next
+# job, up to this many, rather than come back empty while newer jobs wait.
+_CLAIM_JOBS = 8
 
 
 @dataclass(frozen=True)
@@ -265,33 +268,48 @@ class JobStore:
     async def claim(
         self, owner: str, limit: int, lease_s: float, max_attempts: int
     ) -> Claim | None:
-        """Lease up to ``limit`` open items of the oldest job that has any, to an owner
-        name of this claim alone (``owner`` and a token: ``Claim.owner``)."""
+        """Lease up to ``limit`` open items of the oldest job that has any not being claimed
+        right now, to an owner name of this claim alone (``owner`` and a token:
+        ``Claim.owner``)."""
         owner = f"{owner}/{uuid4().hex[:12]}"
         async with self._db.transaction() as conn:
-            rows = await conn.fetch(
-                f"""
-                WITH job AS (
+            rows: list[asyncpg.Record] = []
+            passed: list[UUID] = []  # jobs whose open items other claims hold right now
+            while not rows and len(passed) < _CLAIM_JOBS:
+                job_id = await conn.fetchval(
+                    f"""
                     SELECT j.id FROM jobs j
-                    WHERE j.status IN ('queued', 'running') AND EXISTS (
-                        SELECT 1 FROM job_items ji
-                        WHERE ji.job_id = j.id AND {_OPEN} AND ji.attempts < $4)
+                    WHERE j.status IN ('queued', 'running') AND NOT j.id = ANY($2::uuid[])
+                    AND EXISTS (SELECT 1 FROM job_items ji
+                        WHERE ji.job_id = j.id AND {_OPEN} AND ji.attempts < $1)
                     ORDER BY j.created_at LIMIT 1
-                ), picked AS (
-                    SELECT ji.job_id, ji.item_id FROM job_items ji JOIN job ON ji.job_id = job.id
-                    WHERE {_OPEN} AND ji.attempts < $4
-                    ORDER BY ji.item_id LIMIT $2 FOR UPDATE OF ji SKIP LOCKED
+                    """,
+                    max_attempts,
+                    passed,
                 )
-                UPDATE job_items ji SET state = 'leased', attempts = ji.attempts + 1,
-                    lease_owner = $1, lease_expires_at = now() + make_interval(secs => $3)
-                FROM picked WHERE ji.job_id = picked.job_id AND ji.item_id = picked.item_id
-                RETURNING ji.job_id, ji.item_id, ji.attempts
-                """,
-                owner,
-                limit,
-                lease_s,
-                max_attempts,
-            )
+                if job_id is None:
+                    return None
+                rows = await conn.fetch(
+                    f"""
+                    WITH picked AS (
+                        SELECT ji.job_id, ji.item_id FROM job_items ji
+                        JOIN jobs j ON j.id = ji.job_id AND j.status IN ('queued', 'running')
+                        WHERE ji.job_id = $5 AND {_OPEN} AND ji.attempts < $4
+                        ORDER BY ji.item_id LIMIT $2 FOR UPDATE OF ji SKIP LOCKED
+                    )
+                    UPDATE job_items ji SET state = 'leased', attempts = ji.attempts + 1,
+                        lease_owner = $1, lease_expires_at = now() + make_interval(secs => $3)
+                    FROM picked
+                    WHERE ji.job_id = picked.job_id AND ji.item_id = picked.item_id
+                    RETURNING ji.job_id, ji.item_id, ji.attempts
+                    """,
+                    owner,
+                    limit,
+                    lease_s,
+                    max_attempts,
+                    job_id,
+                )
+                passed.append(job_id)
             if not rows:
                 return None
             job_id = rows[0]["job_id"]

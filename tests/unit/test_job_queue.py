@@ -169,3 +169,23 @@ async def test_the_reaper_leaves_a_batch_job_open_while_its_run_renews_it(
     await JobStore(services.db).reap(3)
     assert await _status(client, str(live)) == "running"
     assert await _status(client, str(dead)) == "failed"
+
+
+async def test_a_claim_passes_over_a_job_whose_open_items_another_claim_is_taking(
+    own_queue: OwnQueue,
+) -> None:
+    """A claim picked the oldest job with open items, then skipped the rows another claim
+    had locked: while a runner was claiming the oldest job's last items, a second runner
+    got nothing, though a newer job waited (it slept a poll interval, job_poll_s)."""
+    client, jobs = own_queue.client, own_queue.jobs
+    older, older_items = await _job(client, [f"an older text {uuid.uuid4().hex}"])
+    newer, _ = await _job(client, [f"a newer text {uuid.uuid4().hex}"])
+    async with own_queue.services.db.transaction() as other:  # a claim in its transaction
+        locked = await other.fetch(
+            "SELECT item_id FROM job_items WHERE job_id = $1 FOR UPDATE",
+            uuid.UUID(older),
+        )
+        assert [str(row["item_id"]) for row in locked] == older_items
+        claim = await jobs.claim("runner-y", 10, lease_s=60, max_attempts=3)
+    assert claim is not None and claim.job_id == uuid.UUID(newer)
+    await _claim(jobs, "runner-z", older)  # the older job's items, once no claim holds them
