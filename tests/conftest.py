@@ -12,6 +12,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -116,33 +117,39 @@ def metrics_url(serve_cluster: int) -> str:
     return f"http://127.0.0.1:{port}/metrics"
 
 
-@pytest.fixture(scope="session")
-def s3_options() -> Iterator[dict[str, Any]]:
-    """A real S3-compatible server (moto) in its own process, with the bucket ``labels``."""
-    import s3fs
-
-    endpoint = f"http://127.0.0.1:{free_port()}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", endpoint.rsplit(":")[-1]],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+@contextmanager
+def _server(command: list[str], ready_url: str) -> Iterator[None]:
+    """A test server in its own process, ready once ``ready_url`` answers (30 s at most);
+    stopped after."""
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+                urllib.request.urlopen(ready_url, timeout=1).close()
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
-        s3fs.S3FileSystem(**options).mkdir("labels")
-        yield options
+        yield
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_options() -> Iterator[dict[str, Any]]:
+    """A real S3-compatible server (moto) in its own process, with the bucket ``labels``."""
+    import s3fs
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with _server(command, f"{endpoint}/moto-api/"):
+        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+        s3fs.S3FileSystem(**options).mkdir("labels")
+        yield options
 
 
 @pytest.fixture(scope="session")
@@ -151,28 +158,12 @@ def gcs_options() -> Iterator[dict[str, Any]]:
     bucket ``labels``: the options gcsfs needs to reach it."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1"),
-            *("--port", str(port), "--in-memory", "--default-bucket", "labels", "--quiet"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{endpoint}/storage/v1/b/labels", timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+    command = [
+        *(sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1"),
+        *("--port", str(port), "--in-memory", "--default-bucket", "labels", "--quiet"),
+    ]
+    with _server(command, f"{endpoint}/storage/v1/b/labels"):
         yield {"endpoint_url": endpoint, "token": "anon", "project": "modelship-test"}
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")

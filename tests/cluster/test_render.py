@@ -6,9 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import shlex
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,7 @@ from modelship.ops.cluster.render import render
 from modelship.ops.cluster.serve_config import CPU_DEPLOYMENTS, ConfigError, validate
 from tests.cluster import crd
 from tests.cluster.conftest import CONFIG
+from tests.cluster.kube_validate import pod_template, validate_strict
 
 Manifests = dict[str, dict[str, Any]]
 
@@ -78,29 +76,12 @@ def test_kuberay_rules_beyond_the_schema_hold(manifests: Manifests, kind: str) -
 
 def test_core_kinds_pass_kubernetes_validate_strict(manifests: Manifests, tmp_path: Path) -> None:
     """NetworkPolicies as they are; every group's pod template as a core PodTemplate."""
-    tool = shutil.which("kubernetes-validate") or Path(sys.executable).with_name(
-        "kubernetes-validate"
-    )
-    if not Path(tool).exists():
-        pytest.fail("kubernetes-validate not found: pip install kubernetes-validate==1.37.0")
     documents = [m for kind, m in manifests.items() if kind.startswith("NetworkPolicy/")]
     for kind in ("RayService", "RayJob"):
         for name, group in groups(manifests[kind]).items():
-            documents.append(
-                {
-                    "apiVersion": "v1",
-                    "kind": "PodTemplate",
-                    "metadata": {"name": f"{kind.lower()}-{name}", "namespace": "modelship"},
-                    "template": group["template"],
-                }
-            )
-    path = tmp_path / "core.yaml"
-    path.write_text(yaml.safe_dump_all(documents))
-    run = subprocess.run(
-        [str(tool), "--strict", str(path)], capture_output=True, text=True, timeout=120
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count("passed") == len(documents) == 8, run.stdout
+            documents.append(pod_template(f"{kind.lower()}-{name}", group["template"]))
+    assert len(documents) == 8
+    validate_strict(documents, tmp_path)
 
 
 def test_serve_config_v2_is_the_file_but_for_host_and_model_actor_options(

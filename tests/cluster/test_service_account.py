@@ -4,9 +4,6 @@ Workload Identity, EKS IRSA); without it the manifests name no account at all.""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ from modelship.ops.cluster.options import ClusterOptions
 from modelship.ops.cluster.render import render
 from tests.cluster import crd
 from tests.cluster.conftest import CONFIG
+from tests.cluster.kube_validate import pod_template, validate_strict
 from tests.cluster.test_cli import modelship
 
 ACCOUNT = "modelship-buckets"
@@ -67,27 +65,9 @@ def test_manifests_with_the_account_pass_kuberay_and_kubernetes_strict(tmp_path:
             continue
         assert crd.errors(manifest) == []
         for group, template in pod_templates(manifest):
-            name = f"{manifest['kind'].lower()}-{group}"
-            documents.append(
-                {
-                    "apiVersion": "v1",
-                    "kind": "PodTemplate",
-                    "metadata": {"name": name, "namespace": "modelship"},
-                    "template": template,
-                }
-            )
-    tool = shutil.which("kubernetes-validate") or Path(sys.executable).with_name(
-        "kubernetes-validate"
-    )
-    if not Path(tool).exists():
-        pytest.fail("kubernetes-validate not found: pip install kubernetes-validate==1.37.0")
-    path = tmp_path / "pods.yaml"
-    path.write_text(yaml.safe_dump_all(documents))
-    run = subprocess.run(
-        [str(tool), "--strict", str(path)], capture_output=True, text=True, timeout=120
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.count("passed") == len(documents) == 6, run.stdout
+            documents.append(pod_template(f"{manifest['kind'].lower()}-{group}", template))
+    assert len(documents) == 6
+    validate_strict(documents, tmp_path)
 
 
 def test_without_the_account_no_manifest_names_one(
