@@ -81,6 +81,7 @@ async def label_dataset(
     services = Services.from_settings(settings)
     try:
         run = await BatchRun.start(services, configs, settings, request)
+        _connect_ray()  # once the run's checks passed: a refused run never waits on Ray
         progress = _Progress(run)
         renewing = asyncio.create_task(_renew(run))
         try:
@@ -101,6 +102,14 @@ async def label_dataset(
         return job
     finally:
         await services.close()
+
+
+def _connect_ray() -> None:
+    """Join the Ray cluster (a RayJob's, or ``RAY_ADDRESS``'s), or start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
 
 
 async def _ingest(run: BatchRun, progress: _Progress) -> list[Pending]:
@@ -362,10 +371,6 @@ def main(argv: list[str] | None = None) -> int:
         export_all=ns.export_all,
     )
     current_request_id.set(ns.request_id or f"batch-{uuid.uuid4().hex[:12]}")
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()
     try:
         job = asyncio.run(
             label_dataset(
@@ -373,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     except ModelShipError as exc:  # 4xx: a check refused the request before the job began
+        if exc.status >= 500:  # an error to look at (and report, with error tracking on)
+            logger.error("batch job failed: %s", exc, exc_info=exc)
         print(f"{'refused' if exc.status < 500 else 'failed'}: {exc}", file=sys.stderr)
         return 2 if exc.status < 500 else 1
     print(

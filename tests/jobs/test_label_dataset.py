@@ -37,6 +37,7 @@ from storage.jobs import JobStore
 from storage.services import Services
 from tests.conftest import DATA, EFFICIENTNET, MINILM, REDIS_URL
 from tests.jobs.conftest import BAD_IMAGES, GOOD_IMAGES, Datasets, texts
+from tests.sentry_receiver import SentryReceiver, message
 from tests.unit.flow import assert_same_labels, job_results
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -286,6 +287,50 @@ async def test_a_batch_job_counts_against_the_projects_open_jobs(
         await first.finish()
     second = await BatchRun.start(services, MODELS, one, request)  # the first is closed
     await second.finish()
+
+
+async def test_a_run_that_fails_is_reported_to_error_tracking(
+    serve_cluster: int,
+    tmp_path: Path,
+    batch_settings: Settings,
+    datasets: Datasets,
+    sentry_receiver: SentryReceiver,
+) -> None:
+    """The entrypoint, as a RayJob runs it, with MODELSHIP_SENTRY_DSN in its environment:
+    a run that fails (its model's files are not there) exits 1 and its error reaches
+    error tracking, tagged ``batch`` with the run's request id. It only printed it."""
+    assert batch_settings.database_url is not None
+    settings = batch_settings.model_dump(
+        mode="json", include={"data_dir", "batch_allowed_prefixes"}
+    )
+    settings["database_url"] = batch_settings.database_url.get_secret_value()
+    settings["redis_url"] = REDIS_URL
+    gone = MINILM.model_copy(update={"source": str(tmp_path / "no-such-model")})
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"models": [gone.model_dump(mode="json")], "settings": settings})
+    )
+    request_id = f"failing-run-{uuid.uuid4().hex[:8]}"
+    arguments = ["--config", str(config), "--project", f"fails-{uuid.uuid4().hex[:6]}"]
+    arguments += ["--model", MINILM.name, "--source", str(datasets.texts)]
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "jobs.label_dataset", *arguments, "--request-id", request_id],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={
+            **os.environ,
+            "RAY_ADDRESS": "127.0.0.1:1",  # it fails before Ray; a cluster tried would hang
+            "MODELSHIP_SENTRY_DSN": sentry_receiver.dsn,
+        },
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 1, stderr
+    assert "does not exist" in stderr.decode()
+    event = await asyncio.to_thread(
+        sentry_receiver.wait_for, lambda e: e.get("tags", {}).get("request_id") == request_id
+    )
+    assert event["tags"]["component"] == "batch" and event["logger"] == "modelship.batch"
+    assert "batch job failed" in message(event) and "does not exist" in message(event)
 
 
 async def test_a_source_outside_the_allowed_prefixes_is_refused(
