@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                 request, args.models, args.settings, ns.actors, model_resource=ns.model_resource
             )
         )
-    except ModelShipError as exc:  # 4xx: a check refused the request before the job began
+    except ModelShipError as exc:  # 4xx: refused before the job began; 5xx: the run failed
         if exc.status >= 500:  # an error to look at (and report, with error tracking on)
             logger.error("batch job failed: %s", exc, exc_info=exc)
         print(f"{'refused' if exc.status < 500 else 'failed'}: {exc}", file=sys.stderr)
