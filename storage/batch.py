@@ -133,6 +133,20 @@ class BatchStore:
             await conn.copy_records_to_table(
                 "batch_in", records=[astuple(row) for row in rows], columns=_COLUMNS
             )
+            # A job cancelled while its run was reading (the run sees it at its next report)
+            # takes no more items; the objects stored for them that no item holds are the
+            # run's to delete. Read without a lock (a cancel locks items, then the job): what
+            # a cancel committing meanwhile misses, finish() cancels.
+            status = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", job_id)
+            if status != "running":
+                orphans = await conn.fetch(
+                    "SELECT DISTINCT b.object_key FROM batch_in b"
+                    " WHERE b.object_key IS NOT NULL AND NOT EXISTS (SELECT 1 FROM items i"
+                    " WHERE i.project_id = $1 AND i.content_hash = b.content_hash"
+                    " AND i.object_key = b.object_key)",
+                    project_id,
+                )
+                return Added(0, [], [r["object_key"] for r in orphans])
             await conn.execute(
                 "INSERT INTO items (id, project_id, content_hash, media_type, byte_size, width,"
                 " height, object_key, text, filename)"
@@ -316,13 +330,17 @@ class BatchStore:
         return int(status.split()[-1])
 
     async def finish(self, job_id: UUID, owner: str) -> None:
-        """Fail what the batch leaves unlabeled (``STOPPED``), then close the job:
-        succeeded if any item succeeded, else failed."""
+        """Fail what the batch leaves unlabeled (``STOPPED``), or cancel it in a cancelled
+        job, then close the job: succeeded if any item succeeded, else failed."""
         async with self._db.transaction() as conn:
             await conn.execute(
-                "UPDATE job_items SET state = 'failed', error = $3, attempts = 0,"
-                " lease_owner = NULL, lease_expires_at = NULL, finished_at = now()"
-                " WHERE job_id = $1 AND state = 'leased' AND lease_owner = $2",
+                "UPDATE job_items ji SET state = CASE WHEN j.status = 'cancelled'"
+                " THEN 'cancelled' ELSE 'failed' END,"
+                " error = CASE WHEN j.status = 'cancelled' THEN NULL ELSE $3 END,"
+                " attempts = 0, lease_owner = NULL, lease_expires_at = NULL,"
+                " finished_at = now() FROM jobs j"
+                " WHERE j.id = ji.job_id AND ji.job_id = $1 AND ji.state = 'leased'"
+                " AND ji.lease_owner = $2",
                 job_id,
                 owner,
                 STOPPED,

@@ -15,7 +15,7 @@ import storage.jobs
 from modelship.core.errors import Conflict
 from modelship.core.records import Project
 from modelship.service.runner import JobRunner
-from storage.batch import BatchStore
+from storage.batch import BatchItem, BatchStore
 from storage.jobs import Claim, Failure, JobStore
 from storage.services import Services
 from tests.unit.flow import OwnQueue, job_results, text_project, upload_texts
@@ -189,3 +189,46 @@ async def test_a_claim_passes_over_a_job_whose_open_items_another_claim_is_takin
         claim = await jobs.claim("runner-y", 10, lease_s=60, max_attempts=3)
     assert claim is not None and claim.job_id == uuid.UUID(newer)
     await _claim(jobs, "runner-z", older)  # the older job's items, once no claim holds them
+
+
+async def test_a_chunk_added_after_its_batch_job_was_cancelled_adds_nothing(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """A batch job cancelled while its run was still reading the dataset: the run sees the
+    cancel at its next progress report, and the chunks it added meanwhile went in as
+    leased items of the cancelled job, which the run's end then failed as stopped. Such a
+    chunk now adds nothing, and the images stored for it are handed back for deletion."""
+    project = Project.model_validate(await text_project(client))
+    batches = BatchStore(services.db)
+    job_id = await batches.start("default", project, "minilm", {}, "tester", 100, lease_s=60)
+    await JobStore(services.db).cancel("default", job_id, "key:operator")
+    key = f"default/{project.id}/{uuid.uuid4().hex}.png"
+    text = BatchItem(uuid.uuid4().hex, "text/plain", 4, text="late")
+    image = BatchItem(uuid.uuid4().hex, "image/png", 9, object_key=key)
+    rows = [text, image]
+    added = await batches.add(project.id, job_id, f"batch:{job_id}", rows, "v1", "p", 60)
+    assert (added.items, added.pending, added.unused_keys) == (0, [], [key])
+    await batches.finish(job_id, f"batch:{job_id}")
+    result = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+    assert result["status"] == "cancelled" and result["total_items"] == 0, result
+
+
+async def test_items_a_cancel_missed_are_cancelled_when_the_run_ends(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """A chunk whose add read the job running while a cancel was committing gets its
+    items leased in a job that ends cancelled (the cancel's update of open items did not
+    see them): the run's end failed them as stopped; it now cancels them."""
+    project = Project.model_validate(await text_project(client))
+    batches = BatchStore(services.db)
+    job_id = await batches.start("default", project, "minilm", {}, "tester", 100, lease_s=60)
+    owner = f"batch:{job_id}"
+    rows = [BatchItem(uuid.uuid4().hex, "text/plain", 4, text=f"late {i}") for i in range(3)]
+    added = await batches.add(project.id, job_id, owner, rows, "v1", "p", 60)
+    assert len(added.pending) == 3
+    async with services.db.connection() as conn:  # where the race leaves it
+        await conn.execute("UPDATE jobs SET status = 'cancelled' WHERE id = $1", job_id)
+    await batches.finish(job_id, owner)
+    result = (await client.get(f"/api/v1/jobs/{job_id}")).json()
+    assert result["status"] == "cancelled", result
+    assert result["counts"]["cancelled"] == 3 and result["counts"]["failed"] == 0, result
