@@ -276,40 +276,41 @@ class JobStore:
             rows: list[asyncpg.Record] = []
             passed: list[UUID] = []  # jobs whose open items other claims hold right now
             while not rows and len(passed) < _CLAIM_JOBS:
-                job_id = await conn.fetchval(
+                # One statement: the job, its items, and the job's id even when no item was
+                # left to this claim (a row of NULLs but ``chosen``); no row: no job at all.
+                found = await conn.fetch(
                     f"""
-                    SELECT j.id FROM jobs j
-                    WHERE j.status IN ('queued', 'running') AND NOT j.id = ANY($2::uuid[])
-                    AND EXISTS (SELECT 1 FROM job_items ji
-                        WHERE ji.job_id = j.id AND {_OPEN} AND ji.attempts < $1)
-                    ORDER BY j.created_at LIMIT 1
-                    """,
-                    max_attempts,
-                    passed,
-                )
-                if job_id is None:
-                    return None
-                rows = await conn.fetch(
-                    f"""
-                    WITH picked AS (
+                    WITH job AS (
+                        SELECT j.id FROM jobs j
+                        WHERE j.status IN ('queued', 'running') AND NOT j.id = ANY($5::uuid[])
+                        AND EXISTS (SELECT 1 FROM job_items ji
+                            WHERE ji.job_id = j.id AND {_OPEN} AND ji.attempts < $4)
+                        ORDER BY j.created_at LIMIT 1
+                    ), picked AS (
                         SELECT ji.job_id, ji.item_id FROM job_items ji
-                        JOIN jobs j ON j.id = ji.job_id AND j.status IN ('queued', 'running')
-                        WHERE ji.job_id = $5 AND {_OPEN} AND ji.attempts < $4
+                        JOIN job ON ji.job_id = job.id
+                        WHERE {_OPEN} AND ji.attempts < $4
                         ORDER BY ji.item_id LIMIT $2 FOR UPDATE OF ji SKIP LOCKED
+                    ), leased AS (
+                        UPDATE job_items ji SET state = 'leased', attempts = ji.attempts + 1,
+                            lease_owner = $1,
+                            lease_expires_at = now() + make_interval(secs => $3)
+                        FROM picked
+                        WHERE ji.job_id = picked.job_id AND ji.item_id = picked.item_id
+                        RETURNING ji.job_id, ji.item_id, ji.attempts
                     )
-                    UPDATE job_items ji SET state = 'leased', attempts = ji.attempts + 1,
-                        lease_owner = $1, lease_expires_at = now() + make_interval(secs => $3)
-                    FROM picked
-                    WHERE ji.job_id = picked.job_id AND ji.item_id = picked.item_id
-                    RETURNING ji.job_id, ji.item_id, ji.attempts
+                    SELECT job.id AS chosen, leased.* FROM job LEFT JOIN leased ON true
                     """,
                     owner,
                     limit,
                     lease_s,
                     max_attempts,
-                    job_id,
+                    passed,
                 )
-                passed.append(job_id)
+                if not found:
+                    return None
+                rows = [row for row in found if row["item_id"] is not None]
+                passed.append(found[0]["chosen"])
             if not rows:
                 return None
             job_id = rows[0]["job_id"]
