@@ -101,10 +101,11 @@ class Cache:
             logger.warning("Redis cache write skipped: %r", exc)
 
     async def notify_jobs(self) -> None:
-        """Wake idle job runners now instead of at their next poll."""
+        """Wake idle job runners now instead of at their next poll. Called after a job
+        commits: whatever goes wrong here costs a poll interval, never the request."""
         try:
             await self._client.publish(self._jobs_channel, "1")
-        except REDIS_ERRORS as exc:
+        except Exception as exc:
             logger.warning("job wake-up skipped: %r", exc)
 
     async def wait_for_jobs(self, timeout_s: float) -> None:

@@ -9,6 +9,7 @@ import time
 import types
 
 import pytest
+import uvloop
 
 from modelship.core.errors import RateLimited
 from storage.embedded import EmbeddedRedis
@@ -63,3 +64,29 @@ async def test_replicas_with_skewed_clocks_share_one_budget(
             pass
     assert allowed == 3  # the burst; one token per 10 s
     await limiter.close()
+
+
+def test_pooled_connections_whose_socket_closed_are_replaced_under_uvloop(
+    redis_server: EmbeddedRedis,
+) -> None:
+    """Serve's replicas run uvloop, which raises RuntimeError on a write to a closed socket
+    (asyncio's loop drops the write and lets the read fail, which redis-py retries). With
+    redis 8.1 a pooled connection whose socket had closed was handed out anyway, and its
+    command raised that RuntimeError: in the multi-node CI run, a job already committed
+    answered 500. Here the socket of every idle connection is closed, as the kernel closes
+    one the network reset; the next calls take new connections."""
+
+    async def scenario() -> None:
+        cache = Cache(redis_server.start(), prefix="test")
+        key = cache.prediction_key("v1", "p", "h")
+        await asyncio.gather(*(cache.put_many({key: ["cat"]}) for _ in range(3)))
+        idle = cache._client.connection_pool._available_connections
+        assert idle
+        for connection in idle:
+            connection._writer.transport.abort()
+        await asyncio.sleep(0.1)
+        assert await cache.get_many([key]) == {key: ["cat"]}  # not a miss: no Redis error
+        await cache.notify_jobs()
+        await cache.close()
+
+    uvloop.run(scenario())
