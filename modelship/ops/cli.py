@@ -52,6 +52,7 @@ def serve(config_path: Path) -> int:
     """
     from modelship.ops.ray_env import ray_environment
 
+    _check_model_deployments(config_path)
     http_options = _read_config(config_path).get("http_options") or {}
     taken = _serve_port_taken(config_path, http_options)
     if taken:
@@ -68,6 +69,22 @@ def serve(config_path: Path) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     os.environ.update(ray_environment(http_options, os.environ))
     return _supervise([str(serve_bin), "run", str(config_path)])
+
+
+def _check_model_deployments(config_path: Path) -> None:
+    """Refuse, before Ray starts, a model's deployment entry that its replica would not
+    follow: a GPU given in ``ray_actor_options`` only, a ``user_config`` it would refuse.
+    (The rest of the file is Serve's to check, as ``serve run`` reads it.)"""
+    from modelship.core.config import LabelingAppArgs
+    from modelship.ops.cluster.serve_config import ConfigError, check_model_deployments
+
+    args = LabelingAppArgs.model_validate(_app_args(config_path))
+    entries = _read_config(config_path)["applications"][0].get("deployments") or []
+    if isinstance(entries, list) and all(isinstance(entry, dict) for entry in entries):
+        try:
+            check_model_deployments(entries, args)
+        except ConfigError as exc:
+            raise ConfigFileError(f"{config_path}: {exc}") from exc
 
 
 def _serve_port_taken(config_path: Path, http_options: dict[str, Any]) -> str | None:
@@ -300,13 +317,12 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(ns: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    if ns.command in ("models", "stop-services"):
+    if ns.command in ("serve", "models", "stop-services"):
+        command = {"serve": serve, "models": models, "stop-services": stop_services}
         try:
-            return models(ns.config) if ns.command == "models" else stop_services(ns.config)
+            return command[ns.command](ns.config)
         except ValidationError as exc:
             raise ConfigFileError(f"{ns.config}: {exc}") from exc
-    if ns.command == "serve":
-        return serve(ns.config)
     if ns.command == "preflight":
         return preflight(ns.config, ns.json)
     if ns.command == "keys":

@@ -54,7 +54,7 @@ def test_a_config_that_is_missing_or_no_yaml_mapping_exits_2_naming_it(
 
 
 @pytest.mark.parametrize(("text", "said"), NO_APPLICATION)
-@pytest.mark.parametrize("command", ["models", "preflight", "stop-services"])
+@pytest.mark.parametrize("command", ["serve", "models", "preflight", "stop-services"])
 def test_a_config_without_a_valid_application_exits_2_naming_it(
     tmp_path: Path, command: str, text: str, said: str
 ) -> None:
@@ -76,9 +76,12 @@ def test_an_id_that_is_no_uuid_is_refused_before_anything_connects(args: list[st
 
 
 def _serve_config(tmp_path: Path, port: int) -> Path:
+    """The shipped config, listening on ``port``."""
+    shipped = yaml.safe_load((ROOT / cli.DEFAULT_CONFIG).read_text())
     config = tmp_path / "serve_config.yaml"
-    http = {"host": "127.0.0.1", "port": port}
-    config.write_text(yaml.safe_dump({"http_options": http, "applications": [{"args": {}}]}))
+    config.write_text(
+        yaml.safe_dump({**shipped, "http_options": {"host": "127.0.0.1", "port": port}})
+    )
     return config
 
 
@@ -113,6 +116,35 @@ def test_serve_refuses_to_start_while_its_port_is_taken(
     assert f"cannot listen on 127.0.0.1:{port}" in error and "another modelship serve" in error
     assert cli.main(["serve", "--config", str(_serve_config(tmp_path, port))]) == 0
     assert no_child and no_child[0][1:3] == ["run", str(tmp_path / "serve_config.yaml")]
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"ray_actor_options": {"num_gpus": 1}}, "ray_actor_options.num_gpus"),
+        ({"user_config": {"max_batch_size": 0}}, "user_config.max_batch_size"),
+    ],
+)
+def test_serve_refuses_a_model_override_its_replica_would_not_follow(
+    tmp_path: Path,
+    no_child: list[list[str]],
+    capsys: pytest.CaptureFixture[str],
+    override: dict[str, object],
+    field: str,
+) -> None:
+    """A GPU given to a model in its deployment entry only (the replica ran on the CPU,
+    holding the GPU) or a user_config its replica would refuse: ``modelship serve`` exits
+    2 naming the field, before Ray starts, as ``modelship cluster render`` does."""
+    shipped = yaml.safe_load((ROOT / cli.DEFAULT_CONFIG).read_text())
+    entries = shipped["applications"][0]["deployments"]
+    index = next(i for i, e in enumerate(entries) if e["name"].startswith("Model-"))
+    entries[index].update(override)
+    config = tmp_path / "serve_config.yaml"
+    config.write_text(yaml.safe_dump(shipped))
+    assert cli.main(["serve", "--config", str(config)]) == 2
+    assert no_child == []
+    error = capsys.readouterr().err
+    assert f"applications[0].deployments[{index}].{field}" in error, error
 
 
 CHILD = """

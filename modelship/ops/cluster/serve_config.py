@@ -184,9 +184,27 @@ def _strings(node: Any, path: str) -> Iterator[tuple[str, str]]:
             yield from _strings(value, f"{path}[{i}]")
 
 
+def check_model_deployments(entries: list[dict[str, Any]], args: LabelingAppArgs) -> None:
+    """What a model's deployment entry may set, wherever the config runs (``modelship
+    serve`` too): Serve would deploy these, and the replica would not do what they say.
+
+    Raises:
+        ConfigError: naming the entry's field.
+    """
+    models = {model.deployment_name: model for model in args.models}
+    for i, entry in enumerate(entries):
+        model = models.get(str(entry.get("name")))
+        if model is None:
+            continue
+        # a replica refuses a bad user_config only in its log (raising would take the
+        # model down): refuse it here, before anything is deployed
+        if entry.get("user_config") is not None:
+            _check_user_config(model, entry["user_config"], i)
+        _check_model_gpus(model, entry, i, args)
+
+
 def _check_deployments(entries: list[dict[str, Any]], args: LabelingAppArgs) -> None:
     expected = [*CPU_DEPLOYMENTS, *(model.deployment_name for model in args.models)]
-    models = {model.deployment_name: model for model in args.models}
     names = [entry.get("name") for entry in entries]
     for i, name in enumerate(names):
         if name not in expected:
@@ -194,17 +212,12 @@ def _check_deployments(entries: list[dict[str, Any]], args: LabelingAppArgs) -> 
                 f"applications[0].deployments[{i}].name",
                 f"no deployment {name!r} in the graph (it has {', '.join(expected)})",
             )
-        # a replica refuses a bad user_config only in its log (raising would take the
-        # model down): refuse it here, before anything is deployed
-        if name in models and entries[i].get("user_config") is not None:
-            _check_user_config(models[name], entries[i]["user_config"], i)
-        if name in models:
-            _check_model_gpus(models[name], entries[i], i, args)
         if not entries[i].get("autoscaling_config"):
             raise ConfigError(
                 f"applications[0].deployments[{i}].autoscaling_config",
                 f"{name} needs one: every deployment autoscales on a cluster",
             )
+    check_model_deployments(entries, args)
     for name in expected:
         if name not in names:
             raise ConfigError(
