@@ -322,18 +322,22 @@ def test_replicas_land_in_their_groups(cluster: Cluster) -> None:
 
 
 CLIENT = """
-import json, sys, urllib.error, urllib.request
+import json, sys, time, urllib.error, urllib.request
 
 def call(url, body=None, key=None):
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = "Bearer " + key
     request = urllib.request.Request(url, json.dumps(body).encode() if body else None, headers)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, None
+    for _ in range(5):
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as error:
+            if error.code != 503 or not error.headers.get("Retry-After"):
+                return error.code, None
+            time.sleep(min(float(error.headers["Retry-After"]), 5))  # as the API asks
+    return 503, None
 
 serve, dashboard, key = sys.argv[1:4]
 texts = {"texts": ["I love it, it works great", "it broke after a day"]}
@@ -407,15 +411,27 @@ def test_serve_autoscaling_adds_model_replicas_under_load_and_removes_them_idle(
 
 def _job(http: httpx.Client, count: int) -> str:
     body = {"name": f"mn-{uuid.uuid4().hex[:8]}", "task": "zero-shot-text-classification"}
-    project = http.post("/api/v1/projects", json={**body, "model": MODEL})
+    project = _post(http, "/api/v1/projects", json={**body, "model": MODEL})
     assert project.status_code == 201, project.text
     texts = [f"item {i}: it works, {uuid.uuid4().hex[:6]}" for i in range(count)]
-    items = http.post(f"/api/v1/projects/{project.json()['id']}/items", json={"texts": texts})
+    items = _post(http, f"/api/v1/projects/{project.json()['id']}/items", json={"texts": texts})
     assert items.status_code == 201, items.text
-    job = http.post(f"/api/v1/projects/{project.json()['id']}/jobs")
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    job = _post(http, f"/api/v1/projects/{project.json()['id']}/jobs", headers=key)
     assert job.status_code == 202, job.text
     job_id: str = job.json()["id"]
     return job_id
+
+
+def _post(http: httpx.Client, path: str, **kwargs: Any) -> httpx.Response:
+    """POST as a client should: the documented 503 with Retry-After (PostgreSQL connections
+    that time out while two shared cores start replicas) is tried again, a few times."""
+    for _ in range(4):
+        response = http.post(path, **kwargs)
+        if response.status_code != 503 or "retry-after" not in response.headers:
+            break
+        time.sleep(min(float(response.headers["retry-after"]), 5))
+    return response
 
 
 def _item_states(dsn: str, job_id: str) -> list[asyncpg.Record]:
