@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from dataclasses import dataclass
 from uuid import UUID, uuid4
@@ -13,6 +14,8 @@ from storage.catalog import audit
 from storage.postgres import Database
 
 SCOPES = ("read", "label", "review", "export", "admin")
+
+logger = logging.getLogger("modelship.keys")
 
 
 @dataclass(frozen=True)
@@ -36,14 +39,18 @@ class KeyStore:
     """Args:
     db: PostgreSQL.
     pepper: the service's secret key; a stolen table of hashes is useless without it.
+    previous_pepper: the secret key before a rotation: a key stored under it still
+        authenticates, and is stored under ``pepper`` from then on.
     """
 
-    def __init__(self, db: Database, pepper: str) -> None:
+    def __init__(self, db: Database, pepper: str, previous_pepper: str | None = None) -> None:
         self._db = db
-        self._pepper = pepper.encode()
+        self._peppers = [pepper.encode()]
+        if previous_pepper:
+            self._peppers.append(previous_pepper.encode())
 
-    def _hash(self, key: str) -> str:
-        return hmac.new(self._pepper, key.encode(), hashlib.sha256).hexdigest()
+    def _hash(self, key: str, pepper: bytes | None = None) -> str:
+        return hmac.new(pepper or self._peppers[0], key.encode(), hashlib.sha256).hexdigest()
 
     async def create(
         self,
@@ -78,12 +85,22 @@ class KeyStore:
 
     async def authenticate(self, key: str) -> Principal | None:
         """The key's principal, or None for an unknown or revoked key."""
+        hashes = [self._hash(key, pepper) for pepper in self._peppers]
         async with self._db.connection() as conn:
             row = await conn.fetchrow(
-                "SELECT id, name, tenant, scopes, project_ids FROM api_keys"
-                " WHERE key_hash = $1 AND revoked_at IS NULL",
-                self._hash(key),
+                "SELECT id, name, tenant, scopes, project_ids, key_hash FROM api_keys"
+                " WHERE key_hash = ANY($1::text[]) AND revoked_at IS NULL",
+                hashes,
             )
+            if row is not None and row["key_hash"] != hashes[0]:
+                # stored under the previous secret key: from now on under the current one
+                await conn.execute(
+                    "UPDATE api_keys SET key_hash = $2 WHERE id = $1 AND key_hash = $3",
+                    row["id"],
+                    hashes[0],
+                    row["key_hash"],
+                )
+                logger.info("API key %s is now stored under the current secret key", row["id"])
         if row is None:
             return None
         ids = frozenset(row["project_ids"]) if row["project_ids"] is not None else None

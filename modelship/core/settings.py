@@ -25,9 +25,11 @@ DEFAULT_SECRET = "modelship-dev-secret-change-me"
 # whatever max_image_pixels says. Written out: the client imports these settings without
 # Pillow.
 PILLOW_MAX_PIXELS = 2 * 89_478_485
-SECRETS = frozenset({"secret_key", "database_url", "redis_url", "sentry_dsn"})
+SECRETS = frozenset(
+    {"secret_key", "previous_secret_key", "database_url", "redis_url", "sentry_dsn"}
+)
 # Secrets the production profile runs without: their key in a cluster's Secret is optional.
-OPTIONAL_SECRETS = frozenset({"sentry_dsn"})
+OPTIONAL_SECRETS = frozenset({"previous_secret_key", "sentry_dsn"})
 
 logger = logging.getLogger("modelship.settings")
 
@@ -50,7 +52,12 @@ class Settings(BaseSettings):
     profile: Profile = Field(Profile.dev, description="dev, staging or production.")
     secret_key: SecretStr = Field(
         SecretStr(DEFAULT_SECRET),
-        description="Signs tokens and hashes keys; must be changed outside dev.",
+        description="Keys the HMAC that API keys are stored as; must be changed outside dev.",
+    )
+    previous_secret_key: SecretStr | None = Field(
+        None,
+        description="The secret key before a rotation: API keys stored under it still"
+        " authenticate, and each is stored again under secret_key on its first use.",
     )
     data_dir: Path = Field(
         Path.home() / ".modelship",
@@ -278,6 +285,11 @@ class Settings(BaseSettings):
         _check_scheme(value.get_secret_value(), {"http", "https"})
         return value
 
+    @field_validator("previous_secret_key")
+    @classmethod
+    def _previous_secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None  # empty: none
+
     @field_validator("object_store_url")
     @classmethod
     def _object_store_url(cls, value: str | None) -> str | None:
@@ -295,6 +307,8 @@ class Settings(BaseSettings):
     def _check_profile(self) -> Settings:
         if self.profile is not Profile.dev and self.secret_key.get_secret_value() == DEFAULT_SECRET:
             raise ValueError(f"MODELSHIP_SECRET_KEY must be set in the {self.profile} profile")
+        if self.previous_secret_key == self.secret_key:
+            raise ValueError("MODELSHIP_PREVIOUS_SECRET_KEY is MODELSHIP_SECRET_KEY: no rotation")
         if self.profile is Profile.production:
             if self.database_url is None or self.redis_url is None:
                 raise ValueError(

@@ -170,8 +170,15 @@ def create_api(
     ``limiter`` rate-limits every route under ``/api``: per address, then per key and
     route)."""
 
+    previous = settings.previous_secret_key
     keys = (
-        KeyStore(workflow.services.db, settings.secret_key.get_secret_value()) if workflow else None
+        KeyStore(
+            workflow.services.db,
+            settings.secret_key.get_secret_value(),
+            previous.get_secret_value() if previous else None,
+        )
+        if workflow
+        else None
     )
     authenticate = Authenticator(keys, settings, workflow.catalog if workflow else None)
 

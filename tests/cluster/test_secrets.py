@@ -109,21 +109,26 @@ def test_credentials_in_storage_options_or_in_any_url_are_refused() -> None:
     assert raised.value.field == "applications[0].args.models[1].source"
 
 
-def test_pods_start_without_the_optional_sentry_dsn_and_not_without_a_credential(
-    manifests: dict[str, dict[str, Any]],
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("sentry-dsn", "https://key@sentry.example/1"), ("previous-secret-key", "o" * 32)],
+)
+def test_pods_start_without_an_optional_key_and_not_without_a_credential(
+    manifests: dict[str, dict[str, Any]], key: str, value: str
 ) -> None:
-    """Error tracking is optional: a Secret without ``sentry-dsn`` still starts every pod
-    (the kubelet skips an optional key), one with it gives the DSN to every pod, and one
-    missing a credential the production profile needs starts none."""
+    """Error tracking and a rotation's previous secret key are optional: a Secret without
+    the key still starts every pod (the kubelet skips an optional key), one with it gives
+    it to every pod, and one missing a credential the production profile needs starts
+    none."""
     app = {"secret-key": "k" * 32, "database-url": "postgresql://db/app", "redis-url": "redis://r"}
     others = {"modelship-ray-auth": {"auth_token": "t"}, "modelship-gcs-redis": {"password": "p"}}
+    name = "MODELSHIP_" + key.upper().replace("-", "_")
     for kind in ("RayService", "RayJob"):
         for container in containers(manifests[kind]):
             env = container_env(container, {"modelship-app": app, **others}, {})
-            assert "MODELSHIP_SENTRY_DSN" not in env and env["MODELSHIP_DATABASE_URL"]
-            dsn = {"sentry-dsn": "https://key@sentry.example/1"}
-            env = container_env(container, {"modelship-app": app | dsn, **others}, {})
-            assert env["MODELSHIP_SENTRY_DSN"] == dsn["sentry-dsn"]
+            assert name not in env and env["MODELSHIP_DATABASE_URL"]
+            env = container_env(container, {"modelship-app": app | {key: value}, **others}, {})
+            assert env[name] == value
             without = {k: v for k, v in app.items() if k != "database-url"}
             with pytest.raises(PodConfigError, match="MODELSHIP_DATABASE_URL"):
                 container_env(container, {"modelship-app": without, **others}, {})

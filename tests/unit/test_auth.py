@@ -12,6 +12,7 @@ from uuid import UUID, uuid4
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from modelship.core.metrics import _NoMetrics
 from modelship.core.settings import Settings
@@ -112,6 +113,48 @@ async def test_keys_scopes_and_probes(secured: httpx.AsyncClient, keys: KeyStore
     await keys.revoke(principal.key_id)
     response = await secured.post("/api/v1/classify/text", json=body, headers=bearer(labeler))
     assert_error(response, 401, "unauthorized")
+
+
+async def test_keys_outlive_a_rotation_of_the_secret_key(
+    local: LocalLabeler, services: Services, auth_settings: Settings, keys: KeyStore
+) -> None:
+    """The secret key rotated, the old one given as MODELSHIP_PREVIOUS_SECRET_KEY: every key
+    still works, and one used once is stored under the new secret key, so that it keeps
+    working once the previous one is dropped. A key not used in between does not."""
+    used, principal = await keys.create("tenant-a", ["read"], "used in the window")
+    unused, _ = await keys.create("tenant-a", ["read"], "not used in the window")
+    old = auth_settings.secret_key.get_secret_value()
+
+    def served(**secrets: str) -> httpx.AsyncClient:
+        settings = auth_settings.model_copy(
+            update={name: SecretStr(value) for name, value in secrets.items()}
+        )
+        workflow = Workflow(services, PACKAGED_MODELS, settings)
+        app = create_api(local, local.configs, settings, workflow=workflow)
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+
+    async with served(secret_key="rotated-" + old) as without_previous:
+        response = await without_previous.get("/api/v1/models", headers=bearer(used))
+        assert_error(response, 401, "unauthorized")  # what a rotation did before
+    async with served(secret_key="rotated-" + old, previous_secret_key=old) as rotating:
+        for _ in range(2):
+            response = await rotating.get("/api/v1/models", headers=bearer(used))
+            assert response.status_code == 200
+    async with services.db.connection() as conn:
+        stored = await conn.fetchval(
+            "SELECT key_hash FROM api_keys WHERE id = $1", principal.key_id
+        )
+    assert stored == KeyStore(services.db, "rotated-" + old)._hash(used)
+    async with served(secret_key="rotated-" + old) as rotated:
+        assert (await rotated.get("/api/v1/models", headers=bearer(used))).status_code == 200
+        response = await rotated.get("/api/v1/models", headers=bearer(unused))
+        assert_error(response, 401, "unauthorized")
+
+
+def test_a_previous_secret_key_equal_to_the_secret_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="no rotation"):
+        Settings(secret_key=SecretStr("same"), previous_secret_key=SecretStr("same"))
+    assert Settings(previous_secret_key=SecretStr("")).previous_secret_key is None
 
 
 async def test_a_bad_key_is_refused_before_the_body_is_read(

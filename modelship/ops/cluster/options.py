@@ -93,8 +93,8 @@ class Secrets(_Options):
 
     app: Label = Field(
         "modelship-app",
-        description="Keys secret-key, database-url, redis-url (and sentry-dsn, optional): "
-        "the MODELSHIP_ settings that hold credentials.",
+        description="Keys secret-key, database-url, redis-url (and, optional, sentry-dsn and"
+        " previous-secret-key): the MODELSHIP_ settings that hold credentials.",
     )
     ray_auth: Label = Field(
         "modelship-ray-auth", description="Key auth_token: Ray's token (dashboard, GCS, jobs)."
