@@ -6,10 +6,11 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from uuid import UUID, uuid4
 
-from modelship.core.errors import NotFound
+from modelship.core.errors import NotFound, ServiceUnavailable
 from storage.catalog import audit
 from storage.postgres import Database
 
@@ -41,13 +42,25 @@ class KeyStore:
     pepper: the service's secret key; a stolen table of hashes is useless without it.
     previous_pepper: the secret key before a rotation: a key stored under it still
         authenticates, and is stored under ``pepper`` from then on.
+    outage_grace_s: while the database is unreachable, a key this store authenticated
+        within this many seconds still authenticates (from memory); 0: none.
     """
 
-    def __init__(self, db: Database, pepper: str, previous_pepper: str | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        pepper: str,
+        previous_pepper: str | None = None,
+        outage_grace_s: float = 0.0,
+    ) -> None:
         self._db = db
         self._peppers = [pepper.encode()]
         if previous_pepper:
             self._peppers.append(previous_pepper.encode())
+        self._outage_grace_s = outage_grace_s
+        # hash -> (principal, when last confirmed): only keys that exist and authenticated,
+        # so an unknown key sent many times adds nothing
+        self._confirmed: dict[str, tuple[Principal, float]] = {}
 
     def _hash(self, key: str, pepper: bytes | None = None) -> str:
         return hmac.new(pepper or self._peppers[0], key.encode(), hashlib.sha256).hexdigest()
@@ -84,8 +97,29 @@ class KeyStore:
         return key, Principal(key_id, name, tenant, frozenset(scopes), ids)
 
     async def authenticate(self, key: str) -> Principal | None:
-        """The key's principal, or None for an unknown or revoked key."""
+        """The key's principal, or None for an unknown or revoked key.
+
+        Raises:
+            ServiceUnavailable: the database is unreachable, and this store did not
+                authenticate the key within ``outage_grace_s``.
+        """
         hashes = [self._hash(key, pepper) for pepper in self._peppers]
+        try:
+            principal = await self._lookup(hashes)
+        except ServiceUnavailable:
+            principal, confirmed = self._confirmed.get(hashes[0], (None, 0.0))
+            if principal is None or time.monotonic() - confirmed > self._outage_grace_s:
+                raise
+            # a revocation needs the database: only one made between the key's last use
+            # and the outage goes unseen
+            return principal
+        if principal is None:
+            self._confirmed.pop(hashes[0], None)
+        elif self._outage_grace_s:
+            self._confirmed[hashes[0]] = (principal, time.monotonic())
+        return principal
+
+    async def _lookup(self, hashes: list[str]) -> Principal | None:
         async with self._db.connection() as conn:
             row = await conn.fetchrow(
                 "SELECT id, name, tenant, scopes, project_ids, key_hash FROM api_keys"

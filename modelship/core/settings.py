@@ -131,6 +131,13 @@ class Settings(BaseSettings):
         None,
         description="API keys on /api routes; unset: required outside the dev profile.",
     )
+    auth_outage_grace_s: float = Field(
+        300.0,
+        ge=0,
+        description="While PostgreSQL is unreachable, an API key that authenticated in this"
+        " Ingress replica within this many seconds still does (labeling needs no database);"
+        " others get 503. 0: none.",
+    )
     slow_request_s: float = Field(
         2.0, ge=0, description="Requests slower than this are logged as slow (a warning)."
     )

@@ -176,6 +176,7 @@ def create_api(
             workflow.services.db,
             settings.secret_key.get_secret_value(),
             previous.get_secret_value() if previous else None,
+            settings.auth_outage_grace_s,
         )
         if workflow
         else None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from modelship.http.auth import ADDRESS_SCALE, SCOPES
 from modelship.service.labeling import LocalLabeler
 from modelship.service.runner import JobRunner
 from modelship.service.workflow import Workflow
+from storage.embedded import EmbeddedPostgres
 from storage.keys import KeyStore
 from storage.ratelimit import RateLimiter
 from storage.services import Services
@@ -155,6 +158,40 @@ def test_a_previous_secret_key_equal_to_the_secret_key_is_refused() -> None:
     with pytest.raises(ValueError, match="no rotation"):
         Settings(secret_key=SecretStr("same"), previous_secret_key=SecretStr("same"))
     assert Settings(previous_secret_key=SecretStr("")).previous_secret_key is None
+
+
+async def test_a_key_seen_lately_labels_while_the_database_is_down(
+    local: LocalLabeler, auth_settings: Settings
+) -> None:
+    """Labeling needs no database, but with keys on (every profile but dev) each request
+    looked its key up: a PostgreSQL outage refused all labeling. A key this replica
+    authenticated lately still labels; one it never saw gets the outage's 503."""
+    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="modelship-test-")) / "postgres")
+    settings = auth_settings.model_copy(update={"database_url": SecretStr(server.start())})
+    services = Services.from_settings(settings)
+    try:
+        app = create_api(
+            local, local.configs, settings, workflow=Workflow(services, PACKAGED_MODELS, settings)
+        )
+        keys = KeyStore(services.db, settings.secret_key.get_secret_value())
+        seen, _ = await keys.create("tenant-a", ["label"], "seen")
+        unseen, _ = await keys.create("tenant-a", ["label"], "not seen")
+        body = {"text": "hello", "model": "minilm"}
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            labeled = await http.post("/api/v1/classify/text", json=body, headers=bearer(seen))
+            assert labeled.status_code == 200
+            with server.outage():
+                labeled = await http.post("/api/v1/classify/text", json=body, headers=bearer(seen))
+                assert labeled.status_code == 200, labeled.text
+                refused = await http.post(
+                    "/api/v1/classify/text", json=body, headers=bearer(unseen)
+                )
+                assert_error(refused, 503, "service_unavailable")
+    finally:
+        await services.close()
+        server.stop()
+        shutil.rmtree(server.data_dir.parent, ignore_errors=True)
 
 
 async def test_a_bad_key_is_refused_before_the_body_is_read(
