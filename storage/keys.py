@@ -8,6 +8,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID, uuid4
 
 from modelship.core.errors import NotFound, ServiceUnavailable
@@ -34,6 +35,21 @@ class Principal:
 
     def sees(self, project_id: UUID) -> bool:
         return self.project_ids is None or project_id in self.project_ids
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What an operator sees of a key: never the key or its hash. ``prefix`` is the part
+    after ``ms_`` a leaked key shows (``ms_<prefix>_...``)."""
+
+    key_id: UUID
+    tenant: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    project_ids: list[UUID] | None
+    created_at: datetime
+    revoked_at: datetime | None
 
 
 class KeyStore:
@@ -139,6 +155,31 @@ class KeyStore:
             return None
         ids = frozenset(row["project_ids"]) if row["project_ids"] is not None else None
         return Principal(row["id"], row["name"], row["tenant"], frozenset(row["scopes"]), ids)
+
+    async def list_keys(self, tenant: str | None = None, revoked: bool = False) -> list[KeyInfo]:
+        """The keys, oldest first: of ``tenant`` or of all tenants, the revoked ones too
+        with ``revoked``."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT id, tenant, name, prefix, scopes, project_ids, created_at, revoked_at"
+                " FROM api_keys WHERE ($1::text IS NULL OR tenant = $1)"
+                " AND ($2 OR revoked_at IS NULL) ORDER BY created_at, id",
+                tenant,
+                revoked,
+            )
+        return [
+            KeyInfo(
+                r["id"],
+                r["tenant"],
+                r["name"],
+                r["prefix"],
+                sorted(r["scopes"]),
+                r["project_ids"],
+                r["created_at"],
+                r["revoked_at"],
+            )
+            for r in rows
+        ]
 
     async def revoke(self, key_id: UUID) -> None:
         async with self._db.connection() as conn:

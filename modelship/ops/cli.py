@@ -189,7 +189,7 @@ def stop_services(config_path: Path) -> int:
 
 
 def keys(ns: argparse.Namespace) -> int:
-    """Create a key (printed once, stored hashed) or revoke one."""
+    """Create a key (printed once, stored hashed), list keys, or revoke one."""
     import asyncio
 
     from modelship.core.settings import Settings
@@ -213,6 +213,9 @@ def keys(ns: argparse.Namespace) -> int:
                     " shown once, stored hashed",
                     file=sys.stderr,
                 )
+            elif ns.action == "list":
+                found = await store.list_keys(ns.tenant, ns.revoked)
+                print(_keys_json(found) if ns.json else _keys_table(found))
             else:
                 await store.revoke(ns.key_id)
                 print(f"revoked {ns.key_id}", file=sys.stderr)
@@ -221,6 +224,24 @@ def keys(ns: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(run())
+
+
+def _keys_json(found: list[Any]) -> str:
+    from dataclasses import asdict
+
+    return json.dumps([asdict(info) for info in found], indent=2, default=str)
+
+
+def _keys_table(found: list[Any]) -> str:
+    lines = ["KEY ID\tTENANT\tNAME\tSTARTS\tSCOPES\tPROJECTS\tCREATED\tREVOKED"]
+    for info in found:
+        projects = ",".join(map(str, info.project_ids)) if info.project_ids is not None else "all"
+        lines.append(
+            f"{info.key_id}\t{info.tenant}\t{info.name or '-'}\tms_{info.prefix}_\t"
+            f"{','.join(info.scopes)}\t{projects}\t{info.created_at:%Y-%m-%d %H:%M}\t"
+            f"{f'{info.revoked_at:%Y-%m-%d %H:%M}' if info.revoked_at else '-'}"
+        )
+    return "\n".join(lines)
 
 
 def smoke(ns: argparse.Namespace) -> int:
@@ -281,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rate-limit", type=_positive, help="the burst configured: expect a 429 right after it"
     )
     smoke_parser.add_argument("--json", action="store_true")
-    key_parser = sub.add_parser("keys", help="create or revoke API keys")
+    key_parser = sub.add_parser("keys", help="create, list or revoke API keys")
     key_actions = key_parser.add_subparsers(dest="action", required=True)
     create = key_actions.add_parser("create", help="create a key and print it (once)")
     create.add_argument("--tenant", default="default")
@@ -300,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         type=uuid.UUID,
         help="bind the key to this project (repeat for several); default: every project",
     )
+    listing = key_actions.add_parser("list", help="list keys (ids, names, how they start)")
+    listing.add_argument("--tenant", help="one tenant's keys (default: every tenant's)")
+    listing.add_argument("--revoked", action="store_true", help="revoked keys too")
+    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
     revoke = key_actions.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id", type=uuid.UUID)
     cluster.add_parser(sub)

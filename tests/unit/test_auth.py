@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -397,13 +398,36 @@ def test_the_cli_creates_a_key_that_works_once_shown(
         "MODELSHIP_DATABASE_URL": auth_settings.database_url.get_secret_value(),
         "MODELSHIP_REDIS_URL": auth_settings.redis_url.get_secret_value(),
     }
-    project = str(uuid4())
-    command = [sys.executable, "-m", "modelship.ops.cli", "keys", "create", "--scope", "read"]
-    command += ["--project", project]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    project, tenant = str(uuid4()), f"cli-{uuid4().hex[:8]}"
+
+    def keys(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "modelship.ops.cli", "keys", *args]
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    done = keys("create", "--scope", "read", "--project", project, "--tenant", tenant)
     key = done.stdout.strip()
     assert key.startswith("ms_") and "stored hashed" in done.stderr
+    # an operator finds a leaked key by how it starts, and revokes it by its id
+    keys("create", "--scope", "admin", "--tenant", tenant, "--name", "other")
+    listed = json.loads(keys("list", "--tenant", tenant, "--json").stdout)
+    assert [(k["name"], k["scopes"], k["revoked_at"]) for k in listed] == [
+        ("", ["read"], None),
+        ("other", ["admin"], None),
+    ]
+    assert key.startswith(f"ms_{listed[0]['prefix']}_") and listed[0]["project_ids"] == [project]
+    assert key not in json.dumps(listed) and "hash" not in json.dumps(listed)
+    table = keys("list", "--tenant", tenant).stdout
+    assert listed[0]["key_id"] in table and f"ms_{listed[0]['prefix']}_" in table
+    keys("revoke", listed[1]["key_id"])
+    assert [k["name"] for k in json.loads(keys("list", "--tenant", tenant, "--json").stdout)] == [
+        ""
+    ]
+    every = json.loads(keys("list", "--tenant", tenant, "--revoked", "--json").stdout)
+    assert [k["revoked_at"] is not None for k in every] == [False, True]
 
     import asyncio
 
