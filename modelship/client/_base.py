@@ -120,7 +120,9 @@ class Base:
     ) -> Operation[R]:
         """Fetch every ``poll_s`` until ``done``. ``timeout_s`` is a deadline: the last
         fetch is at it, and a fetch's retries stop at it; then TimeoutError (from the
-        last request's error, if it failed).
+        last request's error, if it failed). Until then, a fetch that failed as a server
+        restarting does (``RetryPolicy.transient``, past its retries) is tried again:
+        a restart in the middle of a long wait is not its end.
 
         Raises:
             ValueError: ``timeout_s`` is below 0.
@@ -130,7 +132,16 @@ class Base:
         deadline = self.clock() + timeout_s if timeout_s is not None else math.inf
         late = f"{what} did not finish within {timeout_s}s"
         while True:
-            current = yield from within(fetch(), deadline, late, self.clock)
+            try:
+                current = yield from within(fetch(), deadline, late, self.clock)
+            except Exception as error:
+                left = deadline - self.clock()
+                if deadline == math.inf or not self.retry.transient(error):
+                    raise
+                if left <= 0:
+                    raise TimeoutError(f"{late}; the last request failed: {error!r}") from error
+                yield Sleep(min(self.poll_s, left))
+                continue
             seen(current)
             if done(current):
                 return current

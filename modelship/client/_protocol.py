@@ -21,7 +21,7 @@ from typing import IO, Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from modelship.client.errors import error_code, error_from_reply, retry_after
+from modelship.client.errors import ApiError, error_code, error_from_reply, retry_after
 from modelship.core.errors import ModelShipError
 
 T = TypeVar("T")
@@ -183,6 +183,21 @@ class RetryPolicy:
         if asked is None:
             return min(self.backoff_s * 2**attempt, self.max_wait_s)
         return asked if asked <= self.max_wait_s else None
+
+    def transient(self, error: BaseException) -> bool:
+        """Whether a read that raised ``error`` once its retries ran out met a server
+        restarting or busy (what the retries were for), not a refusal of the request: a
+        wait with a deadline asks again."""
+        if isinstance(error, httpx.TransportError):  # nothing came back
+            return True
+        if not isinstance(error, ApiError):
+            return False
+        proxy = error.request_id is None and error.status in (404, 500)  # not our body
+        return (
+            proxy
+            or error.status in (502, 504)
+            or (error.status in self.statuses and error.code not in NOT_RETRIED)
+        )
 
 
 NO_RETRIES = RetryPolicy(retries=0)

@@ -5,6 +5,7 @@ clients."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import time
@@ -72,6 +73,48 @@ def test_timeout_s_is_a_deadline_for_a_server_that_is_down() -> None:
         assert asked == [(0.0, 1.0), (0.5, 1.0)]  # each request cut to the deadline
         assert clock.now == 0.5
         assert isinstance(late.value.__cause__, httpx.ConnectError)
+
+
+@pytest.mark.parametrize(
+    "restarting",
+    [
+        Reply(500, {}, b"<html><body><h1>500 Internal Server Error</h1></body></html>"),
+        Reply(0, {}, error=httpx.ConnectError("connection refused")),
+        Reply(503, {"retry-after": "5"}, error(503, "model_not_ready").content),
+    ],
+    ids=["haproxy-500", "refused", "503"],
+)
+def test_a_wait_outlasts_a_restart_longer_than_a_request_s_retries(restarting: Reply) -> None:
+    """The proxy answering 500 while no Ingress replica is up (or nothing answering, or a
+    503) for 40 s, longer than a request's 5 retries (15.5 s): a wait with a deadline
+    keeps asking until it, and returns the job once the server is back. It raised the
+    proxy's 500 mid-wait (the chaos drill, under load)."""
+    clock = FakeClock()
+    asked: list[float] = []
+
+    def server(request: Request) -> Reply:
+        asked.append(clock.now)
+        if clock.now < 40:
+            return restarting
+        return Reply(200, {}, json.dumps(job("succeeded")).encode())
+
+    done = drive(fake_api(clock).wait_job(uuid.uuid4(), timeout_s=600), clock, server)
+    assert done.status == "succeeded"
+    assert 40 <= clock.now <= 48
+    assert max(later - earlier for earlier, later in itertools.pairwise(asked)) <= 8
+
+
+def test_a_wait_without_a_deadline_still_gives_up_after_the_retries() -> None:
+    """No ``timeout_s``: the proxy's 500 is raised after the request's retries, as from a
+    single request, not waited out for ever."""
+    clock = FakeClock()
+
+    def down(request: Request) -> Reply:
+        return Reply(500, {}, b"<html>500</html>")
+
+    with pytest.raises(Exception, match="500"):
+        drive(fake_api(clock).wait_job(uuid.uuid4()), clock, down)
+    assert clock.now == 0.5 + 1 + 2 + 4 + 8
 
 
 def test_the_client_gives_up_on_a_server_that_is_down() -> None:
