@@ -19,16 +19,16 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import sys
 import time
 import uuid
 from collections.abc import AsyncGenerator, Iterable
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 from pydantic import ValidationError
 
@@ -39,7 +39,7 @@ from modelship.core.errortracking import start_error_tracking
 from modelship.core.records import ExportFormat, ItemState, Job, JobStatus
 from modelship.core.settings import Settings
 from modelship.service.batch import LEASE_S, BatchRequest, BatchRun, Labeled
-from modelship.service.datasets import check_source
+from modelship.service.datasets import Entry, check_source
 from storage.batch import BatchItem, Pending
 from storage.services import Services
 
@@ -87,9 +87,10 @@ async def label_dataset(
         try:
             pending = await _ingest(run, progress)
             logger.info(
-                "job %s: %d entries, %d to label", run.job_id, len(run.entries), len(pending)
+                "job %s: %d entries, %d to label", run.job_id, len(run.entries), pending.num_rows
             )
-            if pending and not progress.cancelled:
+            run.entries = []  # listed and read: the listing's memory goes back now
+            if pending.num_rows and not progress.cancelled:
                 asks = actor_resources(run.config, model_resource)
                 await _label(run, progress, pending, actors, actor_cls, asks)
         finally:
@@ -112,26 +113,33 @@ def _connect_ray() -> None:
         ray.init()
 
 
-async def _ingest(run: BatchRun, progress: _Progress) -> list[Pending]:
-    """First pass: the dataset's items added in bulk. Files are read by Ray tasks (and
-    images stored) across the cluster; texts a manifest holds are items already, read
-    here."""
+async def _ingest(run: BatchRun, progress: _Progress) -> pa.Table:
+    """First pass: the dataset's items added in bulk; returns the items to label
+    (``_PENDING``'s columns), shortest text first: alike lengths batch with little
+    padding. Files are read by Ray tasks (and images stored) across the cluster; texts a
+    manifest holds are items already, read here.
+
+    What is left to label is kept as Arrow columns, about 140 bytes an item where Python
+    objects took about 600 (``Pending``, then a row dict each): the driver of a job over
+    millions of files holds it until the end."""
     import ray.data
 
     from jobs.ingest import read_batch
 
-    pending: list[Pending] = []
+    pending: list[pa.Table] = [_PENDING.empty_table()]
     texts = [e for e in run.entries if not e.uri]
     for start in range(0, len(texts), _CHUNK):
         rows = [item for entry in texts[start : start + _CHUNK] for item in run.read(entry)]
-        pending += await run.add(rows)
+        pending.append(_table(await run.add(rows)))
         await progress.report()
         if progress.cancelled:
-            return pending
-    files = [asdict(e) for e in run.entries if e.uri]
+            return _by_length(pending)
+    files = [e for e in run.entries if e.uri]
     if not files:
-        return pending
-    dataset = ray.data.from_items(files, override_num_blocks=_blocks(files, _READ_BATCH))
+        return _by_length(pending)
+    columns = {f.name: [getattr(e, f.name) for e in files] for f in fields(Entry)}
+    dataset = ray.data.from_arrow(_slices(pa.Table.from_pydict(columns), _READ_BATCH))
+    del files, columns  # in the object store now
     read = dataset.map_batches(
         functools.partial(
             read_batch,
@@ -148,11 +156,37 @@ async def _ingest(run: BatchRun, progress: _Progress) -> list[Pending]:
     async with contextlib.aclosing(batches):
         async for table in batches:
             assert isinstance(table, pa.Table)
-            pending += await run.add([BatchItem(**row) for row in table.to_pylist()])
+            pending.append(_table(await run.add([BatchItem(**r) for r in table.to_pylist()])))
             await progress.report()
             if progress.cancelled:
                 break
-    return pending
+    return _by_length(pending)
+
+
+def _by_length(tables: list[pa.Table]) -> pa.Table:
+    table = pa.concat_tables(tables)
+    return table.take(pc.sort_indices(pc.utf8_length(table["text"])))
+
+
+_PENDING = pa.schema([("item_id", pa.string()), ("object_key", pa.string()), ("text", pa.string())])
+
+
+def _table(pending: list[Pending]) -> pa.Table:
+    """Items to label as ``_PENDING`` columns: the label actors' input rows."""
+    return pa.Table.from_pydict(
+        {
+            "item_id": [str(p.item_id) for p in pending],
+            "object_key": [p.object_key or "" for p in pending],
+            "text": [p.text or "" for p in pending],
+        },
+        schema=_PENDING,
+    )
+
+
+def _slices(table: pa.Table, batch_size: int) -> list[pa.Table]:
+    """A block per batch: Ray Data would otherwise cut small datasets into a block a row,
+    or give a whole table one block (one task)."""
+    return [table.slice(start, batch_size) for start in range(0, table.num_rows, batch_size)]
 
 
 def actor_resources(config: ModelConfig, model_resource: str | None) -> dict[str, Any]:
@@ -169,53 +203,53 @@ def actor_resources(config: ModelConfig, model_resource: str | None) -> dict[str
 async def _label(
     run: BatchRun,
     progress: _Progress,
-    pending: list[Pending],
+    pending: pa.Table,
     actors: int,
     actor_cls: type | None,
     asks: dict[str, Any],
 ) -> None:
-    """Second pass: an actor pool of the model labels what is pending; the driver records
-    each labeled batch. Texts go in length order: alike lengths batch with little padding.
+    """Second pass: an actor pool of the model labels what is pending (in ``_ingest``'s
+    length order); the driver records each labeled batch.
 
     A batch whose actor dies (or raises) on every try is left out rather than retried for
     ever; its items are then labeled one by one, so an item that kills the model's
     process fails alone (``ISOLATED_FAILURE``). Past a few batches' worth, the model, not
     an item, is at fault: the run fails."""
-    pending = sorted(pending, key=lambda p: len(p.text or ""))
-    rows = [
-        {"item_id": str(p.item_id), "object_key": p.object_key or "", "text": p.text or ""}
-        for p in pending
-    ]
     size = run.config.batching.max_batch_size
-    seen = await _label_pass(run, progress, rows, size, actors, actor_cls, asks)
-    left = [row for row in rows if row["item_id"] not in seen]
-    if not left or progress.cancelled:
+    await _label_pass(run, progress, pending, size, actors, actor_cls, asks)
+    if progress.cancelled:
         return
-    if len(left) > max(_ISOLATE_BATCHES * size, len(rows) // 100):
+    # what no batch came back for is still leased to the run: the database says which
+    left = await run.leased()
+    if not left:
+        return
+    if len(left) > max(_ISOLATE_BATCHES * size, pending.num_rows // 100):
         raise ModelShipError(f"the label actors failed on every try at {len(left)} items")
     logger.warning("job %s: labeling %d items alone, their batches failed", run.job_id, len(left))
-    seen = await _label_pass(run, progress, left, 1, actors, actor_cls, asks)
-    failed = [row["item_id"] for row in left if row["item_id"] not in seen]
+    await _label_pass(run, progress, _table(left), 1, actors, actor_cls, asks)
+    failed = await run.leased()
     if failed and not progress.cancelled:
-        await run.record([Labeled(item, "", run.version, ISOLATED_FAILURE) for item in failed])
+        await run.record(
+            [Labeled(str(p.item_id), "", run.version, ISOLATED_FAILURE) for p in failed]
+        )
 
 
 async def _label_pass(
     run: BatchRun,
     progress: _Progress,
-    rows: list[dict[str, str]],
+    rows: pa.Table,
     size: int,
     actors: int,
     actor_cls: type | None,
     asks: dict[str, Any],
-) -> set[str]:
-    """``rows`` labeled in batches of ``size`` and recorded; returns the item ids that
-    came back. A batch is tried ``_TRIES`` times; one that fails each time is left out."""
+) -> None:
+    """``rows`` labeled in batches of ``size`` and recorded. A batch is tried ``_TRIES``
+    times; one that fails each time is left out (its items stay leased to the run)."""
     import ray.data
 
     from jobs.predict import LabelActor
 
-    dataset = ray.data.from_items(rows, override_num_blocks=_blocks(rows, size))
+    dataset = ray.data.from_arrow(_slices(rows, size))
     labeled = dataset.map_batches(
         actor_cls or LabelActor,
         batch_size=size,
@@ -236,23 +270,14 @@ async def _label_pass(
         **asks,
     )
     labeled.context.max_errored_blocks = -1  # a failed batch is left out; the rest goes on
-    seen: set[str] = set()
     batches = _iterate(labeled.iter_batches(batch_size=256, batch_format="numpy"))
     async with contextlib.aclosing(batches):
         async for batch in batches:
             columns = (batch["item_id"], batch["output"], batch["version"], batch["error"])
-            outcomes = [Labeled(*map(str, row)) for row in zip(*columns, strict=True)]
-            seen.update(outcome.item_id for outcome in outcomes)
-            await run.record(outcomes)
+            await run.record([Labeled(*map(str, row)) for row in zip(*columns, strict=True)])
             await progress.report()
             if progress.cancelled:
                 break
-    return seen
-
-
-def _blocks(rows: list[Any], batch_size: int) -> int:
-    """A block per batch: Ray Data would otherwise cut small datasets into a block a row."""
-    return max(1, math.ceil(len(rows) / batch_size))
 
 
 async def _iterate(batches: Iterable[T]) -> AsyncGenerator[T, None]:

@@ -311,6 +311,18 @@ class BatchStore:
                     await finish_if_done(conn, job_id)
         return len(ids)
 
+    async def leased(self, job_id: UUID, owner: str) -> list[Pending]:
+        """The job's items still leased to ``owner``, as ``add`` returned them."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT i.id, i.object_key, i.text FROM job_items ji"
+                " JOIN items i ON i.id = ji.item_id WHERE ji.job_id = $1"
+                " AND ji.state = 'leased' AND ji.lease_owner = $2 ORDER BY i.id",
+                job_id,
+                owner,
+            )
+        return [Pending(r["id"], r["object_key"], r["text"]) for r in rows]
+
     async def renew(self, job_id: UUID, owner: str, lease_s: float) -> int:
         """Extend the leases the batch holds on its job and its open items (it is still
         working)."""

@@ -193,6 +193,10 @@ class BatchRun:
             self.project.id, self.job_id, self.owner, self.config.name, successes, failures
         )
 
+    async def leased(self) -> list[Pending]:
+        """The items still to label: leased to this run, no outcome recorded yet."""
+        return await self._store.leased(self.job_id, self.owner)
+
     async def renew(self) -> None:
         await self._store.renew(self.job_id, self.owner, LEASE_S)
 
