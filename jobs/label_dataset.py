@@ -119,9 +119,9 @@ async def _ingest(run: BatchRun, progress: _Progress) -> pa.Table:
     padding. Files are read by Ray tasks (and images stored) across the cluster; texts a
     manifest holds are items already, read here.
 
-    What is left to label is kept as Arrow columns, about 140 bytes an item where Python
-    objects took about 600 (``Pending``, then a row dict each): the driver of a job over
-    millions of files holds it until the end."""
+    What is left to label is kept as Arrow columns, about 200 bytes an item where Python
+    objects took about 850 (``Pending``, a row dict, the ids that came back): the driver
+    of a job over millions of files holds it until the end."""
     import ray.data
 
     from jobs.ingest import read_batch

@@ -8,11 +8,14 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from modelship.ops import cluster, db, drill, ray_jobs
+
+if TYPE_CHECKING:
+    from storage.keys import KeyInfo
 
 DEFAULT_CONFIG = Path("config/serve_config.yaml")
 
@@ -226,13 +229,13 @@ def keys(ns: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def _keys_json(found: list[Any]) -> str:
+def _keys_json(found: list[KeyInfo]) -> str:
     from dataclasses import asdict
 
     return json.dumps([asdict(info) for info in found], indent=2, default=str)
 
 
-def _keys_table(found: list[Any]) -> str:
+def _keys_table(found: list[KeyInfo]) -> str:
     lines = ["KEY ID\tTENANT\tNAME\tSTARTS\tSCOPES\tPROJECTS\tCREATED\tREVOKED"]
     for info in found:
         projects = ",".join(map(str, info.project_ids)) if info.project_ids is not None else "all"
