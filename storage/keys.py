@@ -122,9 +122,12 @@ class KeyStore:
         hashes = [self._hash(key, pepper) for pepper in self._peppers]
         try:
             principal = await self._lookup(hashes)
-        except ServiceUnavailable:
+        except ServiceUnavailable as exc:
+            # an outage only: a pool kept busy (``database_busy``) is this process's load,
+            # which a flood of requests could make, not the database being away
             principal, confirmed = self._confirmed.get(hashes[0], (None, 0.0))
-            if principal is None or time.monotonic() - confirmed > self._outage_grace_s:
+            recent = principal is not None and time.monotonic() - confirmed <= self._outage_grace_s
+            if exc.code != "service_unavailable" or not recent:
                 raise
             # a revocation needs the database: only one made between the key's last use
             # and the outage goes unseen

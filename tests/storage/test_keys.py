@@ -41,3 +41,19 @@ async def test_keys_seen_lately_still_authenticate_while_the_database_is_down(
     finally:
         await db.close()
         server.stop()
+
+
+async def test_a_busy_pool_is_no_outage(postgres_dsn: str) -> None:
+    """Every connection of the replica's pool held (a flood of requests can do that): the
+    database is there, so a key is not taken from memory; the caller gets the busy 503."""
+    db = Database(postgres_dsn, max_size=1, acquire_timeout_s=0.2)
+    try:
+        keys = KeyStore(db, "pepper", outage_grace_s=60)
+        key, principal = await keys.create("tenant-a", ["label"], "seen")
+        assert await keys.authenticate(key) == principal
+        async with db.connection():  # the pool's only connection
+            with pytest.raises(ServiceUnavailable) as busy:
+                await keys.authenticate(key)
+        assert busy.value.code == "database_busy"
+    finally:
+        await db.close()
