@@ -34,13 +34,19 @@ def _read_config(config_path: Path) -> dict[str, Any]:
     return config
 
 
-def _app_args(config_path: Path) -> dict[str, object]:
-    apps = _read_config(config_path).get("applications")
+def _application(config_path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The config's first application, whose ``args`` is a mapping."""
+    apps = config.get("applications")
     if not isinstance(apps, list) or not apps or not isinstance(apps[0], dict):
         raise ConfigFileError(f"{config_path}: applications: one application expected")
-    args = apps[0].get("args") or {}
-    if not isinstance(args, dict):
+    if not isinstance(apps[0].get("args") or {}, dict):
         raise ConfigFileError(f"{config_path}: applications[0].args: must be a mapping")
+    application: dict[str, Any] = apps[0]
+    return application
+
+
+def _app_args(config_path: Path) -> dict[str, object]:
+    args: dict[str, object] = _application(config_path, _read_config(config_path)).get("args") or {}
     return args
 
 
@@ -55,8 +61,9 @@ def serve(config_path: Path) -> int:
     """
     from modelship.ops.ray_env import ray_environment
 
-    _check_model_deployments(config_path)
-    http_options = _read_config(config_path).get("http_options") or {}
+    config = _read_config(config_path)
+    _check_model_deployments(config_path, _application(config_path, config))
+    http_options = config.get("http_options") or {}
     taken = _serve_port_taken(config_path, http_options)
     if taken:
         print(
@@ -74,15 +81,15 @@ def serve(config_path: Path) -> int:
     return _supervise([str(serve_bin), "run", str(config_path)])
 
 
-def _check_model_deployments(config_path: Path) -> None:
+def _check_model_deployments(config_path: Path, application: dict[str, Any]) -> None:
     """Refuse, before Ray starts, a model's deployment entry that its replica would not
     follow: a GPU given in ``ray_actor_options`` only, a ``user_config`` it would refuse.
     (The rest of the file is Serve's to check, as ``serve run`` reads it.)"""
     from modelship.core.config import LabelingAppArgs
     from modelship.ops.cluster.serve_config import ConfigError, check_model_deployments
 
-    args = LabelingAppArgs.model_validate(_app_args(config_path))
-    entries = _read_config(config_path)["applications"][0].get("deployments") or []
+    args = LabelingAppArgs.model_validate(application.get("args") or {})
+    entries = application.get("deployments") or []
     if isinstance(entries, list) and all(isinstance(entry, dict) for entry in entries):
         try:
             check_model_deployments(entries, args)
