@@ -22,7 +22,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,7 +39,7 @@ from modelship.core.errortracking import start_error_tracking
 from modelship.core.records import ExportFormat, ItemState, Job, JobStatus
 from modelship.core.settings import Settings
 from modelship.service.batch import LEASE_S, BatchRequest, BatchRun, Labeled
-from modelship.service.datasets import Entry, check_source
+from modelship.service.datasets import Entry, SourceRefused, check_source
 from storage.batch import BatchItem, Pending
 from storage.services import Services
 
@@ -85,11 +85,8 @@ async def label_dataset(
         progress = _Progress(run)
         renewing = asyncio.create_task(_renew(run))
         try:
-            pending = await _ingest(run, progress)
-            logger.info(
-                "job %s: %d entries, %d to label", run.job_id, len(run.entries), pending.num_rows
-            )
-            run.entries = []  # listed and read: the listing's memory goes back now
+            listed, pending = await _ingest(run, progress)
+            logger.info("job %s: %d entries, %d to label", run.job_id, listed, pending.num_rows)
             if pending.num_rows and not progress.cancelled:
                 asks = actor_resources(run.config, model_resource)
                 await _label(run, progress, pending, actors, actor_cls, asks)
@@ -113,30 +110,62 @@ def _connect_ray() -> None:
         ray.init()
 
 
-async def _ingest(run: BatchRun, progress: _Progress) -> pa.Table:
-    """First pass: the dataset's items added in bulk; returns the items to label
-    (``_PENDING``'s columns), shortest text first: alike lengths batch with little
-    padding. Files are read by Ray tasks (and images stored) across the cluster; texts a
-    manifest holds are items already, read here.
+async def _ingest(run: BatchRun, progress: _Progress) -> tuple[int, pa.Table]:
+    """First pass: the dataset's items added in bulk, a listing chunk at a time (the next
+    one listed while this one is read); returns how many entries were listed and the
+    items to label (``_PENDING``'s columns), shortest text first: alike lengths batch
+    with little padding.
 
     What is left to label is kept as Arrow columns, about 200 bytes an item where Python
     objects took about 850 (``Pending``, a row dict, the ids that came back): the driver
     of a job over millions of files holds it until the end."""
+    pending: list[pa.Table] = [_PENDING.empty_table()]
+    listed = 0
+    chunks = _prefetched(run.listing)
+    try:
+        async with contextlib.aclosing(chunks):
+            async for entries in chunks:
+                listed += len(entries)
+                async for added in _read(run, entries):
+                    pending.append(_table(added))
+                    await progress.report()
+                    if progress.cancelled:
+                        return listed, _by_length(pending)
+    except SourceRefused as exc:  # a later chunk's listing failed: the run fails, and the
+        # job shows why as a failed item (the files not listed are in no count)
+        reason = f"{exc.code}: the listing stopped after {listed} entries: {exc.message}"
+        await run.add(run.read(Entry(uri=run.request.source, error=reason)))
+        raise ModelShipError(reason, exc.code) from None
+    return listed, _by_length(pending)
+
+
+async def _prefetched(listing: Iterator[list[Entry]]) -> AsyncGenerator[list[Entry], None]:
+    """``listing``'s chunks, the next one listed on a worker thread while this one is
+    read."""
+    upcoming = asyncio.ensure_future(asyncio.to_thread(next, listing, None))
+    try:
+        while (chunk := await upcoming) is not None:
+            upcoming = asyncio.ensure_future(asyncio.to_thread(next, listing, None))
+            yield chunk
+    finally:  # left early: the step under way ends on its thread, unread
+        if not upcoming.cancel():
+            upcoming.exception()  # done: what it raised is no news now, nor an error log
+
+
+async def _read(run: BatchRun, entries: list[Entry]) -> AsyncGenerator[list[Pending], None]:
+    """A chunk's entries added to the job, ``_CHUNK`` items at a time; yields what each
+    addition leaves to label. Files are read by Ray tasks (and images stored) across the
+    cluster; texts a manifest holds are items already, read here."""
     import ray.data
 
     from jobs.ingest import read_batch
 
-    pending: list[pa.Table] = [_PENDING.empty_table()]
-    texts = [e for e in run.entries if not e.uri]
+    texts = [e for e in entries if not e.uri]
     for start in range(0, len(texts), _CHUNK):
-        rows = [item for entry in texts[start : start + _CHUNK] for item in run.read(entry)]
-        pending.append(_table(await run.add(rows)))
-        await progress.report()
-        if progress.cancelled:
-            return _by_length(pending)
-    files = [e for e in run.entries if e.uri]
+        yield await run.add([item for e in texts[start : start + _CHUNK] for item in run.read(e)])
+    files = [e for e in entries if e.uri]
     if not files:
-        return _by_length(pending)
+        return
     columns = {f.name: [getattr(e, f.name) for e in files] for f in fields(Entry)}
     dataset = ray.data.from_arrow(_slices(pa.Table.from_pydict(columns), _READ_BATCH))
     del files, columns  # in the object store now
@@ -156,11 +185,7 @@ async def _ingest(run: BatchRun, progress: _Progress) -> pa.Table:
     async with contextlib.aclosing(batches):
         async for table in batches:
             assert isinstance(table, pa.Table)
-            pending.append(_table(await run.add([BatchItem(**r) for r in table.to_pylist()])))
-            await progress.report()
-            if progress.cancelled:
-                break
-    return _by_length(pending)
+            yield await run.add([BatchItem(**r) for r in table.to_pylist()])
 
 
 def _by_length(tables: list[pa.Table]) -> pa.Table:

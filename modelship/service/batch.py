@@ -10,9 +10,11 @@ same bytes.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -51,6 +53,7 @@ from storage.services import Services
 logger = logging.getLogger("modelship.batch")
 
 LEASE_S = 300.0  # renewed while the run lives; a dead run's items fail this long after
+LIST_CHUNK = 65_536  # entries listed, read and added at a time (about 16 MB)
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class BatchRun:
         project: Project,
         config: ModelConfig,
         version: str,
-        entries: list[Entry],
+        listing: Iterator[list[Entry]],
     ) -> None:
         self.services = services
         self.settings = settings
@@ -95,7 +98,7 @@ class BatchRun:
         self.project = project
         self.config = config
         self.version = version
-        self.entries = entries
+        self.listing = listing  # the dataset's entries, a chunk at a time
         self.options = job_options(
             config.top_k, project.confidence_threshold, project.labels or config.labels
         )
@@ -112,8 +115,9 @@ class BatchRun:
         settings: Settings,
         request: BatchRequest,
     ) -> BatchRun:
-        """Check the source and the model, list the dataset, then commit the project (if
-        new) and a running job. Nothing is written when a check fails."""
+        """Check the source and the model, list the dataset's first chunk (the rest is
+        listed as ``listing`` is read), then commit the project (if new) and a running
+        job. Nothing is written when a check fails."""
         check_source(request.source, settings)
         workflow = Workflow(services, configs, settings)
         project = await _find_project(workflow, request.tenant, request.project)
@@ -128,12 +132,14 @@ class BatchRun:
         if request.export is not None:  # refused now, not once every item is labeled
             check(request.export, EXPORT_TASKS[task], False)
         images = task in IMAGE_TASKS
-        entries = await asyncio.to_thread(list_entries, request.source, images, settings)
+        entries = list_entries(request.source, images, settings)
+        first = await asyncio.to_thread(_chunk, entries)  # refusals come with the first
+        listing = itertools.chain([first], iter(functools.partial(_chunk, entries), []))
         store = ModelStore(settings.models_dir)
         version = (await asyncio.to_thread(store.resolve, config.source)).version
         if project is None:
             project = await _create_project(workflow, request, config)
-        run = cls(services, settings, request, project, config, version, entries)
+        run = cls(services, settings, request, project, config, version, listing)
         if closed := await run._store.close_dead(project.id):
             logger.info("closed %d batch jobs of project %s whose run died", closed, project.id)
         run.job_id = await run._store.start(
@@ -249,3 +255,7 @@ async def _find_project(workflow: Workflow, tenant: str, ref: str) -> Project | 
         return await workflow.project(tenant, project_id)
     except NotFound:
         raise NotFound(f"no project {ref}", "unknown_project") from None
+
+
+def _chunk(entries: Iterator[Entry]) -> list[Entry]:
+    return list(itertools.islice(entries, LIST_CHUNK))

@@ -14,6 +14,7 @@ A source is an fsspec URI (a local path, ``file://``, ``s3://``...):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -22,6 +23,7 @@ import logging
 import mimetypes
 import os
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -37,6 +39,7 @@ from storage.objects import bounded_options
 
 _MANIFESTS = (".txt", ".jsonl", ".ndjson", ".csv")
 _TEXT = "text/plain"
+_PAGE = 1000  # keys an S3 listing page holds
 
 logger = logging.getLogger("modelship.batch")
 
@@ -88,32 +91,24 @@ def check_source(uri: str, settings: Settings) -> None:
         )
 
 
-def list_entries(uri: str, images: bool, settings: Settings) -> list[Entry]:
-    """What ``uri`` holds, in a stable order; refuses a source that is missing or empty,
-    or that cannot be listed (whatever a parser or an fsspec backend raises: JSON, UTF-8,
-    parquet, botocore, a missing backend). A ``uri`` that does not exist but holds glob
-    characters (``s3://bucket/photos/*.jpg``) is a pattern: what it matches."""
+def list_entries(uri: str, images: bool, settings: Settings) -> Iterator[Entry]:
+    """What ``uri`` holds, in a stable order, listed as it is read: a folder of millions
+    of files is never held whole (``BatchRun`` takes it in chunks). Iterating refuses a
+    source that is missing or empty, or that cannot be listed (whatever a parser or an
+    fsspec backend raises: JSON, UTF-8, parquet, botocore, a missing backend), at the
+    first entry for most. A ``uri`` that does not exist but holds glob characters
+    (``s3://bucket/photos/*.jpg``) is a pattern: what it matches."""
     check_source(uri, settings)
+    return _refusing(uri, _entries(uri, images, settings))
+
+
+def _refusing(uri: str, entries: Iterator[Entry]) -> Iterator[Entry]:
+    """``entries``, with what listing them raises as a ``SourceRefused``."""
+    empty = True
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri, settings))
-        if fs.isdir(path):
-            files = [f for f in sorted(fs.find(path)) if not _hidden(f, path)]
-            entries = [_listed(_uri(fs, f), settings) for f in files]  # links out refused
-        elif not fs.exists(path) and any(c in path for c in "*?["):
-            entries = _matching(fs, path, uri, images, settings)
-        elif not fs.exists(path):
-            raise SourceRefused(f"nothing at {uri}", "source_missing")
-        elif path.lower().endswith(".parquet"):
-            entries = _parquet(fs, path, images, settings)
-        elif images and path.lower().endswith(_MANIFESTS):
-            entries = _manifest(fs, path, settings)
-        elif images:
-            entries = [Entry(uri=_uri(fs, path))]
-        else:
-            if (size := fs.size(path)) > settings.max_upload_bytes:
-                limit = settings.max_upload_bytes
-                raise SourceRefused(f"{size} bytes; the limit is {limit}", "file_too_large")
-            entries = [Entry(text=text) for text in parse_text_file(path, fs.cat_file(path))]
+        for entry in entries:
+            empty = False
+            yield entry
     except SourceRefused:
         raise
     except ModelShipError as exc:
@@ -122,27 +117,95 @@ def list_entries(uri: str, images: bool, settings: Settings) -> list[Entry]:
         logger.warning("could not list %s: %r", uri, exc)
         message = f"could not read {uri}: {type(exc).__name__}: {exc}"
         raise SourceRefused(message, "source_unreadable") from None
-    if not entries:
+    if empty:
         raise SourceRefused(f"{uri} holds no items", "source_empty")
-    return entries
+
+
+def _entries(uri: str, images: bool, settings: Settings) -> Iterator[Entry]:
+    # listings are not cached: s3fs keeps every object's details (about 2 KB) in its
+    # (process-wide) filesystem instance otherwise
+    options = {**storage_options(uri, settings), "use_listings_cache": False}
+    fs, path = fsspec.core.url_to_fs(uri, **options)
+    if fs.isdir(path):
+        for file in _files(fs, path):
+            yield _listed(_uri(fs, file), settings)  # links out refused
+    elif not fs.exists(path) and any(c in path for c in "*?["):
+        yield from _matching(fs, path, uri, images, settings)
+    elif not fs.exists(path):
+        raise SourceRefused(f"nothing at {uri}", "source_missing")
+    elif path.lower().endswith(".parquet"):
+        yield from _parquet(fs, path, images, settings)
+    elif images and path.lower().endswith(_MANIFESTS):
+        yield from _manifest(fs, path, settings)
+    elif images:
+        yield Entry(uri=_uri(fs, path))
+    else:
+        if (size := fs.size(path)) > settings.max_upload_bytes:
+            limit = settings.max_upload_bytes
+            raise SourceRefused(f"{size} bytes; the limit is {limit}", "file_too_large")
+        for text in parse_text_file(path, fs.cat_file(path)):
+            yield Entry(text=text)
+
+
+def _files(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[str]:
+    """The files under ``root`` (hidden ones skipped), in name order, a page or a folder
+    at a time: on S3, the pages of one listing of every key under it (a "folder" of
+    millions of keys is one); elsewhere, folder by folder (one that cannot be listed
+    refuses the source, where fsspec's ``find`` leaves it out)."""
+    if type(fs).__name__ == "S3FileSystem":
+        bucket, key, _ = fs.split_path(root)
+        prefix = f"{key.rstrip('/')}/" if key else ""
+        for page in _pages(fs, bucket, prefix):
+            yield from (f for f in page if not f.endswith("/") and not _hidden(f, root))
+        return
+    for info in sorted(fs.ls(root, detail=True), key=lambda info: info["name"]):
+        path = info["name"].rstrip("/")
+        if path == root.rstrip("/") or posixpath.basename(path).startswith("."):
+            continue
+        if info["type"] == "directory":
+            yield from _files(fs, path)
+        else:
+            yield path
+
+
+def _pages(fs: Any, bucket: str, prefix: str) -> Iterator[list[str]]:
+    """The keys under ``prefix`` (S3 lists them in key order), a page at a time."""
+    from fsspec.asyn import sync
+
+    keys = fs._iterdir(bucket, delimiter="", prefix=prefix)
+
+    async def page() -> list[str]:
+        names: list[str] = []
+        async for info in keys:
+            names.append(info["name"])
+            if len(names) == _PAGE:
+                break
+        return names
+
+    try:
+        while names := sync(fs.loop, page):
+            yield names
+    finally:
+        with contextlib.suppress(Exception):  # left early, or failed: the request ends
+            sync(fs.loop, keys.aclose)
 
 
 def _matching(
     fs: fsspec.AbstractFileSystem, pattern: str, uri: str, images: bool, settings: Settings
-) -> list[Entry]:
+) -> Iterator[Entry]:
     """A pattern's files, as a folder's (one not allowed fails alone), and the files of
     the folders it matches."""
-    entries: list[Entry] = []
+    found = False
     for path in sorted(fs.glob(pattern)):
         if posixpath.basename(path.rstrip("/")).startswith("."):
             continue  # hidden, as in a folder
+        found = True
         if fs.isdir(path):
-            entries += list_entries(_uri(fs, path), images, settings)
+            yield from _entries(_uri(fs, path), images, settings)
         else:
-            entries.append(_listed(_uri(fs, path), settings))
-    if not entries:
+            yield _listed(_uri(fs, path), settings)
+    if not found:
         raise SourceRefused(f"nothing matches {uri}", "source_missing")
-    return entries
 
 
 def read_entry(
@@ -237,7 +300,7 @@ def _unread(uri: str, reason: str) -> BatchItem:
     )
 
 
-def _manifest(fs: fsspec.AbstractFileSystem, path: str, settings: Settings) -> list[Entry]:
+def _manifest(fs: fsspec.AbstractFileSystem, path: str, settings: Settings) -> Iterator[Entry]:
     content = fs.cat_file(path).decode("utf-8-sig")
     lower = path.lower()
     if lower.endswith(".csv"):
@@ -251,12 +314,12 @@ def _manifest(fs: fsspec.AbstractFileSystem, path: str, settings: Settings) -> l
     else:
         names = [line.strip() for line in content.splitlines() if line.strip()]
     folder = _uri(fs, posixpath.dirname(path))
-    return [_listed(_join(folder, name), settings) for name in names if name]
+    return (_listed(_join(folder, name), settings) for name in names if name)
 
 
 def _parquet(
     fs: fsspec.AbstractFileSystem, path: str, images: bool, settings: Settings
-) -> list[Entry]:
+) -> Iterator[Entry]:
     import pyarrow.parquet as pq
 
     column = "path" if images else "text"
@@ -266,9 +329,9 @@ def _parquet(
         raise InvalidInput(f"the parquet file needs a {column!r} column", "invalid_manifest")
     values = [value or "" for value in table.column(column).to_pylist()]
     if not images:
-        return [Entry(text=str(value)) for value in values]
+        return (Entry(text=str(value)) for value in values)
     folder = _uri(fs, posixpath.dirname(path))
-    return [_listed(_join(folder, str(value)), settings) for value in values if value]
+    return (_listed(_join(folder, str(value)), settings) for value in values if value)
 
 
 def _listed(uri: str, settings: Settings) -> Entry:

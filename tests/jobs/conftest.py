@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -48,6 +49,21 @@ def texts(count: int, distinct: int, seed: str = "") -> list[str]:
     """``count`` review-like texts, ``distinct`` of them different (the rest repeat)."""
     pool = [f"{_KINDS[i % len(_KINDS)]} (order {seed}{i})" for i in range(distinct)]
     return [pool[i % distinct] for i in range(count)]
+
+
+def unlistable(folder: Path) -> None:
+    """A folder under ``folder`` whose listing fails, even for root: folders nested past
+    the longest path the kernel takes (made relative to each other's descriptors), so
+    listing the deepest by its path fails with ENAMETOOLONG."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        for _ in range(os.pathconf(folder, "PC_PATH_MAX") // 250 + 1):
+            os.mkdir("d" * 250, dir_fd=fd)
+            inner = os.open("d" * 250, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture(scope="session")

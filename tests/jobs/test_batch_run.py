@@ -206,7 +206,8 @@ async def test_a_glob_source_lists_what_it_matches(
     )
     run = await BatchRun.start(services, MODELS, batch_settings, request)
     await run.finish()
-    assert [entry.uri for entry in run.entries] == [str(folder / "a.txt"), str(folder / "b.txt")]
+    listed = [entry.uri for chunk in run.listing for entry in chunk]
+    assert listed == [str(folder / "a.txt"), str(folder / "b.txt")]
     nothing = BatchRequest(
         project=f"glob-{uuid.uuid4().hex[:6]}", source=f"{folder}/*.xml", model=MINILM.name
     )

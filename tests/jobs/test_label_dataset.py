@@ -29,6 +29,8 @@ from modelship.core.messages import ItemOptions
 from modelship.core.records import ExportFormat, ItemState, Job
 from modelship.core.settings import Settings
 from modelship.http.app import create_api
+from modelship.service import batch as batch_module
+from modelship.service import datasets as datasets_module
 from modelship.service.batch import BatchRequest, BatchRun
 from modelship.service.labeling import LocalLabeler
 from modelship.service.runner import item_options
@@ -36,7 +38,7 @@ from modelship.service.workflow import Workflow
 from storage.jobs import JobStore
 from storage.services import Services
 from tests.conftest import DATA, EFFICIENTNET, MINILM, REDIS_URL
-from tests.jobs.conftest import BAD_IMAGES, GOOD_IMAGES, Datasets, texts
+from tests.jobs.conftest import BAD_IMAGES, GOOD_IMAGES, Datasets, texts, unlistable
 from tests.sentry_receiver import SentryReceiver, message
 from tests.unit.flow import assert_same_labels, job_results
 
@@ -393,19 +395,68 @@ async def test_images_the_object_store_cannot_take_fail_with_its_reason(
     assert sorted(reasons) == sorted(set(BAD_IMAGES.values()) - {"corrupt_image"})
 
 
+async def test_a_listing_that_fails_after_the_job_began_fails_the_run_with_its_reason(
+    tmp_path: Path,
+    batch_settings: Settings,
+    services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Listed two entries at a time, a source whose second chunk cannot be listed: the
+    run fails (exit 1, error tracking), and the job shows why as a failed item. Without
+    it, the job would succeed on the entries listed so far, the rest in no count."""
+    monkeypatch.setattr(batch_module, "LIST_CHUNK", 2)
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for name in ["a.txt", "b.txt", "c.txt"]:
+        (folder / name).write_text(f"the text of {name}\n")
+    unlistable(folder)  # listed after c.txt, in the second chunk
+    settings = batch_settings.model_copy(update={"batch_allowed_prefixes": [str(tmp_path)]})
+    project = f"unlistable-{uuid.uuid4().hex[:6]}"
+    with pytest.raises(ModelShipError) as failed:
+        await run(settings, project, folder, MINILM)
+    assert failed.value.status == 500 and failed.value.code == "source_unreadable"
+    assert "the listing stopped after 2 entries" in failed.value.message
+    async with services.db.connection() as conn:
+        items = await conn.fetch(
+            "SELECT ji.state, ji.error, i.filename FROM job_items ji"
+            " JOIN items i ON i.id = ji.item_id JOIN projects p ON p.id = i.project_id"
+            " WHERE p.name = $1 ORDER BY i.filename",
+            project,
+        )
+    [listing] = [i for i in items if i["filename"] == str(folder)]
+    assert listing["state"] == "failed" and "File name too long" in listing["error"]
+    assert listing["error"].startswith("source_unreadable: the listing stopped after 2 entries")
+    assert sorted(i["filename"] for i in items if i is not listing) == [
+        str(folder / "a.txt"), str(folder / "b.txt")
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("protocol", ["s3", "gs"])
 async def test_a_bucket_dataset_labeled_and_exported(
-    serve_cluster: int, batch_settings: Settings, protocol: str, request: pytest.FixtureRequest
+    serve_cluster: int,
+    batch_settings: Settings,
+    protocol: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Images read from a bucket and stored in an object store on the same service (S3:
     moto; GCS: gcp-storage-emulator), under content keys; the export written at the end,
-    as ``--export`` asks."""
+    as ``--export`` asks. Listed, read and added in chunks of two entries (S3: listing
+    pages of one key), as a dataset of millions of files is."""
+    monkeypatch.setattr(batch_module, "LIST_CHUNK", 2)
+    monkeypatch.setattr(datasets_module, "_PAGE", 1)
     options = request.getfixturevalue("s3_options" if protocol == "s3" else "gcs_options")
     fs = fsspec.filesystem(protocol, **options)
     folder = f"labels/datasets/{uuid.uuid4().hex[:8]}"
-    for name in ["cat.jpg", "coffee.jpg"]:
-        fs.pipe_file(f"{folder}/{name}", (DATA / name).read_bytes())
-    fs.pipe_file(f"{folder}/again.jpg", (DATA / "cat.jpg").read_bytes())
+    files = {
+        "cat.jpg": "cat.jpg",
+        "coffee.jpg": "coffee.jpg",
+        "again.jpg": "cat.jpg",  # one item
+        "sub/astronaut.jpg": "astronaut.jpg",
+        ".hidden.jpg": "cat_small.png",  # not listed
+    }
+    for key, name in files.items():
+        fs.pipe_file(f"{folder}/{key}", (DATA / name).read_bytes())
     settings = batch_settings.model_copy(
         update={
             "object_store_url": f"{protocol}://labels/objects",
@@ -421,12 +472,11 @@ async def test_a_bucket_dataset_labeled_and_exported(
         export_all=True,
     )
     job = await label_dataset(batch, MODELS, settings)
-    assert job.status == "succeeded" and job.total_items == 2
-    assert job.counts[ItemState.succeeded] == 2
+    assert job.status == "succeeded" and job.total_items == 3
+    assert job.counts[ItemState.succeeded] == 3
     stored = sorted(fs.glob(f"labels/objects/default/{job.project_id}/*.jpg"))
-    digests = sorted(
-        hashlib.sha256((DATA / n).read_bytes()).hexdigest()[:32] for n in ["cat.jpg", "coffee.jpg"]
-    )
+    names = ["cat.jpg", "coffee.jpg", "astronaut.jpg"]
+    digests = sorted(hashlib.sha256((DATA / n).read_bytes()).hexdigest()[:32] for n in names)
     assert [Path(key).stem for key in stored] == digests
     services = Services.from_settings(settings)
     try:
@@ -435,8 +485,8 @@ async def test_a_bucket_dataset_labeled_and_exported(
                 "SELECT status, row_count, object_key FROM exports WHERE project_id = $1",
                 job.project_id,
             )
-        assert export["status"] == "succeeded" and export["row_count"] == 2
+        assert export["status"] == "succeeded" and export["row_count"] == 3
         csv_text = (await services.objects.get(export["object_key"])).decode()
-        assert csv_text.count("\n") == 3  # a header and a row per item
+        assert csv_text.count("\n") == 4  # a header and a row per item
     finally:
         await services.close()

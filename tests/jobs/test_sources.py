@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from modelship.core.settings import Settings
+from modelship.service import datasets
 from modelship.service.datasets import (
     Entry,
     SourceRefused,
@@ -24,8 +25,13 @@ from modelship.service.datasets import (
     read_entry,
 )
 from tests.conftest import DATA
+from tests.jobs.conftest import unlistable
 
 PROJECT = uuid.uuid4()
+
+
+def listed(uri: str, images: bool, settings: Settings) -> list[Entry]:
+    return list(list_entries(uri, images, settings))
 
 
 @pytest.fixture
@@ -66,17 +72,17 @@ def test_a_folder_of_text_files_and_an_image_manifest(root: Path, settings: Sett
     (root / "texts").mkdir()
     (root / "texts" / "a.txt").write_text("one\ntwo\n")
     (root / "texts" / ".hidden.txt").write_text("never\n")
-    assert list_entries(str(root / "texts"), False, settings) == [
+    assert listed(str(root / "texts"), False, settings) == [
         Entry(uri=str(root / "texts" / "a.txt"))
     ]
     (root / "texts" / "b.txt").symlink_to("/etc/passwd")  # was read, line by line
     link = str(root / "texts" / "b.txt")
-    assert list_entries(str(root / "texts"), False, settings)[1] == Entry(
+    assert listed(str(root / "texts"), False, settings)[1] == Entry(
         uri=link, error=f"source_not_allowed: {link} is outside the allowed prefixes"
     )
     manifest = root / "images.jsonl"
     manifest.write_text(json.dumps({"path": "cat.jpg"}) + "\n" + json.dumps("/etc/hosts") + "\n")
-    assert list_entries(str(manifest), True, settings) == [
+    assert listed(str(manifest), True, settings) == [
         Entry(uri=f"{root}/cat.jpg"),
         Entry(
             uri="/etc/hosts", error="source_not_allowed: /etc/hosts is outside the allowed prefixes"
@@ -84,19 +90,19 @@ def test_a_folder_of_text_files_and_an_image_manifest(root: Path, settings: Sett
     ]
     csv_manifest = root / "images.csv"
     csv_manifest.write_text("path,split\nsub/dog.png,train\n")
-    assert list_entries(str(csv_manifest), True, settings) == [Entry(uri=f"{root}/sub/dog.png")]
+    assert listed(str(csv_manifest), True, settings) == [Entry(uri=f"{root}/sub/dog.png")]
 
 
 def test_parquet_sources(root: Path, settings: Settings) -> None:
     pq.write_table(pa.table({"text": ["a review", "another"]}), root / "texts.parquet")
-    assert list_entries(str(root / "texts.parquet"), False, settings) == [
+    assert listed(str(root / "texts.parquet"), False, settings) == [
         Entry(text="a review"),
         Entry(text="another"),
     ]
     pq.write_table(pa.table({"path": ["x.jpg"]}), root / "paths.parquet")
-    assert list_entries(str(root / "paths.parquet"), True, settings) == [Entry(uri=f"{root}/x.jpg")]
+    assert listed(str(root / "paths.parquet"), True, settings) == [Entry(uri=f"{root}/x.jpg")]
     with pytest.raises(SourceRefused) as refused:
-        list_entries(str(root / "paths.parquet"), False, settings)
+        listed(str(root / "paths.parquet"), False, settings)
     assert refused.value.code == "invalid_manifest"
 
 
@@ -118,7 +124,7 @@ def test_sources_refused(root: Path, settings: Settings, source: str, code: str)
     if source == "big.txt":
         settings = settings.model_copy(update={"max_upload_bytes": 100})
     with pytest.raises(SourceRefused) as refused:
-        list_entries(uri, False, settings)
+        listed(uri, False, settings)
     assert refused.value.code == code
 
 
@@ -135,15 +141,53 @@ def test_a_gcs_folder_and_manifest_are_listed_and_read(gcs_options: dict[str, An
     fs.pipe(f"{folder}/images/cat.jpg", (DATA / "cat.jpg").read_bytes())
     fs.pipe(f"{folder}/manifest.jsonl", b'{"path": "images/cat.jpg"}\n"gs://labels/secret.jpg"\n')
     cat = f"gs://{folder}/images/cat.jpg"
-    assert list_entries(f"gs://{folder}/images/", True, settings) == [Entry(uri=cat)]
-    listed = list_entries(f"gs://{folder}/manifest.jsonl", True, settings)
-    assert listed[0] == Entry(uri=cat)
-    assert listed[1].error is not None and listed[1].error.startswith("source_not_allowed")
+    assert listed(f"gs://{folder}/images/", True, settings) == [Entry(uri=cat)]
+    found = listed(f"gs://{folder}/manifest.jsonl", True, settings)
+    assert found[0] == Entry(uri=cat)
+    assert found[1].error is not None and found[1].error.startswith("source_not_allowed")
     [(image, data)] = read_entry(Entry(uri=cat), True, settings, "t", PROJECT)
     assert data == (DATA / "cat.jpg").read_bytes() and image.error is None
     with pytest.raises(SourceRefused) as refused:
-        list_entries(f"gs://{folder}/nothing/", True, settings)
+        listed(f"gs://{folder}/nothing/", True, settings)
     assert refused.value.code == "source_missing"
+
+
+def test_an_s3_folder_is_listed_a_page_at_a_time_and_kept_nowhere(
+    s3_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every key under the prefix, nested or not, in key order, hidden ones and folder
+    placeholders skipped, across listing pages. s3fs's ``find`` held every key's details
+    (about 2 KB each) at once and kept them in its process-wide filesystem."""
+    monkeypatch.setattr(datasets, "_PAGE", 2)
+    settings = Settings(
+        object_store_url="s3://labels/objects",
+        object_store_options=s3_options,
+        batch_allowed_prefixes=["s3://labels/datasets"],
+    )
+    folder = f"labels/datasets/{uuid.uuid4().hex}"
+    keys = ["b.jpg", "a/z.jpg", "a/.hidden/x.jpg", ".DS_Store", "c/d/e.jpg", "a.jpg", "empty/"]
+    fs = fsspec.filesystem("s3", **s3_options)
+    for key in keys:
+        fs.pipe(f"{folder}/{key}", b"" if key.endswith("/") else b"x")
+    found = listed(f"s3://{folder}", True, settings)
+    expected = ["a.jpg", "a/z.jpg", "b.jpg", "c/d/e.jpg"]
+    assert found == [Entry(uri=f"s3://{folder}/{key}") for key in expected]
+    options = datasets.storage_options(f"s3://{folder}", settings)
+    for cached in [{}, {"use_listings_cache": False}]:  # the instances listings may use
+        instance, _ = fsspec.core.url_to_fs(f"s3://{folder}", **options, **cached)
+        assert not [path for path in instance.dircache if path.startswith(folder)]
+
+
+def test_a_folder_that_cannot_be_listed_refuses_the_source(root: Path, settings: Settings) -> None:
+    """A subfolder whose listing fails refuses the source, with the reason. fsspec's
+    ``find`` left such a folder out, and its files with it, saying nothing."""
+    (root / "texts").mkdir()
+    (root / "texts" / "a.txt").write_text("one\n")
+    unlistable(root / "texts")
+    with pytest.raises(SourceRefused) as refused:
+        listed(str(root / "texts"), False, settings)
+    assert refused.value.code == "source_unreadable"
+    assert "File name too long" in refused.value.message
 
 
 def test_a_bucket_that_never_answers_refuses_the_source_within_seconds(tmp_path: Path) -> None:
@@ -167,7 +211,7 @@ def test_a_bucket_that_never_answers_refuses_the_source_within_seconds(tmp_path:
         )
         started = time.monotonic()
         with pytest.raises(SourceRefused) as refused:
-            list_entries("s3://labels/datasets/images/", True, settings)
+            listed("s3://labels/datasets/images/", True, settings)
         assert refused.value.code == "source_unreadable"
         assert time.monotonic() - started < 15
 
