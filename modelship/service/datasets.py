@@ -301,37 +301,43 @@ def _unread(uri: str, reason: str) -> BatchItem:
 
 
 def _manifest(fs: fsspec.AbstractFileSystem, path: str, settings: Settings) -> Iterator[Entry]:
-    content = fs.cat_file(path).decode("utf-8-sig")
-    lower = path.lower()
-    if lower.endswith(".csv"):
-        reader = csv.DictReader(io.StringIO(content))
-        if "path" not in (reader.fieldnames or []):
-            raise InvalidInput("a CSV manifest needs a 'path' column", "invalid_manifest")
-        names = [row["path"] for row in reader if row.get("path")]
-    elif lower.endswith((".jsonl", ".ndjson")):
-        rows = [json.loads(line) for line in content.splitlines() if line.strip()]
-        names = [row.get("path", "") if isinstance(row, dict) else str(row) for row in rows]
-    else:
-        names = [line.strip() for line in content.splitlines() if line.strip()]
+    """A manifest's files, read a line at a time."""
     folder = _uri(fs, posixpath.dirname(path))
-    return (_listed(_join(folder, name), settings) for name in names if name)
+    lower = path.lower()
+    with fs.open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig") as text:
+        names: Iterator[str]
+        if lower.endswith(".csv"):
+            reader = csv.DictReader(text)
+            if "path" not in (reader.fieldnames or []):
+                raise InvalidInput("a CSV manifest needs a 'path' column", "invalid_manifest")
+            names = (row["path"] for row in reader if row.get("path"))
+        elif lower.endswith((".jsonl", ".ndjson")):
+            rows = (json.loads(line) for line in text if line.strip())
+            names = (row.get("path", "") if isinstance(row, dict) else str(row) for row in rows)
+        else:
+            names = (line.strip() for line in text)
+        for name in names:
+            if name:
+                yield _listed(_join(folder, name), settings)
 
 
 def _parquet(
     fs: fsspec.AbstractFileSystem, path: str, images: bool, settings: Settings
 ) -> Iterator[Entry]:
+    """A parquet file's paths or texts, read a batch of its one column at a time."""
     import pyarrow.parquet as pq
 
     column = "path" if images else "text"
-    with fs.open(path, "rb") as file:
-        table = pq.read_table(file)
-    if column not in table.column_names:
-        raise InvalidInput(f"the parquet file needs a {column!r} column", "invalid_manifest")
-    values = [value or "" for value in table.column(column).to_pylist()]
-    if not images:
-        return (Entry(text=str(value)) for value in values)
     folder = _uri(fs, posixpath.dirname(path))
-    return (_listed(_join(folder, str(value)), settings) for value in values if value)
+    with fs.open(path, "rb") as file, pq.ParquetFile(file) as table:
+        if column not in table.schema_arrow.names:
+            raise InvalidInput(f"the parquet file needs a {column!r} column", "invalid_manifest")
+        for batch in table.iter_batches(batch_size=_PAGE, columns=[column]):
+            for value in batch.column(0).to_pylist():
+                if not images:
+                    yield Entry(text=str(value or ""))
+                elif value:
+                    yield _listed(_join(folder, str(value)), settings)
 
 
 def _listed(uri: str, settings: Settings) -> Entry:

@@ -93,6 +93,19 @@ def test_a_folder_of_text_files_and_an_image_manifest(root: Path, settings: Sett
     assert listed(str(csv_manifest), True, settings) == [Entry(uri=f"{root}/sub/dog.png")]
 
 
+def test_a_manifest_is_read_as_it_is_listed(root: Path, settings: Settings) -> None:
+    """Entries come before the whole manifest is read: a line that does not parse fails
+    where it is, after the entries before it. The whole file was read and held first."""
+    manifest = root / "images.jsonl"
+    manifest.write_text('"a.jpg"\n"b.jpg"\n{"path": \n')
+    entries = list_entries(str(manifest), True, settings)
+    assert next(entries) == Entry(uri=f"{root}/a.jpg")
+    assert next(entries) == Entry(uri=f"{root}/b.jpg")
+    with pytest.raises(SourceRefused) as refused:
+        next(entries)
+    assert refused.value.code == "source_unreadable" and "JSONDecodeError" in str(refused.value)
+
+
 def test_parquet_sources(root: Path, settings: Settings) -> None:
     pq.write_table(pa.table({"text": ["a review", "another"]}), root / "texts.parquet")
     assert listed(str(root / "texts.parquet"), False, settings) == [
