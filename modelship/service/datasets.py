@@ -29,6 +29,7 @@ from typing import Any
 from uuid import UUID
 
 import fsspec
+from fsspec.asyn import sync
 from fsspec.implementations.local import LocalFileSystem
 
 from modelship.core.errors import InvalidInput, ModelShipError
@@ -39,7 +40,7 @@ from storage.objects import bounded_options
 
 _MANIFESTS = (".txt", ".jsonl", ".ndjson", ".csv")
 _TEXT = "text/plain"
-_PAGE = 1000  # keys an S3 listing page holds
+_PAGE = 1000  # keys a page of an S3 or GCS listing holds (their most)
 
 logger = logging.getLogger("modelship.batch")
 
@@ -149,13 +150,11 @@ def _entries(uri: str, images: bool, settings: Settings) -> Iterator[Entry]:
 
 def _files(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[str]:
     """The files under ``root`` (hidden ones skipped), in name order, a page or a folder
-    at a time: on S3, the pages of one listing of every key under it (a "folder" of
-    millions of keys is one); elsewhere, folder by folder (one that cannot be listed
+    at a time: on S3 and GCS, the pages of one listing of every key under it (a "folder"
+    of millions of keys is one); elsewhere, folder by folder (one that cannot be listed
     refuses the source, where fsspec's ``find`` leaves it out)."""
-    if type(fs).__name__ == "S3FileSystem":
-        bucket, key, _ = fs.split_path(root)
-        prefix = f"{key.rstrip('/')}/" if key else ""
-        for page in _pages(fs, bucket, prefix):
+    if _service(fs) in ("s3", "gs"):
+        for page in _pages(fs, root):
             yield from (f for f in page if not f.endswith("/") and not _hidden(f, root))
         return
     for info in sorted(fs.ls(root, detail=True), key=lambda info: info["name"]):
@@ -168,10 +167,38 @@ def _files(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[str]:
             yield path
 
 
-def _pages(fs: Any, bucket: str, prefix: str) -> Iterator[list[str]]:
-    """The keys under ``prefix`` (S3 lists them in key order), a page at a time."""
-    from fsspec.asyn import sync
+def _service(fs: fsspec.AbstractFileSystem) -> str:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "s3" if "s3" in protocols else "gs" if "gs" in protocols else protocols[0]
 
+
+def _pages(fs: Any, root: str) -> Iterator[list[str]]:
+    """The keys under ``root``, a page at a time, as the service lists them: in key order,
+    with no folders (S3's ListObjectsV2, GCS's objects.list, each without a delimiter)."""
+    bucket, key, _ = fs.split_path(root)
+    prefix = f"{key.rstrip('/')}/" if key else ""
+    if _service(fs) == "gs":
+        return _gcs_pages(fs, bucket, prefix)
+    return _s3_pages(fs, bucket, prefix)
+
+
+def _gcs_pages(fs: Any, bucket: str, prefix: str) -> Iterator[list[str]]:
+    token = None
+    while True:
+        page = sync(
+            fs.loop,
+            fs._call_list_objects,
+            bucket,
+            prefix=prefix or None,
+            maxResults=_PAGE,
+            pageToken=token,
+        )
+        yield [f"{bucket}/{item['name']}" for item in page.get("items", [])]
+        if (token := page.get("nextPageToken")) is None:
+            return
+
+
+def _s3_pages(fs: Any, bucket: str, prefix: str) -> Iterator[list[str]]:
     keys = fs._iterdir(bucket, delimiter="", prefix=prefix)
 
     async def page() -> list[str]:

@@ -165,29 +165,33 @@ def test_a_gcs_folder_and_manifest_are_listed_and_read(gcs_options: dict[str, An
     assert refused.value.code == "source_missing"
 
 
-def test_an_s3_folder_is_listed_a_page_at_a_time_and_kept_nowhere(
-    s3_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("protocol", ["s3", "gs"])
+def test_a_bucket_folder_is_listed_a_page_at_a_time_and_kept_nowhere(
+    protocol: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every key under the prefix, nested or not, in key order, hidden ones and folder
-    placeholders skipped, across listing pages. s3fs's ``find`` held every key's details
-    (about 2 KB each) at once and kept them in its process-wide filesystem."""
+    placeholders skipped, across listing pages (S3: moto; GCS: gcp-storage-emulator,
+    which answers one page whatever the page size asks).
+    s3fs's ``find`` held every key's details (about 1.4 KB each) at once and kept them in
+    its process-wide filesystem; gcsfs's ``ls``, a folder's."""
     monkeypatch.setattr(datasets, "_PAGE", 2)
+    options = request.getfixturevalue("s3_options" if protocol == "s3" else "gcs_options")
     settings = Settings(
-        object_store_url="s3://labels/objects",
-        object_store_options=s3_options,
-        batch_allowed_prefixes=["s3://labels/datasets"],
+        object_store_url=f"{protocol}://labels/objects",
+        object_store_options=options,
+        batch_allowed_prefixes=[f"{protocol}://labels/datasets"],
     )
     folder = f"labels/datasets/{uuid.uuid4().hex}"
     keys = ["b.jpg", "a/z.jpg", "a/.hidden/x.jpg", ".DS_Store", "c/d/e.jpg", "a.jpg", "empty/"]
-    fs = fsspec.filesystem("s3", **s3_options)
+    fs = fsspec.filesystem(protocol, **options)
     for key in keys:
         fs.pipe(f"{folder}/{key}", b"" if key.endswith("/") else b"x")
-    found = listed(f"s3://{folder}", True, settings)
+    found = listed(f"{protocol}://{folder}", True, settings)
     expected = ["a.jpg", "a/z.jpg", "b.jpg", "c/d/e.jpg"]
-    assert found == [Entry(uri=f"s3://{folder}/{key}") for key in expected]
-    options = datasets.storage_options(f"s3://{folder}", settings)
+    assert found == [Entry(uri=f"{protocol}://{folder}/{key}") for key in expected]
+    uri_options = datasets.storage_options(f"{protocol}://{folder}", settings)
     for cached in [{}, {"use_listings_cache": False}]:  # the instances listings may use
-        instance, _ = fsspec.core.url_to_fs(f"s3://{folder}", **options, **cached)
+        instance, _ = fsspec.core.url_to_fs(f"{protocol}://{folder}", **uri_options, **cached)
         assert not [path for path in instance.dircache if path.startswith(folder)]
 
 
