@@ -18,11 +18,13 @@ import contextlib
 import csv
 import hashlib
 import io
+import itertools
 import json
 import logging
 import mimetypes
 import os
 import posixpath
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,7 @@ from uuid import UUID
 import fsspec
 from fsspec.asyn import sync
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.utils import glob_translate
 
 from modelship.core.errors import InvalidInput, ModelShipError
 from modelship.core.inputs import parse_text_file, read_image_header
@@ -154,8 +157,7 @@ def _files(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[str]:
     of millions of keys is one); elsewhere, folder by folder (one that cannot be listed
     refuses the source, where fsspec's ``find`` leaves it out)."""
     if _service(fs) in ("s3", "gs"):
-        for page in _pages(fs, root):
-            yield from (f for f in page if not f.endswith("/") and not _hidden(f, root))
+        yield from _keys(fs, f"{root.rstrip('/')}/", root)
         return
     for info in sorted(fs.ls(root, detail=True), key=lambda info: info["name"]):
         path = info["name"].rstrip("/")
@@ -172,14 +174,14 @@ def _service(fs: fsspec.AbstractFileSystem) -> str:
     return "s3" if "s3" in protocols else "gs" if "gs" in protocols else protocols[0]
 
 
-def _pages(fs: Any, root: str) -> Iterator[list[str]]:
-    """The keys under ``root``, a page at a time, as the service lists them: in key order,
-    with no folders (S3's ListObjectsV2, GCS's objects.list, each without a delimiter)."""
-    bucket, key, _ = fs.split_path(root)
-    prefix = f"{key.rstrip('/')}/" if key else ""
-    if _service(fs) == "gs":
-        return _gcs_pages(fs, bucket, prefix)
-    return _s3_pages(fs, bucket, prefix)
+def _keys(fs: Any, prefix: str, root: str) -> Iterator[str]:
+    """The keys starting with ``prefix`` (``bucket/key...``), in key order, hidden ones
+    under ``root`` skipped, from one listing with no delimiter (S3's ListObjectsV2, GCS's
+    objects.list) a page at a time."""
+    bucket, _, key = prefix.partition("/")
+    pages = _gcs_pages if _service(fs) == "gs" else _s3_pages
+    for page in pages(fs, bucket, key):
+        yield from (k for k in page if not k.endswith("/") and not _hidden(k, root))
 
 
 def _gcs_pages(fs: Any, bucket: str, prefix: str) -> Iterator[list[str]]:
@@ -222,17 +224,43 @@ def _matching(
 ) -> Iterator[Entry]:
     """A pattern's files, as a folder's (one not allowed fails alone), and the files of
     the folders it matches."""
+    literal = pattern[: min(i for c in "*?[" if (i := pattern.find(c)) >= 0)]
+    if _service(fs) in ("s3", "gs") and "/" in literal:
+        entries = _matching_keys(fs, pattern, literal, settings)
+    else:
+        entries = _matching_paths(fs, pattern, images, settings)
     found = False
+    for entry in entries:
+        found = True
+        yield entry
+    if not found:
+        raise SourceRefused(f"nothing matches {uri}", "source_missing")
+
+
+def _matching_keys(
+    fs: fsspec.AbstractFileSystem, pattern: str, literal: str, settings: Settings
+) -> Iterator[Entry]:
+    """On S3 and GCS, the keys starting with the pattern's part before its first wildcard,
+    listed a page at a time and matched here (fsspec's ``glob`` holds every match's
+    details at once): a key matches, or a folder it is in does."""
+    match = re.compile(glob_translate(pattern.rstrip("/"))).match
+    base = posixpath.dirname(literal)
+    for key in _keys(fs, literal, base):
+        folders = itertools.accumulate(key[len(base) + 1 :].split("/"), posixpath.join)
+        if any(match(f"{base}/{folder}") for folder in folders):
+            yield _listed(_uri(fs, key), settings)
+
+
+def _matching_paths(
+    fs: fsspec.AbstractFileSystem, pattern: str, images: bool, settings: Settings
+) -> Iterator[Entry]:
     for path in sorted(fs.glob(pattern)):
         if posixpath.basename(path.rstrip("/")).startswith("."):
             continue  # hidden, as in a folder
-        found = True
         if fs.isdir(path):
             yield from _entries(_uri(fs, path), images, settings)
         else:
             yield _listed(_uri(fs, path), settings)
-    if not found:
-        raise SourceRefused(f"nothing matches {uri}", "source_missing")
 
 
 def read_entry(

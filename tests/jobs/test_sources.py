@@ -169,11 +169,12 @@ def test_a_gcs_folder_and_manifest_are_listed_and_read(gcs_options: dict[str, An
 def test_a_bucket_folder_is_listed_a_page_at_a_time_and_kept_nowhere(
     protocol: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every key under the prefix, nested or not, in key order, hidden ones and folder
-    placeholders skipped, across listing pages (S3: moto; GCS: gcp-storage-emulator,
-    which answers one page whatever the page size asks).
+    """Every key under the prefix, nested or not, or matching a glob, in key order, hidden
+    ones and folder placeholders skipped, across listing pages (S3: moto; GCS:
+    gcp-storage-emulator, which answers one page whatever the page size asks).
     s3fs's ``find`` held every key's details (about 1.4 KB each) at once and kept them in
-    its process-wide filesystem; gcsfs's ``ls``, a folder's."""
+    its process-wide filesystem; gcsfs's ``ls``, a folder's; fsspec's ``glob``, every
+    match's."""
     monkeypatch.setattr(datasets, "_PAGE", 2)
     options = request.getfixturevalue("s3_options" if protocol == "s3" else "gcs_options")
     settings = Settings(
@@ -186,9 +187,19 @@ def test_a_bucket_folder_is_listed_a_page_at_a_time_and_kept_nowhere(
     fs = fsspec.filesystem(protocol, **options)
     for key in keys:
         fs.pipe(f"{folder}/{key}", b"" if key.endswith("/") else b"x")
-    found = listed(f"{protocol}://{folder}", True, settings)
-    expected = ["a.jpg", "a/z.jpg", "b.jpg", "c/d/e.jpg"]
-    assert found == [Entry(uri=f"{protocol}://{folder}/{key}") for key in expected]
+    patterns = {
+        "": ["a.jpg", "a/z.jpg", "b.jpg", "c/d/e.jpg"],  # the folder
+        "/*.jpg": ["a.jpg", "b.jpg"],
+        "/[ac]*": ["a.jpg", "a/z.jpg", "c/d/e.jpg"],  # a folder that matches: its files
+        "/**/e.jpg": ["c/d/e.jpg"],
+        "/c/?/*": ["c/d/e.jpg"],
+    }
+    for pattern, expected in patterns.items():
+        found = listed(f"{protocol}://{folder}{pattern}", True, settings)
+        assert found == [Entry(uri=f"{protocol}://{folder}/{key}") for key in expected], pattern
+    with pytest.raises(SourceRefused) as refused:
+        listed(f"{protocol}://{folder}/*.png", True, settings)
+    assert refused.value.code == "source_missing"
     uri_options = datasets.storage_options(f"{protocol}://{folder}", settings)
     for cached in [{}, {"use_listings_cache": False}]:  # the instances listings may use
         instance, _ = fsspec.core.url_to_fs(f"{protocol}://{folder}", **uri_options, **cached)
