@@ -126,7 +126,7 @@ def _refusing(uri: str, entries: Iterator[Entry]) -> Iterator[Entry]:
 
 
 def _entries(uri: str, images: bool, settings: Settings) -> Iterator[Entry]:
-    # listings are not cached: s3fs keeps every object's details (about 1.2 KB) in its
+    # listings are not cached: s3fs keeps every object's details (about 1 KB) in its
     # (process-wide) filesystem instance otherwise
     options = {**storage_options(uri, settings), "use_listings_cache": False}
     fs, path = fsspec.core.url_to_fs(uri, **options)

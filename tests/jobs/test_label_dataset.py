@@ -441,7 +441,7 @@ async def test_a_bucket_dataset_labeled_and_exported(
 ) -> None:
     """Images read from a bucket and stored in an object store on the same service (S3:
     moto; GCS: gcp-storage-emulator), under content keys; the export written at the end,
-    as ``--export`` asks. Listed, read and added in chunks of two entries (S3: listing
+    as ``--export`` asks. Listed, read and added in chunks of two entries (listing
     pages of one key), as a dataset of millions of files is."""
     monkeypatch.setattr(batch_module, "LIST_CHUNK", 2)
     monkeypatch.setattr(datasets_module, "_PAGE", 1)

@@ -172,7 +172,7 @@ def test_a_bucket_folder_is_listed_a_page_at_a_time_and_kept_nowhere(
     """Every key under the prefix, nested or not, or matching a glob, in key order, hidden
     ones and folder placeholders skipped, across listing pages (S3: moto; GCS:
     gcp-storage-emulator, which answers one page whatever the page size asks).
-    s3fs's ``find`` held every key's details (about 1.4 KB each) at once and kept them in
+    s3fs's ``find`` held every key's details (about 1 KB each) at once and kept them in
     its process-wide filesystem; gcsfs's ``ls``, a folder's; fsspec's ``glob``, every
     match's."""
     monkeypatch.setattr(datasets, "_PAGE", 2)
