@@ -21,11 +21,12 @@ import io
 import itertools
 import json
 import logging
+import math
 import mimetypes
 import os
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -46,6 +47,7 @@ _TEXT = "text/plain"
 _PAGE = 1000  # keys a page of an S3 or GCS listing holds (their most)
 
 logger = logging.getLogger("modelship.batch")
+Matcher = Callable[[str], object]  # a compiled glob's match
 
 
 class SourceRefused(InvalidInput):
@@ -77,12 +79,15 @@ def storage_options(uri: str, settings: Settings) -> dict[str, Any]:
 def allowed(uri: str, prefixes: list[str]) -> bool:
     """Whether ``uri`` lies under one of ``prefixes``, after resolving ``..`` and, for local
     paths, symbolic links (a link out of an allowed folder is outside it)."""
-    target = _normalize(uri)
-    for prefix in prefixes:
-        root = _normalize(prefix).rstrip("/")
-        if target == root or target.startswith(root + "/"):
-            return True
-    return False
+    return _within(_normalize(uri), _roots(prefixes))
+
+
+def _roots(prefixes: list[str]) -> list[str]:
+    return [_normalize(prefix).rstrip("/") for prefix in prefixes]
+
+
+def _within(target: str, roots: list[str]) -> bool:
+    return any(target == root or target.startswith(root + "/") for root in roots)
 
 
 def check_source(uri: str, settings: Settings) -> None:
@@ -130,7 +135,10 @@ def _entries(uri: str, images: bool, settings: Settings) -> Iterator[Entry]:
     # (process-wide) filesystem instance otherwise
     options = {**storage_options(uri, settings), "use_listings_cache": False}
     fs, path = fsspec.core.url_to_fs(uri, **options)
-    if fs.isdir(path):
+    local = isinstance(fs, LocalFileSystem)
+    if local and os.path.isdir(path):
+        yield from _walk(path, os.path.realpath(path), _roots(settings.batch_prefixes))
+    elif fs.isdir(path):
         for file in _files(fs, path):
             yield _listed(_uri(fs, file), settings)  # links out refused
     elif not fs.exists(path) and any(c in path for c in "*?["):
@@ -151,15 +159,52 @@ def _entries(uri: str, images: bool, settings: Settings) -> Iterator[Entry]:
             yield Entry(text=text)
 
 
+def _walk(
+    folder: str, real: str, roots: list[str], match: Matcher | None = None, depth: float = math.inf
+) -> Iterator[Entry]:
+    """The files under a local ``folder`` (whose real path is ``real``), or, given
+    ``match``, those it matches or that are in a folder it matches, at most ``depth``
+    folders down; hidden ones skipped, in path order (as a bucket lists its keys). Only
+    one folder's names are held at a time (fsspec's ``ls`` builds a dict of about 600 B
+    a file), and only links are resolved to check them against ``roots``: a link to a
+    folder out of them, or to a folder it is in, is one failed entry, never followed. A
+    folder that cannot be listed refuses the source (fsspec's ``find`` leaves it out)."""
+    folder, real = folder.rstrip("/"), real.rstrip("/")
+    names: list[str] = []
+    links: set[str] = set()
+    with os.scandir(folder or "/") as found:
+        for entry in found:
+            if not entry.name.startswith("."):
+                names.append(entry.name + "/" * entry.is_dir())  # folders sort as paths do
+                if entry.is_symlink():
+                    links.add(entry.name)
+    names.sort()
+    for name in names:
+        stem = name.rstrip("/")
+        path = f"{folder}/{stem}"
+        resolved = os.path.realpath(path) if stem in links else f"{real}/{stem}"
+        matched = match is None or match(path)
+        if not name.endswith("/") or (stem in links and not _within(resolved, roots)):
+            if matched:
+                yield _checked(path, resolved, roots)
+        elif stem in links and f"{real}/".startswith(f"{resolved.rstrip('/')}/"):
+            if matched:
+                yield Entry(uri=path, error=f"link_loop: {path} links to a folder it is in")
+        elif matched:
+            yield from _walk(path, resolved, roots)
+        elif depth > 1:
+            yield from _walk(path, resolved, roots, match, depth - 1)
+
+
 def _files(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[str]:
-    """The files under ``root`` (hidden ones skipped), in name order, a page or a folder
+    """The files under ``root`` (hidden ones skipped), in path order, a page or a folder
     at a time: on S3 and GCS, the pages of one listing of every key under it (a "folder"
     of millions of keys is one); elsewhere, folder by folder (one that cannot be listed
     refuses the source, where fsspec's ``find`` leaves it out)."""
     if _service(fs) in ("s3", "gs"):
         yield from _keys(fs, f"{root.rstrip('/')}/", root)
         return
-    for info in sorted(fs.ls(root, detail=True), key=lambda info: info["name"]):
+    for info in sorted(fs.ls(root, detail=True), key=_path_order):
         path = info["name"].rstrip("/")
         if path == root.rstrip("/") or posixpath.basename(path).startswith("."):
             continue
@@ -167,6 +212,10 @@ def _files(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[str]:
             yield from _files(fs, path)
         else:
             yield path
+
+
+def _path_order(info: dict[str, Any]) -> str:
+    return str(info["name"]) + "/" * (info["type"] == "directory")
 
 
 def _service(fs: fsspec.AbstractFileSystem) -> str:
@@ -225,8 +274,16 @@ def _matching(
     """A pattern's files, as a folder's (one not allowed fails alone), and the files of
     the folders it matches."""
     literal = pattern[: min(i for c in "*?[" if (i := pattern.find(c)) >= 0)]
-    if _service(fs) in ("s3", "gs") and "/" in literal:
-        entries = _matching_keys(fs, pattern, literal, settings)
+    match = re.compile(glob_translate(pattern.rstrip("/"))).match
+    base = posixpath.dirname(literal)
+    if isinstance(fs, LocalFileSystem):
+        below = pattern.rstrip("/")[len(base) :].strip("/").split("/")
+        depth = math.inf if "**" in pattern else len(below)
+        real = os.path.realpath(base)
+        roots = _roots(settings.batch_prefixes)
+        entries = _walk(base, real, roots, match, depth) if os.path.isdir(base) else iter(())
+    elif _service(fs) in ("s3", "gs") and "/" in literal:
+        entries = _matching_keys(fs, match, literal, settings)
     else:
         entries = _matching_paths(fs, pattern, images, settings)
     found = False
@@ -238,12 +295,11 @@ def _matching(
 
 
 def _matching_keys(
-    fs: fsspec.AbstractFileSystem, pattern: str, literal: str, settings: Settings
+    fs: fsspec.AbstractFileSystem, match: Matcher, literal: str, settings: Settings
 ) -> Iterator[Entry]:
     """On S3 and GCS, the keys starting with the pattern's part before its first wildcard,
     listed a page at a time and matched here (fsspec's ``glob`` holds every match's
     details at once): a key matches, or a folder it is in does."""
-    match = re.compile(glob_translate(pattern.rstrip("/"))).match
     base = posixpath.dirname(literal)
     for key in _keys(fs, literal, base):
         folders = itertools.accumulate(key[len(base) + 1 :].split("/"), posixpath.join)
@@ -254,10 +310,12 @@ def _matching_keys(
 def _matching_paths(
     fs: fsspec.AbstractFileSystem, pattern: str, images: bool, settings: Settings
 ) -> Iterator[Entry]:
-    for path in sorted(fs.glob(pattern)):
+    """Elsewhere, what fsspec's ``glob`` matches (every match's details at once)."""
+    for info in sorted(fs.glob(pattern, detail=True).values(), key=_path_order):
+        path = info["name"]
         if posixpath.basename(path.rstrip("/")).startswith("."):
             continue  # hidden, as in a folder
-        if fs.isdir(path):
+        if info["type"] == "directory":
             yield from _entries(_uri(fs, path), images, settings)
         else:
             yield _listed(_uri(fs, path), settings)
@@ -398,7 +456,11 @@ def _parquet(
 def _listed(uri: str, settings: Settings) -> Entry:
     """A listed or manifest entry, refused (as a failed item) when outside the allowed
     prefixes: a folder's file may be a link out of it."""
-    if allowed(uri, settings.batch_prefixes):
+    return _checked(uri, _normalize(uri), _roots(settings.batch_prefixes))
+
+
+def _checked(uri: str, resolved: str, roots: list[str]) -> Entry:
+    if _within(resolved, roots):
         return Entry(uri=uri)
     return Entry(uri=uri, error=f"source_not_allowed: {uri} is outside the allowed prefixes")
 

@@ -165,6 +165,66 @@ def test_a_gcs_folder_and_manifest_are_listed_and_read(gcs_options: dict[str, An
     assert refused.value.code == "source_missing"
 
 
+# a dataset's files (and a folder placeholder, or an empty folder), and what a source
+# lists under it (the folder, or a glob), in path order, on any filesystem
+LAYOUT = ["b.jpg", "a/z.jpg", "a/.hidden/x.jpg", ".DS_Store", "c/d/e.jpg", "a.jpg", "empty/"]
+PATTERNS = {
+    "": ["a.jpg", "a/z.jpg", "b.jpg", "c/d/e.jpg"],  # the folder
+    "/*.jpg": ["a.jpg", "b.jpg"],
+    "/[ac]*": ["a.jpg", "a/z.jpg", "c/d/e.jpg"],  # a folder that matches: its files
+    "/**/e.jpg": ["c/d/e.jpg"],
+    "/c/?/*": ["c/d/e.jpg"],
+    "/c/*": ["c/d/e.jpg"],
+}
+
+
+def test_a_local_folder_is_listed_in_path_order_as_a_bucket_is(
+    root: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """The same files in the same order as a bucket's keys, with links followed inside the
+    allowed folder; a link out of it, or to a folder it is in, is one failed entry, not
+    followed. fsspec's ``ls`` listed ``a/z.jpg`` before ``a.jpg`` and held a dict of about
+    600 B a file for a folder; its ``glob``, every match's; a link loop was followed until
+    the kernel refused the path, and a folder linked out was listed to refuse each file."""
+    for key in LAYOUT:
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        if not key.endswith("/"):
+            (root / key).write_bytes(b"x")
+    for pattern, expected in PATTERNS.items():
+        for uri in [f"{root}{pattern}", f"file://{root}{pattern}"]:
+            assert listed(uri, True, settings) == [Entry(uri=f"{root}/{key}") for key in expected]
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    (root / "c" / "out.jpg").symlink_to(tmp_path / "secret.jpg")
+    (root / "c" / "in").symlink_to(root / "a")
+    (root / "c" / "d" / "loop").symlink_to(root / "c")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "f.jpg").write_bytes(b"x")
+    (root / "c" / "away").symlink_to(tmp_path / "elsewhere")
+    out, loop, away = f"{root}/c/out.jpg", f"{root}/c/d/loop", f"{root}/c/away"
+    assert listed(f"{root}/c", True, settings) == [
+        Entry(uri=away, error=f"source_not_allowed: {away} is outside the allowed prefixes"),
+        Entry(uri=f"{root}/c/d/e.jpg"),
+        Entry(uri=loop, error=f"link_loop: {loop} links to a folder it is in"),
+        Entry(uri=f"{root}/c/in/z.jpg"),
+        Entry(uri=out, error=f"source_not_allowed: {out} is outside the allowed prefixes"),
+    ]
+    found = listed(f"{root}/c/*/*.jpg", True, settings)
+    assert found == [Entry(uri=f"{root}/c/d/e.jpg"), Entry(uri=f"{root}/c/in/z.jpg")]
+
+
+def test_another_filesystem_is_listed_in_path_order_too() -> None:
+    """A filesystem that is neither local nor a bucket (fsspec's in-memory one here) is
+    listed folder by folder with fsspec's ``ls``, and globbed with its ``glob``."""
+    settings = Settings(batch_allowed_prefixes=["memory://datasets"])
+    folder = f"/datasets/{uuid.uuid4().hex}"
+    fs = fsspec.filesystem("memory")
+    for key in LAYOUT:
+        fs.mkdir(f"{folder}/{key}") if key.endswith("/") else fs.pipe(f"{folder}/{key}", b"x")
+    for pattern, expected in PATTERNS.items():
+        found = listed(f"memory://{folder}{pattern}", True, settings)
+        assert found == [Entry(uri=f"memory://{folder}/{key}") for key in expected], pattern
+
+
 @pytest.mark.parametrize("protocol", ["s3", "gs"])
 def test_a_bucket_folder_is_listed_a_page_at_a_time_and_kept_nowhere(
     protocol: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
@@ -183,18 +243,10 @@ def test_a_bucket_folder_is_listed_a_page_at_a_time_and_kept_nowhere(
         batch_allowed_prefixes=[f"{protocol}://labels/datasets"],
     )
     folder = f"labels/datasets/{uuid.uuid4().hex}"
-    keys = ["b.jpg", "a/z.jpg", "a/.hidden/x.jpg", ".DS_Store", "c/d/e.jpg", "a.jpg", "empty/"]
     fs = fsspec.filesystem(protocol, **options)
-    for key in keys:
+    for key in LAYOUT:
         fs.pipe(f"{folder}/{key}", b"" if key.endswith("/") else b"x")
-    patterns = {
-        "": ["a.jpg", "a/z.jpg", "b.jpg", "c/d/e.jpg"],  # the folder
-        "/*.jpg": ["a.jpg", "b.jpg"],
-        "/[ac]*": ["a.jpg", "a/z.jpg", "c/d/e.jpg"],  # a folder that matches: its files
-        "/**/e.jpg": ["c/d/e.jpg"],
-        "/c/?/*": ["c/d/e.jpg"],
-    }
-    for pattern, expected in patterns.items():
+    for pattern, expected in PATTERNS.items():
         found = listed(f"{protocol}://{folder}{pattern}", True, settings)
         assert found == [Entry(uri=f"{protocol}://{folder}/{key}") for key in expected], pattern
     with pytest.raises(SourceRefused) as refused:
