@@ -91,7 +91,9 @@ def _within(target: str, roots: list[str]) -> bool:
 
 
 def check_source(uri: str, settings: Settings) -> None:
-    """Refuse a source outside ``Settings.batch_prefixes``."""
+    """Refuse a source outside ``Settings.batch_prefixes``, or not UTF-8."""
+    if (shown := _not_utf8(uri)) is not None:
+        raise SourceRefused(f"{shown} is not UTF-8; rename it", "invalid_file_name")
     if not allowed(uri, settings.batch_prefixes):
         raise SourceRefused(
             f"{uri} is outside the allowed prefixes ({', '.join(settings.batch_prefixes)});"
@@ -460,9 +462,24 @@ def _listed(uri: str, settings: Settings) -> Entry:
 
 
 def _checked(uri: str, resolved: str, roots: list[str]) -> Entry:
+    """``uri`` as an entry, or a failed one: outside ``roots`` (where it resolves), or with
+    a name that is not UTF-8 (a Latin-1 name from an old archive; Arrow, PostgreSQL and
+    every export format take only text), shown with the bytes escaped (``caf\\xe9.jpg``)."""
+    if (shown := _not_utf8(uri)) is not None:
+        return Entry(uri=shown, error=f"invalid_file_name: {shown} is not UTF-8; rename it")
     if _within(resolved, roots):
         return Entry(uri=uri)
     return Entry(uri=uri, error=f"source_not_allowed: {uri} is outside the allowed prefixes")
+
+
+def _not_utf8(uri: str) -> str | None:
+    """``uri`` with its bytes escaped where it is not UTF-8 (``os.fsdecode`` keeps them as
+    surrogates, which nothing downstream can encode), else None."""
+    try:
+        uri.encode()
+    except UnicodeEncodeError:
+        return uri.encode(errors="surrogateescape").decode(errors="backslashreplace")
+    return None
 
 
 def _protocol(uri: str) -> str:

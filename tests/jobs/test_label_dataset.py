@@ -431,6 +431,32 @@ async def test_a_listing_that_fails_after_the_job_began_fails_the_run_with_its_r
     ]  # fmt: skip
 
 
+async def test_a_file_named_in_latin1_fails_alone(
+    serve_cluster: int, tmp_path: Path, batch_settings: Settings, services: Services
+) -> None:
+    """A file whose name is not UTF-8 is a failed item that says so; the rest is labeled.
+    Its name failed the whole job before (Arrow refused it: no item was added)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "cat.jpg").write_bytes((DATA / "cat.jpg").read_bytes())
+    (folder / os.fsdecode(b"caf\xe9.jpg")).write_bytes((DATA / "astronaut.jpg").read_bytes())
+    settings = batch_settings.model_copy(update={"batch_allowed_prefixes": [str(tmp_path)]})
+    project = f"latin1-{uuid.uuid4().hex[:6]}"
+    job = await run(settings, project, folder, EFFICIENTNET)
+    assert job.status == "succeeded"
+    async with services.db.connection() as conn:
+        items = await conn.fetch(
+            "SELECT ji.state, ji.error, i.filename FROM job_items ji"
+            " JOIN items i ON i.id = ji.item_id WHERE ji.job_id = $1 ORDER BY i.filename",
+            job.id,
+        )
+    shown = f"{folder}/caf\\xe9.jpg"
+    assert [(i["filename"], i["state"], i["error"]) for i in items] == [
+        (shown, "failed", f"invalid_file_name: {shown} is not UTF-8; rename it"),
+        (f"{folder}/cat.jpg", "succeeded", None),
+    ]
+
+
 @pytest.mark.parametrize("protocol", ["s3", "gs"])
 async def test_a_bucket_dataset_labeled_and_exported(
     serve_cluster: int,

@@ -4,6 +4,7 @@ files)."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import uuid
@@ -210,6 +211,26 @@ def test_a_local_folder_is_listed_in_path_order_as_a_bucket_is(
     ]
     found = listed(f"{root}/c/*/*.jpg", True, settings)
     assert found == [Entry(uri=f"{root}/c/d/e.jpg"), Entry(uri=f"{root}/c/in/z.jpg")]
+
+
+def test_a_name_that_is_not_utf8_fails_alone(root: Path, settings: Settings) -> None:
+    """A file named in Latin-1 (``café`` from an old archive) is a failed entry naming it
+    with its bytes escaped; a source named so is refused. Its name was listed as Python
+    keeps such bytes (surrogates), which Arrow and PostgreSQL refuse: the whole job
+    failed at its first chunk."""
+    (root / "cat.jpg").write_bytes(b"x")
+    odd = os.path.join(os.fsencode(root), b"caf\xe9")
+    os.mkdir(odd)
+    open(os.path.join(odd, b"a.jpg"), "wb").close()
+    shown = f"{root}/caf\\xe9/a.jpg"
+    assert listed(str(root), True, settings) == [
+        Entry(uri=shown, error=f"invalid_file_name: {shown} is not UTF-8; rename it"),
+        Entry(uri=f"{root}/cat.jpg"),
+    ]
+    with pytest.raises(SourceRefused) as refused:
+        listed(os.fsdecode(odd), True, settings)
+    assert refused.value.code == "invalid_file_name"
+    assert refused.value.message == f"{root}/caf\\xe9 is not UTF-8; rename it"
 
 
 def test_another_filesystem_is_listed_in_path_order_too() -> None:
