@@ -137,16 +137,22 @@ def _entries(uri: str, images: bool, settings: Settings) -> Iterator[Entry]:
     # (process-wide) filesystem instance otherwise
     options = {**storage_options(uri, settings), "use_listings_cache": False}
     fs, path = fsspec.core.url_to_fs(uri, **options)
-    local = isinstance(fs, LocalFileSystem)
-    if local and os.path.isdir(path):
+    if isinstance(fs, LocalFileSystem) and os.path.isdir(path):
         yield from _walk(path, os.path.realpath(path), _roots(settings.batch_prefixes))
-    elif fs.isdir(path):
+        return
+    try:
+        kind = fs.info(path)["type"]
+    except FileNotFoundError:
+        kind = "nothing"
+    if kind == "directory":
         for file in _files(fs, path):
             yield _listed(_uri(fs, file), settings)  # links out refused
-    elif not fs.exists(path) and any(c in path for c in "*?["):
+    elif kind == "nothing" and any(c in path for c in "*?["):
         yield from _matching(fs, path, uri, images, settings)
-    elif not fs.exists(path):
+    elif kind == "nothing":
         raise SourceRefused(f"nothing at {uri}", "source_missing")
+    elif kind != "file":  # a pipe or a device: reading it would hang
+        raise SourceRefused(f"{uri} is not a file ({kind})", "source_unreadable")
     elif path.lower().endswith(".parquet"):
         yield from _parquet(fs, path, images, settings)
     elif images and path.lower().endswith(_MANIFESTS):
@@ -336,8 +342,11 @@ def read_entry(
     limit = settings.max_image_bytes if images else settings.max_upload_bytes
     try:
         fs, path = fsspec.core.url_to_fs(entry.uri, **storage_options(entry.uri, settings))
-        size = fs.size(path)
-        if size > limit:
+        info = fs.info(path)
+        if info["type"] != "file":  # a folder, or a pipe or device (reading it would hang)
+            reason = f"unreadable_file: {entry.uri} is not a file ({info['type']})"
+            return [(_unread(entry.uri, reason), None)]
+        if (size := info["size"]) > limit:
             reason = f"file_too_large: {size} bytes; the limit is {limit}"
             return [(_unread(entry.uri, reason), None)]
         data: bytes = fs.cat_file(path)

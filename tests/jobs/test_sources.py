@@ -233,6 +233,23 @@ def test_a_name_that_is_not_utf8_fails_alone(root: Path, settings: Settings) -> 
     assert refused.value.message == f"{root}/caf\\xe9 is not UTF-8; rename it"
 
 
+@pytest.mark.timeout(20)
+def test_a_pipe_is_never_read(root: Path, settings: Settings) -> None:
+    """A named pipe (or a device) in a folder is a failed item, and refused as a source:
+    reading one blocked its read task, and the job, until a writer came, maybe never."""
+    (root / "images").mkdir()
+    os.mkfifo(root / "images" / "pipe.jpg")
+    [entry] = listed(str(root / "images"), True, settings)
+    [(item, data)] = read_entry(entry, True, settings, "t", PROJECT)
+    assert data is None and item.filename == str(root / "images" / "pipe.jpg")
+    assert item.error == f"unreadable_file: {root}/images/pipe.jpg is not a file (other)"
+    for images in [True, False]:
+        with pytest.raises(SourceRefused) as refused:
+            listed(str(root / "images" / "pipe.jpg"), images, settings)
+        assert refused.value.code == "source_unreadable"
+        assert refused.value.message == f"{root}/images/pipe.jpg is not a file (other)"
+
+
 def test_another_filesystem_is_listed_in_path_order_too() -> None:
     """A filesystem that is neither local nor a bucket (fsspec's in-memory one here) is
     listed folder by folder with fsspec's ``ls``, and globbed with its ``glob``."""
