@@ -14,7 +14,7 @@ import struct
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import filetype
 import numpy as np
@@ -256,27 +256,40 @@ def parse_text_file(filename: str | None, data: bytes, max_texts: int | None = N
     signature (a PNG renamed ``.csv`` is refused with 415). Lines are read one by one and
     reading stops past ``max_texts`` (413), so a huge file never becomes a huge list.
     """
-    name = (filename or "").lower()
-    kind = next((ext for ext in TEXT_FILE_TYPES if name.endswith(ext)), None)
-    if kind is None:
-        raise UnsupportedMediaType(
-            f"{filename or 'the file'}: name text files {', '.join(TEXT_FILE_TYPES)}"
-        )
-    sniffed = filetype.guess(data[:512])
-    if sniffed is not None:
-        raise UnsupportedMediaType(f"{filename}: expected UTF-8 text, found {sniffed.mime}")
+    check_text_file(filename, data[:512])
     try:
         content = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise UnsupportedMediaType(f"{filename}: the file is not UTF-8 text") from None
-    lines = (line.rstrip("\r\n") for line in io.StringIO(content))
+    return _at_most(iter_texts(filename, io.StringIO(content, newline=None)), max_texts, filename)
+
+
+def check_text_file(filename: str | None, head: bytes) -> None:
+    """Refuse a text file by its name (no text file type) or its first bytes (a binary
+    signature: a PNG renamed ``.csv``), with 415."""
+    name = (filename or "").lower()
+    if not name.endswith(TEXT_FILE_TYPES):
+        raise UnsupportedMediaType(
+            f"{filename or 'the file'}: name text files {', '.join(TEXT_FILE_TYPES)}"
+        )
+    sniffed = filetype.guess(head)
+    if sniffed is not None:
+        raise UnsupportedMediaType(f"{filename}: expected UTF-8 text, found {sniffed.mime}")
+
+
+def iter_texts(filename: str | None, content: TextIO) -> Iterator[str]:
+    """The texts of a text file (``check_text_file``) read from ``content`` as they come,
+    a line at a time but for JSON (one document); what does not parse, or is not UTF-8,
+    raises ``InvalidInput`` where it is."""
+    kind = next(ext for ext in TEXT_FILE_TYPES if (filename or "").lower().endswith(ext))
+    lines = (line.rstrip("\r\n") for line in content)
     texts: Iterator[str]
     try:
         if kind in (".jsonl", ".ndjson"):
             rows = (json.loads(line) for line in lines if line.strip())
             texts = (_text_of(row, filename, i) for i, row in enumerate(rows))
         elif kind == ".json":
-            whole = json.loads(content)  # bounded by the text file byte limit
+            whole = json.load(content)  # bounded by the text file byte limit
             if not isinstance(whole, list):
                 raise InvalidInput(f"{filename}: expected a JSON list", "invalid_text_file")
             texts = (_text_of(row, filename, i) for i, row in enumerate(whole))
@@ -284,7 +297,9 @@ def parse_text_file(filename: str | None, data: bytes, max_texts: int | None = N
             texts = _csv_texts(content, filename)
         else:
             texts = (line for line in lines if line.strip())
-        return _at_most(texts, max_texts, filename)
+        yield from texts
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{filename}: the file is not UTF-8 text", "invalid_text_file") from None
     except (ValueError, csv.Error) as exc:
         raise InvalidInput(f"{filename}: {exc}", "invalid_text_file") from None
     except RecursionError:  # JSON nested deeper than the parser recurses
@@ -319,8 +334,8 @@ def _text_of(row: object, filename: str | None, index: int) -> str:
     return row
 
 
-def _csv_texts(content: str, filename: str | None) -> Iterator[str]:
-    reader = csv.DictReader(io.StringIO(content))
+def _csv_texts(content: TextIO, filename: str | None) -> Iterator[str]:
+    reader = csv.DictReader(content)
     fields = reader.fieldnames or []
     column = "text" if "text" in fields else fields[0] if len(fields) == 1 else None
     if column is None:

@@ -37,7 +37,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import glob_translate
 
 from modelship.core.errors import InvalidInput, ModelShipError
-from modelship.core.inputs import parse_text_file, read_image_header
+from modelship.core.inputs import check_text_file, iter_texts, parse_text_file, read_image_header
 from modelship.core.settings import Settings
 from storage.batch import BatchItem, content_key
 from storage.objects import bounded_options
@@ -91,9 +91,9 @@ def _within(target: str, roots: list[str]) -> bool:
 
 
 def check_source(uri: str, settings: Settings) -> None:
-    """Refuse a source outside ``Settings.batch_prefixes``, or not UTF-8."""
-    if (shown := _not_utf8(uri)) is not None:
-        raise SourceRefused(f"{shown} is not UTF-8; rename it", "invalid_file_name")
+    """Refuse a source outside ``Settings.batch_prefixes``, or badly named."""
+    if (named := _badly_named(uri)) is not None:
+        raise SourceRefused(named.error.partition(": ")[2], "invalid_file_name")
     if not allowed(uri, settings.batch_prefixes):
         raise SourceRefused(
             f"{uri} is outside the allowed prefixes ({', '.join(settings.batch_prefixes)});"
@@ -135,10 +135,9 @@ def _refusing(uri: str, entries: Iterator[Entry]) -> Iterator[Entry]:
 def _entries(uri: str, images: bool, settings: Settings) -> Iterator[Entry]:
     # listings are not cached: s3fs keeps every object's details (about 1 KB) in its
     # (process-wide) filesystem instance otherwise
-    options = {**storage_options(uri, settings), "use_listings_cache": False}
-    fs, path = fsspec.core.url_to_fs(uri, **options)
+    fs, path = _filesystem(uri, {**storage_options(uri, settings), "use_listings_cache": False})
     if isinstance(fs, LocalFileSystem) and os.path.isdir(path):
-        yield from _walk(path, os.path.realpath(path), _roots(settings.batch_prefixes))
+        yield from _walk(path, (os.path.realpath(path),), _roots(settings.batch_prefixes))
         return
     try:
         kind = fs.info(path)["type"]
@@ -160,24 +159,39 @@ def _entries(uri: str, images: bool, settings: Settings) -> Iterator[Entry]:
     elif images:
         yield Entry(uri=_uri(fs, path))
     else:
-        if (size := fs.size(path)) > settings.max_upload_bytes:
-            limit = settings.max_upload_bytes
-            raise SourceRefused(f"{size} bytes; the limit is {limit}", "file_too_large")
-        for text in parse_text_file(path, fs.cat_file(path)):
-            yield Entry(text=text)
+        yield from _texts(fs, path, settings)
+
+
+def _texts(fs: fsspec.AbstractFileSystem, path: str, settings: Settings) -> Iterator[Entry]:
+    """A text file's texts, read as they come: a JSON Lines, CSV or plain text file of any
+    size is never held (a JSON list is read whole, within the upload limit)."""
+    if path.lower().endswith(".json") and (size := fs.size(path)) > settings.max_upload_bytes:
+        limit = settings.max_upload_bytes
+        raise SourceRefused(f"{size} bytes; the limit is {limit}", "file_too_large")
+    with fs.open(path, "rb") as raw:
+        check_text_file(path, raw.read(512))
+        raw.seek(0)
+        with io.TextIOWrapper(raw, encoding="utf-8-sig") as content:
+            yield from (Entry(text=text) for text in iter_texts(path, content))
 
 
 def _walk(
-    folder: str, real: str, roots: list[str], match: Matcher | None = None, depth: float = math.inf
+    folder: str,
+    chain: tuple[str, ...],
+    roots: list[str],
+    match: Matcher | None = None,
+    depth: float = math.inf,
 ) -> Iterator[Entry]:
-    """The files under a local ``folder`` (whose real path is ``real``), or, given
+    """The files under a local ``folder`` (whose real path, and those of the folders the
+    walk took to it, are ``chain``), or, given
     ``match``, those it matches or that are in a folder it matches, at most ``depth``
     folders down; hidden ones skipped, in path order (as a bucket lists its keys). Only
     one folder's names are held at a time (fsspec's ``ls`` builds a dict of about 600 B
     a file), and only links are resolved to check them against ``roots``: a link to a
-    folder out of them, or to a folder it is in, is one failed entry, never followed. A
-    folder that cannot be listed refuses the source (fsspec's ``find`` leaves it out)."""
-    folder, real = folder.rstrip("/"), real.rstrip("/")
+    folder out of them, or to a folder the walk is in (a loop), is one failed entry, never
+    followed. A folder that cannot be listed refuses the source (fsspec's ``find`` leaves
+    it out)."""
+    folder, real = folder.rstrip("/"), chain[-1].rstrip("/")
     names: list[str] = []
     links: set[str] = set()
     with os.scandir(folder or "/") as found:
@@ -194,14 +208,14 @@ def _walk(
         matched = match is None or match(path)
         if not name.endswith("/") or (stem in links and not _within(resolved, roots)):
             if matched:
-                yield _checked(path, resolved, roots)
-        elif stem in links and f"{real}/".startswith(f"{resolved.rstrip('/')}/"):
+                yield _badly_named(path) or _checked(path, resolved, roots)
+        elif stem in links and any(_within(above, [resolved.rstrip("/")]) for above in chain):
             if matched:
                 yield Entry(uri=path, error=f"link_loop: {path} links to a folder it is in")
         elif matched:
-            yield from _walk(path, resolved, roots)
+            yield from _walk(path, (*chain, resolved), roots)
         elif depth > 1:
-            yield from _walk(path, resolved, roots, match, depth - 1)
+            yield from _walk(path, (*chain, resolved), roots, match, depth - 1)
 
 
 def _files(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[str]:
@@ -287,9 +301,9 @@ def _matching(
     if isinstance(fs, LocalFileSystem):
         below = pattern.rstrip("/")[len(base) :].strip("/").split("/")
         depth = math.inf if "**" in pattern else len(below)
-        real = os.path.realpath(base)
+        chain = (os.path.realpath(base),)
         roots = _roots(settings.batch_prefixes)
-        entries = _walk(base, real, roots, match, depth) if os.path.isdir(base) else iter(())
+        entries = _walk(base, chain, roots, match, depth) if os.path.isdir(base) else iter(())
     elif _service(fs) in ("s3", "gs") and "/" in literal:
         entries = _matching_keys(fs, match, literal, settings)
     else:
@@ -341,7 +355,7 @@ def read_entry(
         return [(text_item(entry.text, None, settings), None)]
     limit = settings.max_image_bytes if images else settings.max_upload_bytes
     try:
-        fs, path = fsspec.core.url_to_fs(entry.uri, **storage_options(entry.uri, settings))
+        fs, path = _filesystem(entry.uri, storage_options(entry.uri, settings))
         info = fs.info(path)
         if info["type"] != "file":  # a folder, or a pipe or device (reading it would hang)
             reason = f"unreadable_file: {entry.uri} is not a file ({info['type']})"
@@ -349,7 +363,10 @@ def read_entry(
         if (size := info["size"]) > limit:
             reason = f"file_too_large: {size} bytes; the limit is {limit}"
             return [(_unread(entry.uri, reason), None)]
-        data: bytes = fs.cat_file(path)
+        data: bytes = fs.cat_file(path, start=0, end=limit + 1)  # it may have grown since
+        if len(data) > limit:
+            reason = f"file_too_large: more than {limit} bytes; the limit is {limit}"
+            return [(_unread(entry.uri, reason), None)]
     except Exception as exc:  # OSError, or what a backend raises (botocore's
         # NoCredentialsError, a protocol whose fsspec package is missing)
         if not isinstance(exc, OSError):
@@ -361,22 +378,27 @@ def read_entry(
             texts = parse_text_file(path, data)
         except ModelShipError as exc:
             return [(_unread(entry.uri, f"{exc.code}: {exc.message}"), None)]
+        if not texts:
+            return [(_unread(entry.uri, f"empty_file: {entry.uri} holds no texts"), None)]
         return [(text_item(text, entry.uri, settings), None) for text in texts]
     return [image_item(data, entry.uri, settings, tenant, project_id)]
 
 
 def text_item(text: str, filename: str | None, settings: Settings) -> BatchItem:
-    """A text item; an empty or overlong text fails as an upload would refuse it."""
+    """A text item; an empty or overlong text, or one PostgreSQL cannot hold (a NUL),
+    fails as an upload would refuse it."""
     error = None
     if not text.strip():
         error = "empty_text: the text is empty"
     elif len(text) > settings.max_text_chars:
         error = f"text_too_long: {len(text)} characters; the limit is {settings.max_text_chars}"
+    elif "\x00" in text:
+        error = "invalid_text: the text holds a NUL character"
     return BatchItem(
         content_hash=hashlib.sha256(text.encode()).hexdigest(),
         media_type=_TEXT,
         byte_size=len(text.encode()),
-        text=text,
+        text=text.replace("\x00", "\ufffd"),  # what PostgreSQL can hold of a failed one
         filename=filename,
         error=error,
     )
@@ -429,66 +451,108 @@ def _manifest(fs: fsspec.AbstractFileSystem, path: str, settings: Settings) -> I
     folder = _uri(fs, posixpath.dirname(path))
     lower = path.lower()
     with fs.open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig") as text:
-        names: Iterator[str]
+        names: Iterator[object]
         if lower.endswith(".csv"):
             reader = csv.DictReader(text)
             if "path" not in (reader.fieldnames or []):
                 raise InvalidInput("a CSV manifest needs a 'path' column", "invalid_manifest")
-            names = (row["path"] for row in reader if row.get("path"))
+            names = (row["path"] for row in reader)
         elif lower.endswith((".jsonl", ".ndjson")):
             rows = (json.loads(line) for line in text if line.strip())
-            names = (row.get("path", "") if isinstance(row, dict) else str(row) for row in rows)
+            names = (row.get("path") if isinstance(row, dict) else row for row in rows)
         else:
-            names = (line.strip() for line in text)
-        for name in names:
-            if name:
-                yield _listed(_join(folder, name), settings)
+            names = (line.strip() for line in text if line.strip())
+        yield from _named(names, folder, _uri(fs, path), settings)
+
+
+def _named(
+    names: Iterator[object], folder: str, manifest: str, settings: Settings
+) -> Iterator[Entry]:
+    """The files a manifest names, relative to its ``folder``; an entry that names none (an
+    empty cell, ``null``, a number) is a failed entry, where it was skipped or failed all."""
+    for number, name in enumerate(names, 1):
+        if isinstance(name, str) and name.strip():
+            yield _listed(_join(folder, name), settings)
+        else:
+            reason = f"invalid_manifest: entry {number} names no path: {name!r:.80}"
+            yield Entry(uri=f"{manifest}#{number}", error=reason)
 
 
 def _parquet(
     fs: fsspec.AbstractFileSystem, path: str, images: bool, settings: Settings
 ) -> Iterator[Entry]:
-    """A parquet file's paths or texts, read a batch of its one column at a time."""
+    """A parquet file's paths or texts, read a batch of its one column at a time; a column
+    of another type than strings is refused (its values were made into texts: ``b'hi'``)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     column = "path" if images else "text"
-    folder = _uri(fs, posixpath.dirname(path))
     with fs.open(path, "rb") as file, pq.ParquetFile(file) as table:
         if column not in table.schema_arrow.names:
             raise InvalidInput(f"the parquet file needs a {column!r} column", "invalid_manifest")
-        for batch in table.iter_batches(batch_size=_PAGE, columns=[column]):
-            for value in batch.column(0).to_pylist():
-                if not images:
-                    yield Entry(text=str(value or ""))
-                elif value:
-                    yield _listed(_join(folder, str(value)), settings)
+        kind = table.schema_arrow.field(column).type
+        strings = kind.value_type if pa.types.is_dictionary(kind) else kind
+        if not (pa.types.is_string(strings) or pa.types.is_large_string(strings)):
+            message = f"the parquet file's {column!r} column holds {kind}, not strings"
+            raise InvalidInput(message, "invalid_manifest")
+        values = (
+            value
+            for batch in table.iter_batches(batch_size=_PAGE, columns=[column])
+            for value in batch.column(0).to_pylist()
+        )
+        if images:
+            yield from _named(values, _uri(fs, posixpath.dirname(path)), _uri(fs, path), settings)
+        else:
+            yield from (Entry(text=value or "") for value in values)
 
 
 def _listed(uri: str, settings: Settings) -> Entry:
     """A listed or manifest entry, refused (as a failed item) when outside the allowed
-    prefixes: a folder's file may be a link out of it."""
-    return _checked(uri, _normalize(uri), _roots(settings.batch_prefixes))
+    prefixes: a folder's file may be a link out of it; or badly named."""
+    return _badly_named(uri) or _checked(uri, _normalize(uri), _roots(settings.batch_prefixes))
 
 
 def _checked(uri: str, resolved: str, roots: list[str]) -> Entry:
-    """``uri`` as an entry, or a failed one: outside ``roots`` (where it resolves), or with
-    a name that is not UTF-8 (a Latin-1 name from an old archive; Arrow, PostgreSQL and
-    every export format take only text), shown with the bytes escaped (``caf\\xe9.jpg``)."""
-    if (shown := _not_utf8(uri)) is not None:
-        return Entry(uri=shown, error=f"invalid_file_name: {shown} is not UTF-8; rename it")
+    """``uri`` as an entry, or a failed one when outside ``roots`` (where it resolves)."""
     if _within(resolved, roots):
         return Entry(uri=uri)
     return Entry(uri=uri, error=f"source_not_allowed: {uri} is outside the allowed prefixes")
 
 
-def _not_utf8(uri: str) -> str | None:
-    """``uri`` with its bytes escaped where it is not UTF-8 (``os.fsdecode`` keeps them as
-    surrogates, which nothing downstream can encode), else None."""
+def _badly_named(uri: str) -> Entry | None:
+    """A failed entry for a name that is not text Arrow, PostgreSQL and the export formats
+    can hold, shown with what they cannot escaped (``caf\\xe9.jpg``); else None."""
+    if (shown := _escaped(uri)) is None:
+        return None
+    reason = "holds a NUL character" if "\x00" in uri else "is not UTF-8"
+    return Entry(uri=shown, error=f"invalid_file_name: {shown} {reason}; rename it")
+
+
+def _escaped(uri: str) -> str | None:
+    """``uri`` with its NUL characters, and what is not UTF-8 in it, escaped (a Latin-1
+    name from an old archive: ``os.fsdecode`` keeps its bytes as surrogates; a JSON
+    manifest's ``\\ud800``); None when it holds none."""
+    if uri.isascii() and "\x00" not in uri:
+        return None
     try:
         uri.encode()
     except UnicodeEncodeError:
-        return uri.encode(errors="surrogateescape").decode(errors="backslashreplace")
-    return None
+        try:
+            shown = uri.encode(errors="surrogateescape").decode(errors="backslashreplace")
+        except UnicodeEncodeError:  # a lone surrogate, not a byte
+            shown = uri.encode(errors="backslashreplace").decode()
+    else:
+        shown = uri
+    shown = shown.replace("\x00", "\\x00")
+    return None if shown == uri else shown
+
+
+def _filesystem(uri: str, options: dict[str, Any]) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``uri``'s filesystem and path, read literally: fsspec's ``url_to_fs`` reads ``::``
+    as a chain of filesystems (``simplecache::/etc/hostname``), where here it is part of
+    a name (``cat.png::dog.png`` was read as ``cat.png``)."""
+    fs = fsspec.filesystem(_protocol(uri), **options)
+    return fs, fs._strip_protocol(uri)
 
 
 def _protocol(uri: str) -> str:

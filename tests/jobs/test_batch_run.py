@@ -82,8 +82,7 @@ async def test_a_manifest_that_does_not_parse_is_refused(
         "bad.jsonl": b'{"path": "a.jpg"}\n{not json\n',
         "latin1.txt": "caf\xe9.jpg\n".encode("latin-1"),
         "broken.parquet": b"PAR1 not a parquet file",
-        "numbers.jsonl": b'{"path": 7}\n',
-    }
+    }  # an entry that parses but names no path fails alone (test_sources)
     (datasets.root / "manifests").mkdir(exist_ok=True)
     for name, content in bad.items():
         source = datasets.root / "manifests" / name

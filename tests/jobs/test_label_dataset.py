@@ -457,6 +457,32 @@ async def test_a_file_named_in_latin1_fails_alone(
     ]
 
 
+async def test_texts_postgresql_cannot_hold_fail_alone(
+    serve_cluster: int, tmp_path: Path, batch_settings: Settings, services: Services
+) -> None:
+    """A text holding a NUL, and a text file holding no text, are failed items; the rest
+    is labeled. The NUL failed the whole job (PostgreSQL refused the chunk's items), and
+    the empty file left no item."""
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a fine review\nbroken\x00text\n")
+    (folder / "b.txt").write_text("\n")
+    settings = batch_settings.model_copy(update={"batch_allowed_prefixes": [str(tmp_path)]})
+    job = await run(settings, f"nul-{uuid.uuid4().hex[:6]}", folder, MINILM)
+    assert job.status == "succeeded"
+    async with services.db.connection() as conn:
+        items = await conn.fetch(
+            "SELECT ji.state, ji.error, i.text FROM job_items ji"
+            " JOIN items i ON i.id = ji.item_id WHERE ji.job_id = $1 ORDER BY i.text",
+            job.id,
+        )
+    assert [(i["text"], i["state"], i["error"]) for i in items] == [
+        ("", "failed", f"empty_file: {folder}/b.txt holds no texts"),
+        ("a fine review", "succeeded", None),
+        ("broken\ufffdtext", "failed", "invalid_text: the text holds a NUL character"),
+    ]
+
+
 @pytest.mark.parametrize("protocol", ["s3", "gs"])
 async def test_a_bucket_dataset_labeled_and_exported(
     serve_cluster: int,

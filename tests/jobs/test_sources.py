@@ -15,6 +15,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 from modelship.core.settings import Settings
 from modelship.service import datasets
@@ -107,6 +108,24 @@ def test_a_manifest_is_read_as_it_is_listed(root: Path, settings: Settings) -> N
     assert refused.value.code == "source_unreadable" and "JSONDecodeError" in str(refused.value)
 
 
+def test_a_text_file_is_read_as_it_is_listed(root: Path, settings: Settings) -> None:
+    """A JSON Lines, CSV or plain text source is read a line at a time, past the upload
+    limit (a text dataset is often one big file); it was read whole, within the limit.
+    Old Mac line ends (a lone CR) end lines too."""
+    small = settings.model_copy(update={"max_upload_bytes": 100})
+    (root / "reviews.jsonl").write_text('"one"\n{"text": "two"}\n' * 10 + "{broken\n")
+    entries = list_entries(str(root / "reviews.jsonl"), False, small)
+    assert [next(entries).text for _ in range(20)] == ["one", "two"] * 10
+    with pytest.raises(SourceRefused) as refused:
+        next(entries)
+    assert refused.value.code == "invalid_text_file"
+    (root / "old.txt").write_bytes(b"one\rtwo\r\nthree\n")
+    assert [e.text for e in listed(str(root / "old.txt"), False, small)] == ["one", "two", "three"]
+    (root / "reviews.csv").write_text('id,text\n1,"a, quoted\nline"\n2,plain\n')
+    texts = [e.text for e in listed(str(root / "reviews.csv"), False, small)]
+    assert texts == ["a, quoted\nline", "plain"]
+
+
 def test_parquet_sources(root: Path, settings: Settings) -> None:
     pq.write_table(pa.table({"text": ["a review", "another"]}), root / "texts.parquet")
     assert listed(str(root / "texts.parquet"), False, settings) == [
@@ -126,16 +145,16 @@ def test_parquet_sources(root: Path, settings: Settings) -> None:
         ("/etc", "source_not_allowed"),
         ("missing", "source_missing"),
         ("empty", "source_empty"),
-        ("big.txt", "file_too_large"),
+        ("big.json", "file_too_large"),
         ("photo.png", "unsupported_media_type"),  # a text project's source must be texts
     ],
 )
 def test_sources_refused(root: Path, settings: Settings, source: str, code: str) -> None:
     (root / "empty").mkdir()
-    (root / "big.txt").write_text("a line\n" * 20)
+    (root / "big.json").write_text(json.dumps(["a line"] * 20))
     (root / "photo.png").write_bytes((DATA / "cat_small.png").read_bytes())
     uri = source if source.startswith("/") else str(root / source)
-    if source == "big.txt":
+    if source == "big.json":
         settings = settings.model_copy(update={"max_upload_bytes": 100})
     with pytest.raises(SourceRefused) as refused:
         listed(uri, False, settings)
@@ -231,6 +250,114 @@ def test_a_name_that_is_not_utf8_fails_alone(root: Path, settings: Settings) -> 
         listed(os.fsdecode(odd), True, settings)
     assert refused.value.code == "invalid_file_name"
     assert refused.value.message == f"{root}/caf\\xe9 is not UTF-8; rename it"
+
+
+def test_a_manifest_entry_that_names_no_file_fails_alone(root: Path, settings: Settings) -> None:
+    """Each manifest entry that names no path, or a name no text column can hold, is a
+    failed entry of its own; the others are listed. A number or a list failed the whole
+    source (TypeError), as did a NUL (realpath) and a lone surrogate; an empty cell or a
+    ``null`` was skipped without a word."""
+    rows = ['"a.jpg"', '{"path": 123}', '{"path": ["b.jpg"]}', '{"path": null}']
+    rows += ['{"file": "c.jpg"}', '"d\\u0000.jpg"', '"\\ud800.jpg"', '{"path": "e.jpg"}']
+    (root / "m.jsonl").write_text("\n".join(rows) + "\n")
+    found = listed(str(root / "m.jsonl"), True, settings)
+    assert [entry.uri for entry in found] == [
+        f"{root}/a.jpg",
+        *(f"{root}/m.jsonl#{number}" for number in (2, 3, 4, 5)),
+        f"{root}/d\\x00.jpg",
+        f"{root}/\\ud800.jpg",
+        f"{root}/e.jpg",
+    ]
+    assert [entry.error.partition(":")[0] for entry in found] == [
+        "",
+        *["invalid_manifest"] * 4,
+        *["invalid_file_name"] * 2,
+        "",
+    ]
+    assert found[1].error == "invalid_manifest: entry 2 names no path: 123"
+    assert found[5].error.endswith("d\\x00.jpg holds a NUL character; rename it")
+    (root / "m.csv").write_text("path,split\na.jpg,train\n,test\n")
+    assert [e.error for e in listed(str(root / "m.csv"), True, settings)] == [
+        "",
+        "invalid_manifest: entry 2 names no path: ''",
+    ]
+    pq.write_table(pa.table({"path": ["a.jpg", None]}), root / "paths.parquet")
+    assert [e.error for e in listed(str(root / "paths.parquet"), True, settings)] == [
+        "",
+        "invalid_manifest: entry 2 names no path: None",
+    ]
+    pq.write_table(pa.table({"text": [b"hi"]}), root / "bytes.parquet")
+    with pytest.raises(SourceRefused) as refused:
+        listed(str(root / "bytes.parquet"), False, settings)  # was the text "b'hi'"
+    assert refused.value.message.endswith(
+        "the parquet file's 'text' column holds binary, not strings"
+    )
+
+
+def test_names_are_read_as_they_are_written(
+    root: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``::`` is part of a file's name, not fsspec's chaining of filesystems:
+    ``cat.png::dog.png`` was read as ``cat.png``, and ``simplecache::/etc/hostname``
+    passed the prefix check from an allowed working directory and read /etc/hostname."""
+    (root / "cat.png").write_bytes((DATA / "cat_small.png").read_bytes())
+    (root / "cat.png::dog.png").write_bytes((DATA / "cat.jpg").read_bytes())
+    entries = listed(str(root), True, settings)
+    assert entries == [Entry(uri=f"{root}/cat.png"), Entry(uri=f"{root}/cat.png::dog.png")]
+    read = [read_entry(entry, True, settings, "t", PROJECT)[0][1] for entry in entries]
+    assert read == [(DATA / "cat_small.png").read_bytes(), (DATA / "cat.jpg").read_bytes()]
+    monkeypatch.chdir(root)
+    with pytest.raises(SourceRefused) as refused:
+        listed("simplecache::/etc/hostname", False, settings)
+    assert refused.value.code == "source_missing"
+
+
+def test_folders_linked_to_each_other_are_listed_once(root: Path, settings: Settings) -> None:
+    """Two folders that link to each other: each link is a failed entry after its folder
+    was walked once through it. The walk followed them until the kernel refused the path
+    (ELOOP), which refused the whole source."""
+    for name in "ab":
+        (root / name).mkdir()
+        (root / name / f"{name}.jpg").write_bytes(b"x")
+    (root / "a" / "to_b").symlink_to(root / "b")
+    (root / "b" / "to_a").symlink_to(root / "a")
+    found = listed(str(root), True, settings)
+    loop = [entry.uri for entry in found if entry.error.startswith("link_loop")]
+    assert [entry.uri for entry in found if not entry.error] == [
+        f"{root}/a/a.jpg", f"{root}/a/to_b/b.jpg", f"{root}/b/b.jpg", f"{root}/b/to_a/a.jpg"
+    ]  # fmt: skip
+    assert loop == [f"{root}/a/to_b/to_a", f"{root}/b/to_a/to_b"]
+
+
+def test_what_a_file_holds_is_read_within_its_limit(
+    root: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file is read no further than its limit, whatever size it had when it was looked
+    at (a writer appends between the look and the read: the race is made certain by
+    appending as fsspec's ``info`` answers); it was read whole. An empty text file is a
+    failed item, where it left no item at all; a NUL fails its text alone."""
+    small = settings.model_copy(update={"max_upload_bytes": 100})
+    growing = root / "growing.txt"
+    growing.write_text("a line\n")
+    info = LocalFileSystem.info
+
+    def appended(fs: LocalFileSystem, path: str, **kwargs: Any) -> dict[str, Any]:
+        answer = info(fs, path, **kwargs)
+        with open(path, "a") as file:
+            file.write("another line\n" * 1000)
+        return answer
+
+    monkeypatch.setattr(LocalFileSystem, "info", appended)
+    [(item, _)] = read_entry(Entry(uri=str(growing)), False, small, "t", PROJECT)
+    assert item.error == "file_too_large: more than 100 bytes; the limit is 100"
+    monkeypatch.undo()
+    (root / "empty.txt").write_text("\n\n")
+    [(item, _)] = read_entry(Entry(uri=str(root / "empty.txt")), False, settings, "t", PROJECT)
+    assert item.error == f"empty_file: {root}/empty.txt holds no texts"
+    (root / "nul.txt").write_text("a\x00b\n")
+    [(item, _)] = read_entry(Entry(uri=str(root / "nul.txt")), False, settings, "t", PROJECT)
+    assert item.error == "invalid_text: the text holds a NUL character"
+    assert item.text == "a\ufffdb"  # what PostgreSQL can hold
 
 
 @pytest.mark.timeout(20)
