@@ -5,6 +5,7 @@ the store cannot take (an outage) is an item that fails at once with that reason
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import asdict, fields
 from typing import Any
 from uuid import UUID
@@ -18,6 +19,7 @@ from storage.batch import BatchItem
 from storage.objects import ObjectNotFound, ObjectStore
 
 _PUT_CONCURRENCY = 8
+_TEXT_ROWS = 4096  # texts read before they leave a read task
 _TYPES = {"byte_size": pa.int64(), "width": pa.int32(), "height": pa.int32()}
 SCHEMA = pa.schema([(f.name, _TYPES.get(f.name, pa.string())) for f in fields(BatchItem)])
 
@@ -29,9 +31,11 @@ def read_batch(
     tenant: str,
     project_id: str,
     objects_url: str,
-) -> pa.Table:
+) -> Iterator[pa.Table]:
     """``map_batches`` function: a batch of entries (columns ``uri``, ``text``, ``error``)
-    in, their items out (columns of ``BatchItem``), images written to the object store."""
+    in, their items out (columns of ``BatchItem``), images written to the object store.
+    Texts leave as each file is read (a text file may hold millions): a batch holds one
+    file's texts, not all of its files'."""
     rows: list[dict[str, Any]] = []
     files: dict[str, bytes] = {}
     for uri, text, error in zip(batch["uri"], batch["text"], batch["error"], strict=True):
@@ -40,13 +44,17 @@ def read_batch(
             rows.append(asdict(item))
             if data is not None and item.object_key is not None:
                 files[item.object_key] = data
+        if not images and len(rows) >= _TEXT_ROWS:
+            yield pa.Table.from_pylist(rows, schema=SCHEMA)
+            rows = []
     if files:
         store = ObjectStore(objects_url, settings.object_store_options)
         unstored = asyncio.run(_store(store, files))
         for row in rows:  # fails at once, keeping its key: a rerun stores it there
             if (error := unstored.get(row["object_key"])) is not None:
                 row["error"] = error
-    return pa.Table.from_pylist(rows, schema=SCHEMA)
+    if rows:
+        yield pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
 async def _store(store: ObjectStore, files: dict[str, bytes]) -> dict[str, str]:

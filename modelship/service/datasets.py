@@ -363,9 +363,9 @@ def read_entry(
         if (size := info["size"]) > limit:
             reason = f"file_too_large: {size} bytes; the limit is {limit}"
             return [(_unread(entry.uri, reason), None)]
-        data: bytes = fs.cat_file(path, start=0, end=limit + 1)  # it may have grown since
-        if len(data) > limit:
-            reason = f"file_too_large: more than {limit} bytes; the limit is {limit}"
+        data: bytes = fs.cat_file(path, start=0, end=size + 1)  # not what it grew to since
+        if len(data) > size:
+            reason = f"unreadable_file: {entry.uri} grew while it was read (still written?)"
             return [(_unread(entry.uri, reason), None)]
     except Exception as exc:  # OSError, or what a backend raises (botocore's
         # NoCredentialsError, a protocol whose fsspec package is missing)

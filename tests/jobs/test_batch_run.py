@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs import ingest
 from jobs.ingest import read_batch
 from jobs.label_dataset import main
 from modelship.core.errors import ModelShipError
@@ -97,6 +98,25 @@ async def test_a_manifest_that_does_not_parse_is_refused(
         assert await _projects_named(services, project) == 0
 
 
+def test_texts_leave_a_read_task_as_each_file_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read task's texts leave it a file at a time once they are many (here two): a
+    batch of big text files held every file's texts at once (16 files of 40,000 texts:
+    387 MiB of Python objects, against 55 MiB a file at a time: docs/jobs.md)."""
+    monkeypatch.setattr(ingest, "_TEXT_ROWS", 2)
+    files = []
+    for name, lines in [("a.txt", 3), ("b.txt", 1), ("c.txt", 1)]:
+        files.append(str(tmp_path / name))
+        (tmp_path / name).write_text("".join(f"{name} {i}\n" for i in range(lines)))
+    batch = {"uri": files, "text": [""] * 3, "error": [""] * 3}
+    settings = Settings(data_dir=tmp_path, batch_allowed_prefixes=[str(tmp_path)])
+    tables = read_batch(batch, False, settings, "t", str(uuid.uuid4()), str(tmp_path / "o"))
+    assert [table.column("text").to_pylist() for table in tables] == [
+        ["a.txt 0", "a.txt 1", "a.txt 2"], ["b.txt 0", "c.txt 0"]
+    ]  # fmt: skip
+
+
 def test_an_entry_whose_backend_fails_fails_alone(
     tmp_path: Path, datasets: Datasets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,7 +138,7 @@ def test_an_entry_whose_backend_fails_fails_alone(
     remote = "s3://datasets-bucket/images/cat.jpg"
     batch = {"uri": [good, remote], "text": ["", ""], "error": ["", ""]}
     project = str(uuid.uuid4())
-    table = read_batch(batch, True, settings, "t", project, str(tmp_path / "objects"))
+    [table] = read_batch(batch, True, settings, "t", project, str(tmp_path / "objects"))
     read, failed = table.to_pylist()
     assert read["error"] is None and read["object_key"].startswith(f"t/{project}/")
     assert failed["filename"] == remote and failed["object_key"] is None

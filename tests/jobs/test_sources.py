@@ -332,9 +332,10 @@ def test_folders_linked_to_each_other_are_listed_once(root: Path, settings: Sett
 def test_what_a_file_holds_is_read_within_its_limit(
     root: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file is read no further than its limit, whatever size it had when it was looked
-    at (a writer appends between the look and the read: the race is made certain by
-    appending as fsspec's ``info`` answers); it was read whole. An empty text file is a
+    """A file is read no further than the size it had when it was looked at (within its
+    limit), and fails if it grew (a writer appends between the look and the read: the
+    race is made certain by appending as fsspec's ``info`` answers); it was read whole,
+    past the limit. An empty text file is a
     failed item, where it left no item at all; a NUL fails its text alone."""
     small = settings.model_copy(update={"max_upload_bytes": 100})
     growing = root / "growing.txt"
@@ -349,7 +350,7 @@ def test_what_a_file_holds_is_read_within_its_limit(
 
     monkeypatch.setattr(LocalFileSystem, "info", appended)
     [(item, _)] = read_entry(Entry(uri=str(growing)), False, small, "t", PROJECT)
-    assert item.error == "file_too_large: more than 100 bytes; the limit is 100"
+    assert item.error == f"unreadable_file: {growing} grew while it was read (still written?)"
     monkeypatch.undo()
     (root / "empty.txt").write_text("\n\n")
     [(item, _)] = read_entry(Entry(uri=str(root / "empty.txt")), False, settings, "t", PROJECT)
