@@ -299,7 +299,8 @@ def test_names_are_read_as_they_are_written(
 ) -> None:
     """``::`` is part of a file's name, not fsspec's chaining of filesystems:
     ``cat.png::dog.png`` was read as ``cat.png``, and ``simplecache::/etc/hostname``
-    passed the prefix check from an allowed working directory and read /etc/hostname."""
+    passed the prefix check from an allowed working directory and was listed, to be read,
+    as ``file:///etc/hostname``."""
     (root / "cat.png").write_bytes((DATA / "cat_small.png").read_bytes())
     (root / "cat.png::dog.png").write_bytes((DATA / "cat.jpg").read_bytes())
     entries = listed(str(root), True, settings)
