@@ -431,6 +431,17 @@ async def test_a_listing_that_fails_after_the_job_began_fails_the_run_with_its_r
     ]  # fmt: skip
 
 
+async def outcomes(services: Services, job: Job, column: str) -> list[tuple[str, str, Any]]:
+    """(the item's ``column``, state, error) of each of the job's items, by ``column``."""
+    async with services.db.connection() as conn:
+        items = await conn.fetch(
+            f"SELECT i.{column}, ji.state, ji.error FROM job_items ji"
+            f" JOIN items i ON i.id = ji.item_id WHERE ji.job_id = $1 ORDER BY i.{column}",
+            job.id,
+        )
+    return [tuple(item) for item in items]
+
+
 async def test_a_file_named_in_latin1_fails_alone(
     serve_cluster: int, tmp_path: Path, batch_settings: Settings, services: Services
 ) -> None:
@@ -444,14 +455,8 @@ async def test_a_file_named_in_latin1_fails_alone(
     project = f"latin1-{uuid.uuid4().hex[:6]}"
     job = await run(settings, project, folder, EFFICIENTNET)
     assert job.status == "succeeded"
-    async with services.db.connection() as conn:
-        items = await conn.fetch(
-            "SELECT ji.state, ji.error, i.filename FROM job_items ji"
-            " JOIN items i ON i.id = ji.item_id WHERE ji.job_id = $1 ORDER BY i.filename",
-            job.id,
-        )
     shown = f"{folder}/caf\\xe9.jpg"
-    assert [(i["filename"], i["state"], i["error"]) for i in items] == [
+    assert await outcomes(services, job, "filename") == [
         (shown, "failed", f"invalid_file_name: {shown} is not UTF-8; rename it"),
         (f"{folder}/cat.jpg", "succeeded", None),
     ]
@@ -470,13 +475,7 @@ async def test_texts_postgresql_cannot_hold_fail_alone(
     settings = batch_settings.model_copy(update={"batch_allowed_prefixes": [str(tmp_path)]})
     job = await run(settings, f"nul-{uuid.uuid4().hex[:6]}", folder, MINILM)
     assert job.status == "succeeded"
-    async with services.db.connection() as conn:
-        items = await conn.fetch(
-            "SELECT ji.state, ji.error, i.text FROM job_items ji"
-            " JOIN items i ON i.id = ji.item_id WHERE ji.job_id = $1 ORDER BY i.text",
-            job.id,
-        )
-    assert [(i["text"], i["state"], i["error"]) for i in items] == [
+    assert await outcomes(services, job, "text") == [
         ("", "failed", f"empty_file: {folder}/b.txt holds no texts"),
         ("a fine review", "succeeded", None),
         ("broken\ufffdtext", "failed", "invalid_text: the text holds a NUL character"),
